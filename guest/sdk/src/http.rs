@@ -1,0 +1,213 @@
+//! JSON over `wasi:http`, the only way out of the sandbox.
+//!
+//! The host's broker stands between these requests and the network: it refuses hosts outside the
+//! allow-list, adds the credential, retries throttled calls and enforces timeouts. A connector just
+//! sends the request it means and reads the answer.
+
+use std::io::{Read, Write};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+
+use crate::{ConnectorError, ErrorKind};
+
+/// A vendor's answer: status and the whole body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body parsed as JSON, or an `internal` error quoting the start of the body.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ConnectorError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ConnectorError::internal(format!(
+                "unexpected response (HTTP {}): {e}: {}",
+                self.status,
+                self.body_excerpt()
+            ))
+        })
+    }
+
+    /// The first 200 characters of the body, for error messages.
+    pub fn body_excerpt(&self) -> String {
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect()
+    }
+}
+
+/// `GET url`, expecting JSON back.
+pub fn get(url: &str) -> Result<Response, ConnectorError> {
+    send(Method::Get, url, None)
+}
+
+/// `POST url` with `body` serialised as JSON.
+pub fn post_json<T: Serialize>(url: &str, body: &T) -> Result<Response, ConnectorError> {
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| ConnectorError::internal(format!("could not encode the request: {e}")))?;
+    send(Method::Post, url, Some(&bytes))
+}
+
+/// Sends one request and reads the whole response. Transport failures (including a host the
+/// broker refused) become `transport` errors that say what happened.
+pub fn send(method: Method, url: &str, body: Option<&[u8]>) -> Result<Response, ConnectorError> {
+    let target = Url::parse(url)?;
+    let mut headers: Vec<(String, Vec<u8>)> = vec![("accept".into(), b"application/json".to_vec())];
+    if body.is_some() {
+        headers.push((
+            "content-type".into(),
+            b"application/json; charset=utf-8".to_vec(),
+        ));
+    }
+    let fields = Fields::from_list(&headers)
+        .map_err(|e| ConnectorError::internal(format!("bad request header: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let set = [
+        request.set_method(&method),
+        request.set_scheme(Some(&target.scheme)),
+        request.set_authority(Some(&target.authority)),
+        request.set_path_with_query(Some(&target.path)),
+    ];
+    if set.iter().any(Result::is_err) {
+        return Err(ConnectorError::invalid_config(format!(
+            "invalid URL `{url}`"
+        )));
+    }
+    let outgoing_body = request
+        .body()
+        .map_err(|_| ConnectorError::internal("request body unavailable"))?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| transport(url, &e))?;
+
+    // Stream the body; without content-length it goes out chunked, which avoids a race where the
+    // host closes the stream as soon as the declared length has arrived.
+    let write_result = (|| -> std::io::Result<()> {
+        let mut stream = outgoing_body
+            .write()
+            .map_err(|_| std::io::Error::other("body stream unavailable"))?;
+        if let Some(bytes) = body {
+            stream.write_all(bytes)?;
+            Write::flush(&mut stream)?;
+        }
+        Ok(())
+    })();
+    let finish_result = OutgoingBody::finish(outgoing_body, None);
+
+    // The response future carries the real reason when the host refused the request, so look
+    // there before reporting a body write failure.
+    let response = loop {
+        match pending.get() {
+            Some(result) => break result,
+            None => pending.subscribe().block(),
+        }
+    };
+    let response = match response {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => return Err(transport(url, &code)),
+        Err(()) => return Err(ConnectorError::internal("response already taken")),
+    };
+    if let Err(e) = write_result {
+        return Err(ConnectorError::new(
+            ErrorKind::Transport,
+            format!("sending to {url} failed: {e}"),
+        ));
+    }
+    if let Err(code) = finish_result {
+        return Err(transport(url, &code));
+    }
+
+    let status = response.status();
+    let incoming = response
+        .consume()
+        .map_err(|_| ConnectorError::internal("response body unavailable"))?;
+    let mut bytes = Vec::new();
+    {
+        let mut stream = incoming
+            .stream()
+            .map_err(|_| ConnectorError::internal("response body unavailable"))?;
+        stream.read_to_end(&mut bytes).map_err(|e| {
+            ConnectorError::new(
+                ErrorKind::Transport,
+                format!("reading the answer from {url} failed: {e}"),
+            )
+            .retryable(true)
+        })?;
+    }
+    Ok(Response {
+        status,
+        body: bytes,
+    })
+}
+
+fn transport(url: &str, code: &ErrorCode) -> ConnectorError {
+    let (retryable, what) = match code {
+        ErrorCode::HttpRequestDenied => (
+            false,
+            "refused by the host (not on the allow-list)".to_string(),
+        ),
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
+            (true, "timed out".to_string())
+        }
+        ErrorCode::ConnectionRefused => (true, "connection refused".to_string()),
+        ErrorCode::InternalError(Some(msg)) => (true, msg.clone()),
+        other => (true, format!("{other:?}")),
+    };
+    ConnectorError::new(
+        ErrorKind::Transport,
+        format!("request to {url} failed: {what}"),
+    )
+    .retryable(retryable)
+}
+
+/// The parts of an absolute URL that `wasi:http` asks for.
+struct Url {
+    scheme: Scheme,
+    authority: String,
+    path: String,
+}
+
+impl Url {
+    fn parse(url: &str) -> Result<Url, ConnectorError> {
+        let invalid = || ConnectorError::invalid_config(format!("invalid URL `{url}`"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "https" => Scheme::Https,
+            "http" => Scheme::Http,
+            _ => return Err(invalid()),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Url {
+            scheme,
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Percent-encodes a value for use in a URL path segment or query.
+pub fn encode_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

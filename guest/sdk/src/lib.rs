@@ -1,0 +1,132 @@
+//! What a connector author builds on.
+//!
+//! A connector is a WASI 0.2 component that exports `cdp:connector/export-destination` (see
+//! `wit/connector.wit`). This crate generates the bindings once, re-exports the contract's types,
+//! and adds the few helpers every connector needs: reading export settings, sending JSON over
+//! `wasi:http`, and turning vendor answers into [`ConnectorError`]s.
+//!
+//! ```ignore
+//! use cdp_connector_sdk::*;
+//! struct MyVendor;
+//! impl Connector for MyVendor { /* describe, validate, export_batch */ }
+//! export_connector!(MyVendor);
+//! ```
+//!
+//! Connectors never handle credentials: the host adds them to requests on the way out.
+
+pub mod http;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "connector",
+        with: {
+            "wasi:http/outgoing-handler@0.2.12": wasi::http::outgoing_handler,
+            "wasi:http/types@0.2.12": wasi::http::types,
+            "wasi:io/poll@0.2.12": wasi::io::poll,
+            "wasi:io/streams@0.2.12": wasi::io::streams,
+            "wasi:io/error@0.2.12": wasi::io::error,
+            "wasi:clocks/monotonic-clock@0.2.12": wasi::clocks::monotonic_clock,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_connector",
+        default_bindings_module: "cdp_connector_sdk::bindings",
+    });
+}
+
+/// Exports a type implementing [`Connector`] as the component's `export-destination`.
+pub use bindings::export_connector;
+pub use bindings::exports::cdp::connector::export_destination::{
+    AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
+    ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind,
+};
+
+/// The contract version this SDK implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+impl ExportConfig {
+    /// The value of a setting, or an `invalid-config` error naming it.
+    pub fn require(&self, key: &str) -> Result<&str, ConnectorError> {
+        self.get(key)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                ConnectorError::invalid_config(format!("the setting `{key}` is required"))
+            })
+    }
+
+    /// The value of a setting, if the export gave one.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl ConnectorError {
+    /// A failure with the given kind and message; retryable only for throttling.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConnectorError {
+            kind,
+            message: message.into(),
+            vendor_code: None,
+            retryable: matches!(kind, ErrorKind::RateLimited),
+        }
+    }
+
+    /// The export's settings are missing or malformed.
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidConfig, message)
+    }
+
+    /// The connector could not make sense of something (e.g. a vendor response).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Attaches the vendor's error code.
+    pub fn with_code(mut self, code: impl ToString) -> Self {
+        self.vendor_code = Some(code.to_string());
+        self
+    }
+
+    /// Marks whether the same call may succeed if sent again.
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+}
+
+impl Contact {
+    /// First and last name joined by a space, or `None` when the contact has neither.
+    pub fn full_name(&self) -> Option<String> {
+        let parts: Vec<&str> = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+
+    /// A mapped attribute by key.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Positions of the contacts in a batch, by lowercased email, so vendor answers that name an
+/// address can be traced back to the contact (first occurrence wins).
+pub fn index_by_email(contacts: &[Contact]) -> std::collections::HashMap<String, u32> {
+    let mut index = std::collections::HashMap::with_capacity(contacts.len());
+    for (i, c) in contacts.iter().enumerate() {
+        index
+            .entry(c.email.trim().to_ascii_lowercase())
+            .or_insert(i as u32);
+    }
+    index
+}

@@ -1,0 +1,78 @@
+//! Connector host: exports segments of customer profiles to email-marketing vendors through
+//! sandboxed WebAssembly connector plugins.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use connector_host::*;
+//! let host = ConnectorHost::open("plugins".as_ref(), HostOptions::default()).await?;
+//! let source = FileSource::new("profiles.csv", "memberships.csv", "id")?;
+//! let connection = Connection {
+//!     connector: "campaign-monitor".into(),
+//!     base_url: None,
+//!     secret: Secret::new(std::env::var("CM_API_KEY")?),
+//! };
+//! let export = Export {
+//!     settings: vec![("list-id".into(), "a58ee1d3039b8bec838e6d1482a8a965".into())],
+//!     mapping: FieldMapping::parse(&["email=email", "first-name=first_name"])?,
+//!     segments: vec!["newsletter".into()],
+//! };
+//! let report = host.run_export(&connection, &export, &source, &RunOptions::default(), &NoProgress).await?;
+//! println!("{}", report.summary());
+//! # Ok(()) }
+//! ```
+
+pub mod broker;
+pub mod contract;
+pub mod export;
+pub mod mapping;
+pub mod plugins;
+pub mod progress;
+pub mod report;
+pub mod sandbox;
+pub mod secret;
+pub mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use broker::{BrokerPolicy, RequestObserver, RequestRecord};
+pub use export::{Connection, Export, NoProgress, Progress, RunOptions};
+pub use mapping::FieldMapping;
+pub use plugins::{Plugin, Plugins, Skipped};
+pub use progress::ConsoleProgress;
+pub use report::{IssueKind, RunIssue, RunReport, RunStatus};
+pub use sandbox::Limits;
+pub use secret::Secret;
+pub use source::{FileSource, Profile, ProfileSource, ProfileStream};
+
+/// How to set up a host.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Limits applied to every connector call.
+    pub limits: Limits,
+    /// Where compiled connectors are cached, so later starts skip compilation.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A host with the connectors of one plugin directory loaded.
+pub struct ConnectorHost {
+    sandbox: Arc<sandbox::Sandbox>,
+    plugins: Plugins,
+}
+
+impl ConnectorHost {
+    /// Loads every connector in `plugin_dir`. Files that are not valid connectors are listed in
+    /// [`Plugins::skipped`] with the reason; they do not stop the others from loading.
+    pub async fn open(plugin_dir: &Path, options: HostOptions) -> Result<ConnectorHost> {
+        let sandbox = Arc::new(sandbox::Sandbox::new(options.limits, options.cache_dir)?);
+        let plugins = Plugins::load_dir(&sandbox, plugin_dir).await?;
+        Ok(ConnectorHost { sandbox, plugins })
+    }
+
+    /// The connectors loaded, and the files skipped.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
+    }
+}

@@ -1,0 +1,110 @@
+//! Field mapping: which profile column feeds which contact field. The host maps, so every
+//! connector receives the same typed contacts and the mapping rules live in one place.
+
+use anyhow::{Result, bail};
+
+use crate::contract::{ConnectorInfo, Contact};
+use crate::source::Profile;
+
+/// Contact field key → profile column, as the export configures it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldMapping(pub Vec<(String, String)>);
+
+impl FieldMapping {
+    /// Parses `field=column` pairs, e.g. `["email=email_address", "first-name=given_name"]`.
+    pub fn parse<S: AsRef<str>>(pairs: &[S]) -> Result<FieldMapping> {
+        let mut mapping = Vec::new();
+        for pair in pairs {
+            let pair = pair.as_ref();
+            let Some((field, column)) = pair.split_once('=') else {
+                bail!("mapping `{pair}` must look like FIELD=COLUMN, e.g. email=email_address");
+            };
+            let (field, column) = (field.trim(), column.trim());
+            if field.is_empty() || column.is_empty() {
+                bail!("mapping `{pair}` must look like FIELD=COLUMN, e.g. email=email_address");
+            }
+            if mapping.iter().any(|(f, _): &(String, String)| f == field) {
+                bail!("contact field `{field}` is mapped twice");
+            }
+            mapping.push((field.to_string(), column.to_string()));
+        }
+        Ok(FieldMapping(mapping))
+    }
+
+    /// Checks the mapping against the connector's fields and the source's columns and resolves
+    /// column positions once for the whole run.
+    pub(crate) fn resolve(
+        &self,
+        info: &ConnectorInfo,
+        columns: &[String],
+    ) -> Result<ResolvedMapping> {
+        for required in info.contact_fields.iter().filter(|f| f.required) {
+            if !self.0.iter().any(|(f, _)| *f == required.key) {
+                bail!(
+                    "the export does not map the required `{}` field; map it to a profile column, e.g. {}=<column>",
+                    required.key,
+                    required.key
+                );
+            }
+        }
+        let mut resolved = ResolvedMapping::default();
+        for (field, column) in &self.0 {
+            if !info.contact_fields.iter().any(|f| f.key == *field) {
+                let offered: Vec<&str> =
+                    info.contact_fields.iter().map(|f| f.key.as_str()).collect();
+                bail!(
+                    "connector `{}` has no contact field `{field}` (it offers: {})",
+                    info.id,
+                    offered.join(", ")
+                );
+            }
+            let Some(index) = columns.iter().position(|c| c == column) else {
+                bail!(
+                    "the export maps `{field}` to profile field `{column}`, which the profiles do not have (they have: {})",
+                    columns.join(", ")
+                );
+            };
+            match field.as_str() {
+                "email" => resolved.email = index,
+                "first-name" => resolved.first_name = Some(index),
+                "last-name" => resolved.last_name = Some(index),
+                _ => resolved.attributes.push((field.clone(), index)),
+            }
+        }
+        Ok(resolved)
+    }
+}
+
+/// A mapping with column positions, ready to apply to each profile.
+#[derive(Debug, Default)]
+pub(crate) struct ResolvedMapping {
+    email: usize,
+    first_name: Option<usize>,
+    last_name: Option<usize>,
+    attributes: Vec<(String, usize)>,
+}
+
+impl ResolvedMapping {
+    /// The contact for a profile; its email may be empty (the run rejects those).
+    pub(crate) fn contact(&self, profile: &Profile) -> Contact {
+        let value = |i: usize| {
+            profile
+                .values
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Contact {
+            email: value(self.email).unwrap_or_default(),
+            first_name: self.first_name.and_then(value),
+            last_name: self.last_name.and_then(value),
+            attributes: self
+                .attributes
+                .iter()
+                .filter_map(|(k, i)| value(*i).map(|v| (k.clone(), v)))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! What a run did: counts, every contact that was not delivered (with the reason), HTTP figures.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Why a profile was not created or updated at the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IssueKind {
+    /// The vendor keeps the contact out on purpose (unsubscribed, cleaned, suppressed...).
+    Suppressed,
+    /// The vendor refused the contact's data, or the profile had no email.
+    Rejected,
+    /// Another profile of this run had the same email; it was sent once.
+    Duplicate,
+}
+
+/// One profile that was not created or updated, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunIssue {
+    pub profile_id: String,
+    pub email: String,
+    pub kind: IssueKind,
+    /// The vendor's code, or the host's (`missing-email`, `duplicate-email`).
+    pub code: String,
+    pub message: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", content = "error", rename_all = "kebab-case")]
+pub enum RunStatus {
+    Succeeded,
+    /// The run stopped; the batches acknowledged before the failure were delivered.
+    Failed(String),
+}
+
+/// The record of one export run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub connector: String,
+    pub segments: Vec<String>,
+    pub status: RunStatus,
+    /// Segment members read from the source.
+    pub profiles: u64,
+    /// Contacts handed to the connector (profiles less duplicates and those without email).
+    pub sent: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub suppressed: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    /// Batches acknowledged by the connector.
+    pub batches: u64,
+    /// HTTP requests made (each attempt counts) and how many were retries.
+    pub requests: u64,
+    pub retries: u64,
+    /// Hosts the broker refused to let the connector reach.
+    pub refused_hosts: Vec<String>,
+    pub issues: Vec<RunIssue>,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl RunReport {
+    pub(crate) fn new(connector: &str, segments: &[String]) -> RunReport {
+        RunReport {
+            connector: connector.to_string(),
+            segments: segments.to_vec(),
+            status: RunStatus::Succeeded,
+            profiles: 0,
+            sent: 0,
+            created: 0,
+            updated: 0,
+            suppressed: 0,
+            rejected: 0,
+            duplicates: 0,
+            batches: 0,
+            requests: 0,
+            retries: 0,
+            refused_hosts: vec![],
+            issues: vec![],
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn record(&mut self, issue: RunIssue) {
+        match issue.kind {
+            IssueKind::Suppressed => self.suppressed += 1,
+            IssueKind::Rejected => self.rejected += 1,
+            IssueKind::Duplicate => self.duplicates += 1,
+        }
+        self.issues.push(issue);
+    }
+
+    /// Whether the run delivered everything it was asked to.
+    pub fn succeeded(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+
+    /// A human summary: counts, time, and the reasons contacts were not delivered, grouped.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let secs = self.duration.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.profiles as f64 / secs
+        } else {
+            0.0
+        };
+        let status = match &self.status {
+            RunStatus::Succeeded => "succeeded".to_string(),
+            RunStatus::Failed(e) => format!("FAILED: {e}"),
+        };
+        let _ = writeln!(
+            out,
+            "Export to {} ({}): {status}",
+            self.connector,
+            self.segments.join(", ")
+        );
+        let _ = writeln!(out, "  profiles in segment  {:>9}", self.profiles);
+        let _ = writeln!(out, "  sent                 {:>9}", self.sent);
+        let _ = writeln!(out, "    created            {:>9}", self.created);
+        let _ = writeln!(out, "    updated            {:>9}", self.updated);
+        let _ = writeln!(out, "    suppressed         {:>9}", self.suppressed);
+        let _ = writeln!(out, "    rejected           {:>9}", self.rejected);
+        let _ = writeln!(out, "  duplicates skipped   {:>9}", self.duplicates);
+        let _ = writeln!(
+            out,
+            "  batches {}, requests {}, retries {}",
+            self.batches, self.requests, self.retries
+        );
+        if !self.refused_hosts.is_empty() {
+            let _ = writeln!(out, "  refused hosts: {}", self.refused_hosts.join(", "));
+        }
+        let _ = writeln!(out, "  time {secs:.2} s ({rate:.0} profiles/s)");
+        let mut reasons: BTreeMap<(IssueKind, &str, &str), (u64, Vec<&str>)> = BTreeMap::new();
+        for issue in &self.issues {
+            let entry = reasons
+                .entry((issue.kind, issue.code.as_str(), issue.message.as_str()))
+                .or_default();
+            entry.0 += 1;
+            if entry.1.len() < 3 {
+                entry.1.push(issue.email.as_str());
+            }
+        }
+        if !reasons.is_empty() {
+            let _ = writeln!(out, "  not delivered, by reason:");
+            for ((kind, code, message), (count, examples)) in reasons {
+                let kind = format!("{kind:?}").to_lowercase();
+                let examples: Vec<&str> = examples
+                    .into_iter()
+                    .map(|e| if e.is_empty() { "(no email)" } else { e })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "    {count:>7} {kind} [{code}] {message} (e.g. {})",
+                    examples.join(", ")
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,227 @@
+//! The sandbox connectors run in: one wasmtime engine, a fresh store per call with memory caps
+//! and a wall-clock deadline, a WASI context that grants nothing, and `wasi:http` wired to the
+//! run's [`Broker`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::broker::{Broker, BrokerHooks};
+use crate::contract::{Connector, ConnectorPre};
+
+/// Resource limits applied to every connector call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest linear memory a connector instance may grow to.
+    pub memory_bytes: usize,
+    /// Largest table (e.g. function table) an instance may grow to, in elements.
+    pub table_elements: usize,
+    /// Wall-clock time one call (`describe`, `validate`, one `export-batch`) may take, including
+    /// the time its HTTP requests spend waiting on the vendor.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 128 << 20,
+            table_elements: 100_000,
+            call_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How often the engine's epoch advances; a running connector yields to the host at each tick,
+/// so a busy loop cannot hold a thread past its deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine, the linker with the imports connectors get, and the compiled-component cache.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Sandbox {
+    /// A sandbox applying `limits`, caching compiled components in `cache_dir` when given.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Sandbox> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+        let engine = Engine::new(&config)?;
+        start_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        // Rust's std pulls in wasi:cli, wasi:io, wasi:clocks...; they are linked but the context
+        // grants nothing (no preopens, no environment, no inherited stdio, no sockets).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+        })
+    }
+
+    /// The limits applied to each call.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component, or loads it from the cache when this exact file was compiled
+    /// before by a compatible engine.
+    pub(crate) fn compile(&self, path: &Path) -> Result<Component> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let Some(cache_dir) = &self.cache_dir else {
+            return Ok(Component::new(&self.engine, &bytes)?);
+        };
+        let cached = cache_dir.join(format!("{}.cwasm", self.cache_key(&bytes)));
+        if cached.is_file() {
+            // SAFETY: files in the cache directory are written only by `precompile_component`
+            // below, under a name that binds them to these exact bytes and this engine build.
+            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                return Ok(component);
+            }
+        }
+        let compiled = self.engine.precompile_component(&bytes)?;
+        std::fs::create_dir_all(cache_dir).with_context(|| {
+            format!("cannot create the cache directory {}", cache_dir.display())
+        })?;
+        // Write then rename, so a concurrent start never reads half a file.
+        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &compiled)?;
+        std::fs::rename(&tmp, &cached)?;
+        // SAFETY: produced just above by this engine.
+        Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
+    }
+
+    fn cache_key(&self, wasm: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        use std::hash::{Hash, Hasher};
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let digest = Sha256::new()
+            .chain_update(wasm)
+            .chain_update(engine_hash.finish().to_le_bytes())
+            .finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Links a compiled component against the sandbox's imports, ready to instantiate cheaply.
+    pub(crate) fn prepare(&self, component: &Component) -> Result<ConnectorPre<PluginState>> {
+        let pre = self.linker.instantiate_pre(component)?;
+        Ok(ConnectorPre::new(pre)?)
+    }
+
+    /// Runs `call` against a fresh instance whose requests go through `broker`, under the
+    /// sandbox's limits. Any trap, limit or deadline fails only this call.
+    pub(crate) async fn call<R>(
+        &self,
+        pre: &ConnectorPre<PluginState>,
+        broker: Arc<Broker>,
+        call: impl AsyncFnOnce(&Connector, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        let state = PluginState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: BrokerHooks(broker),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .table_elements(self.limits.table_elements)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            call(&instance, &mut store).await
+        };
+        match tokio::time::timeout(self.limits.call_timeout, run).await {
+            Ok(result) => result.map_err(|e| anyhow!(describe_trap(e))),
+            Err(_) => Err(anyhow!(
+                "the connector did not finish within the {:?} call deadline",
+                self.limits.call_timeout
+            )),
+        }
+    }
+}
+
+/// Words a wasmtime error the way an operator needs it: what the connector did wrong.
+fn describe_trap(error: wasmtime::Error) -> String {
+    let text = format!("{error:#}");
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        let what = match trap {
+            wasmtime::Trap::UnreachableCodeReached => "the connector crashed (panic or abort)",
+            wasmtime::Trap::StackOverflow => "the connector overflowed its stack",
+            wasmtime::Trap::OutOfFuel => "the connector used up its CPU budget",
+            wasmtime::Trap::Interrupt => "the connector was interrupted at its deadline",
+            _ => "the connector trapped",
+        };
+        return format!("{what}: {text}");
+    }
+    if text.contains("forcing trap when growing memory") {
+        return format!("the connector exceeded its memory limit: {text}");
+    }
+    text
+}
+
+/// Advances the engine's epoch for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch thread");
+}
+
+/// What a connector's store holds: an empty WASI context, the HTTP context, and the broker.
+pub(crate) struct PluginState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: BrokerHooks,
+    limits: StoreLimits,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}

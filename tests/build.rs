@@ -1,0 +1,65 @@
+//! Builds the guest connectors for wasm32-wasip2 (release-optimised `guest` profile) and hands
+//! their paths to the tests as constants in `artifacts.rs`, as wasmtime's test-programs do.
+//! Real connectors live under guest/, hostile test connectors under tests/guests/.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (cargo package, constant name) of every guest the tests use.
+const GUESTS: &[(&str, &str)] = &[("campaign-monitor-connector", "CAMPAIGN_MONITOR")];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for watched in ["guest", "wit", "tests/guests"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .current_dir(&root)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    for (package, _) in GUESTS {
+        cargo.args(["-p", package]);
+    }
+    // Settings meant for this build script's own compilation must not leak into the guests'.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cargo.env_remove(var);
+    }
+    let status = cargo
+        .status()
+        .expect("run cargo to build the guest connectors");
+    assert!(
+        status.success(),
+        "building the guest connectors failed (see the errors above)"
+    );
+
+    let wasm_dir = target_dir.join("wasm32-wasip2").join("guest");
+    let mut consts = String::new();
+    for (package, name) in GUESTS {
+        let path = wasm_dir.join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(path.is_file(), "guest artifact missing: {}", path.display());
+        consts.push_str(&format!(
+            "/// `{package}` built for wasm32-wasip2.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    consts.push_str(&format!(
+        "/// Where tests and the demo cache compiled connectors.\npub const COMPILE_CACHE: &str = {:?};\n/// The workspace's target directory.\npub const TARGET_DIR: &str = {:?};\n",
+        target_dir.join("connector-cache").display().to_string(),
+        target_dir.display().to_string()
+    ));
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("artifacts.rs");
+    std::fs::write(&out, consts).unwrap();
+    let _ = Path::new(&out);
+}

@@ -1,0 +1,7 @@
+//! Test support for the connector host: vendor simulators, deterministic sample data, and the
+//! guest connectors built by `build.rs`.
+
+/// Paths of the guest connectors built for wasm32-wasip2.
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
