@@ -40,7 +40,7 @@ enum Command {
     /// List the connectors in the plugin directory and the files that did not load.
     Plugins,
     /// Export segments once, with the connection and export given on the command line.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args)]
@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             list_plugins(&host);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_once(&host, args).await,
+        Command::Run(args) => run_once(&host, *args).await,
     }
 }
 

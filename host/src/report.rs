@@ -140,24 +140,23 @@ impl RunReport {
             let _ = writeln!(out, "  refused hosts: {}", self.refused_hosts.join(", "));
         }
         let _ = writeln!(out, "  time {secs:.2} s ({rate:.0} profiles/s)");
-        let mut reasons: BTreeMap<(IssueKind, &str, &str), (u64, Vec<&str>)> = BTreeMap::new();
+        let mut reasons: BTreeMap<(IssueKind, &str, &str), (u64, Vec<String>)> = BTreeMap::new();
         for issue in &self.issues {
             let entry = reasons
                 .entry((issue.kind, issue.code.as_str(), issue.message.as_str()))
                 .or_default();
             entry.0 += 1;
             if entry.1.len() < 3 {
-                entry.1.push(issue.email.as_str());
+                entry.1.push(match issue.email.as_str() {
+                    "" => format!("profile {}", issue.profile_id),
+                    email => email.to_string(),
+                });
             }
         }
         if !reasons.is_empty() {
             let _ = writeln!(out, "  not delivered, by reason:");
             for ((kind, code, message), (count, examples)) in reasons {
                 let kind = format!("{kind:?}").to_lowercase();
-                let examples: Vec<&str> = examples
-                    .into_iter()
-                    .map(|e| if e.is_empty() { "(no email)" } else { e })
-                    .collect();
                 let _ = writeln!(
                     out,
                     "    {count:>7} {kind} [{code}] {message} (e.g. {})",

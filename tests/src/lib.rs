@@ -5,3 +5,7 @@
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
+
+pub mod harness;
+pub mod sample;
+pub mod sim;

@@ -1,0 +1,231 @@
+//! Deterministic sample profiles: names, emails (some invalid, some duplicated in other letter
+//! case, some missing) and segment memberships, all derived from the profile's index and a seed.
+//! The same generator backs the sample files and [`GeneratedSource`], which streams any number
+//! of profiles without storing them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use connector_host::{Profile, ProfileSource, ProfileStream};
+
+/// The segments sample profiles belong to.
+pub const SEGMENTS: [&str; 3] = ["newsletter", "vip", "churned"];
+/// The columns of sample profiles.
+pub const COLUMNS: [&str; 5] = ["id", "email", "first_name", "last_name", "city"];
+
+const FIRST: [&str; 16] = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "John",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "Niklaus",
+    "Radia",
+    "Tim",
+    "Ken",
+    "Sophie",
+];
+const LAST: [&str; 16] = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Backus",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Wirth",
+    "Perlman",
+    "Berners-Lee",
+    "Thompson",
+    "Wilson",
+];
+const CITIES: [&str; 6] = ["Berlin", "Lisbon", "Oslo", "Austin", "Osaka", "Nairobi"];
+const DOMAINS: [&str; 3] = ["example.com", "mail.example.org", "example.net"];
+
+/// One generated profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleProfile {
+    pub id: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: String,
+    pub city: String,
+    pub segments: Vec<&'static str>,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: a fast, well-distributed deterministic hash of the index.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The profile at `index` for `seed`. About 2% of emails are invalid, 1.5% repeat an earlier
+/// profile's email in other letter case, 0.5% are missing; 65% are in `newsletter`, 15% in `vip`.
+pub fn profile(seed: u64, index: u64) -> SampleProfile {
+    let r = mix(seed ^ mix(index));
+    let first = FIRST[(r % 16) as usize];
+    let last = LAST[((r >> 8) % 16) as usize];
+    let base = format!("{}.{}.{index}", first.to_lowercase(), last.to_lowercase());
+    let domain = DOMAINS[((r >> 16) % 3) as usize];
+    let kind = (r >> 20) % 1000;
+    let email = match kind {
+        0..20 => Some(match kind % 4 {
+            0 => format!("{base}.{domain}"),
+            1 => format!("{first} {last}@{domain}"),
+            2 => format!("{base}@example"),
+            _ => format!("{base}@@{domain}"),
+        }),
+        20..35 if index > 0 => {
+            let earlier = index - 1 - (r >> 32) % index.min(500);
+            profile(seed, earlier).email.map(|e| e.to_uppercase())
+        }
+        35..40 => None,
+        _ => Some(format!("{base}@{domain}")),
+    };
+    let mut segments = vec![];
+    if (r >> 40) % 100 < 65 {
+        segments.push(SEGMENTS[0]);
+    }
+    if (r >> 48) % 100 < 15 {
+        segments.push(SEGMENTS[1]);
+    }
+    if segments.is_empty() && (r >> 56) % 100 < 50 {
+        segments.push(SEGMENTS[2]);
+    }
+    SampleProfile {
+        id: format!("p{index:07}"),
+        email,
+        first_name: ((r >> 36) % 100 >= 3).then(|| first.to_string()),
+        last_name: last.to_string(),
+        city: CITIES[((r >> 24) % 6) as usize].to_string(),
+        segments,
+    }
+}
+
+/// Paths of a written sample.
+#[derive(Debug, Clone)]
+pub struct SampleFiles {
+    pub profiles: PathBuf,
+    pub memberships: PathBuf,
+}
+
+/// Writes `count` profiles and their memberships as CSV files into `dir`.
+pub fn write_csv(dir: &Path, seed: u64, count: u64) -> Result<SampleFiles> {
+    std::fs::create_dir_all(dir)?;
+    let files = SampleFiles {
+        profiles: dir.join("profiles.csv"),
+        memberships: dir.join("memberships.csv"),
+    };
+    let mut profiles = csv::Writer::from_path(&files.profiles)?;
+    let mut memberships = csv::Writer::from_path(&files.memberships)?;
+    profiles.write_record(COLUMNS)?;
+    memberships.write_record(["profile_id", "segment"])?;
+    for i in 0..count {
+        let p = profile(seed, i);
+        profiles.write_record([
+            &p.id,
+            p.email.as_deref().unwrap_or(""),
+            p.first_name.as_deref().unwrap_or(""),
+            &p.last_name,
+            &p.city,
+        ])?;
+        for s in &p.segments {
+            memberships.write_record([p.id.as_str(), s])?;
+        }
+    }
+    profiles.flush()?;
+    memberships.flush()?;
+    Ok(files)
+}
+
+/// Writes the same sample as JSON Lines.
+pub fn write_jsonl(dir: &Path, seed: u64, count: u64) -> Result<SampleFiles> {
+    std::fs::create_dir_all(dir)?;
+    let files = SampleFiles {
+        profiles: dir.join("profiles.jsonl"),
+        memberships: dir.join("memberships.jsonl"),
+    };
+    let mut profiles = std::io::BufWriter::new(std::fs::File::create(&files.profiles)?);
+    let mut memberships = std::io::BufWriter::new(std::fs::File::create(&files.memberships)?);
+    for i in 0..count {
+        let p = profile(seed, i);
+        let row = serde_json::json!({"id": p.id, "email": p.email, "first_name": p.first_name, "last_name": p.last_name, "city": p.city});
+        writeln!(profiles, "{row}")?;
+        for s in &p.segments {
+            writeln!(
+                memberships,
+                "{}",
+                serde_json::json!({"profile_id": p.id, "segment": s})
+            )?;
+        }
+    }
+    profiles.flush()?;
+    memberships.flush()?;
+    Ok(files)
+}
+
+/// A [`ProfileSource`] that generates profiles on the fly: any size, nothing stored. This is also
+/// the model of an embedder's own source.
+#[derive(Debug, Clone)]
+pub struct GeneratedSource {
+    pub seed: u64,
+    pub count: u64,
+}
+
+impl ProfileSource for GeneratedSource {
+    fn columns(&self) -> Result<Vec<String>> {
+        Ok(COLUMNS.iter().map(|c| c.to_string()).collect())
+    }
+
+    fn segments(&self) -> Result<BTreeMap<String, u64>> {
+        let mut counts: BTreeMap<String, u64> =
+            SEGMENTS.iter().map(|s| (s.to_string(), 0)).collect();
+        for i in 0..self.count {
+            for s in profile(self.seed, i).segments {
+                *counts.get_mut(s).unwrap() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn profiles(&self, segments: &[String]) -> Result<ProfileStream> {
+        let (seed, count) = (self.seed, self.count);
+        let wanted: Vec<String> = segments.to_vec();
+        let member =
+            move |p: &SampleProfile| p.segments.iter().any(|s| wanted.iter().any(|w| w == s));
+        let total = (0..count).filter(|&i| member(&profile(seed, i))).count() as u64;
+        let profiles = (0..count)
+            .map(move |i| profile(seed, i))
+            .filter(member)
+            .map(|p| {
+                Ok(Profile {
+                    id: p.id.clone(),
+                    values: vec![
+                        Some(p.id),
+                        p.email,
+                        p.first_name,
+                        Some(p.last_name),
+                        Some(p.city),
+                    ],
+                })
+            });
+        Ok(ProfileStream {
+            total: Some(total),
+            profiles: Box::new(profiles),
+        })
+    }
+}

@@ -1,0 +1,593 @@
+//! A local Campaign Monitor (createsend API v3.3) that behaves like the real one as described in
+//! shared/vendors/campaign-monitor.md: Basic auth with the API key, list lookup, bulk import
+//! with its limits, consent rules, partial failures in the `Code 210` shape, and no
+//! resubscription. Every subscriber is kept in a ledger for tests to inspect.
+//!
+//! Points the contract marks UNCONFIRMED are fields of [`Behaviour`], so they are easy to change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Server, basic_auth, is_valid_email};
+
+/// Largest import accepted (more: Code 209).
+pub const MAX_IMPORT: usize = 1000;
+/// Largest custom-field value kept.
+const MAX_FIELD_VALUE: usize = 250;
+
+/// Choices where the vendor's behaviour is unconfirmed.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// HTTP status for an unknown list (Code 101): 401 fits CM's rule for foreign IDs.
+    pub unknown_list_status: StatusCode,
+    /// HTTP status of a successful import.
+    pub import_success_status: StatusCode,
+    /// Report rows that may not be resubscribed per row with codes 204-208 (true), or count
+    /// them silently as existing subscribers (false).
+    pub report_suppressed_rows: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            unknown_list_status: StatusCode::UNAUTHORIZED,
+            import_success_status: StatusCode::CREATED,
+            report_suppressed_rows: true,
+        }
+    }
+}
+
+/// A subscriber's state on a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberState {
+    Active,
+    Unconfirmed,
+    Unsubscribed,
+    Bounced,
+    Deleted,
+}
+
+impl SubscriberState {
+    fn as_str(self) -> &'static str {
+        match self {
+            SubscriberState::Active => "Active",
+            SubscriberState::Unconfirmed => "Unconfirmed",
+            SubscriberState::Unsubscribed => "Unsubscribed",
+            SubscriberState::Bounced => "Bounced",
+            SubscriberState::Deleted => "Deleted",
+        }
+    }
+}
+
+/// One subscriber in the ledger.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub email: String,
+    pub name: String,
+    pub state: SubscriberState,
+    pub custom_fields: BTreeMap<String, String>,
+    /// How many import calls included this address.
+    pub imports: u32,
+}
+
+/// One request as the simulator received it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    /// The Authorization header exactly as received.
+    pub authorization: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Debug)]
+struct List {
+    client_id: String,
+    title: String,
+    subscribers: BTreeMap<String, Subscriber>,
+}
+
+#[derive(Debug)]
+struct Client {
+    name: String,
+    api_key: String,
+    suppressed: std::collections::HashSet<String>,
+    /// ConsentToTrack per email, shared by every list of the client.
+    consent: HashMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    clients: BTreeMap<String, Client>,
+    lists: BTreeMap<String, List>,
+    log: Vec<LoggedRequest>,
+    next_id: u64,
+    behaviour: Behaviour,
+}
+
+impl State {
+    fn new_id(&mut self, seed: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        self.next_id += 1;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (seed, self.next_id).hash(&mut h);
+        let a = h.finish();
+        self.next_id.hash(&mut h);
+        format!("{a:016x}{:016x}", h.finish())
+    }
+}
+
+/// A running Campaign Monitor simulator.
+#[derive(Clone)]
+pub struct CampaignMonitorSim {
+    state: Arc<Mutex<State>>,
+    server: Arc<Server>,
+}
+
+type Answer = (StatusCode, Value);
+
+fn error(status: StatusCode, code: i64, message: &str) -> Answer {
+    (status, json!({"Code": code, "Message": message}))
+}
+
+impl CampaignMonitorSim {
+    /// Starts on 127.0.0.1:`port` (0 picks a free port).
+    pub async fn start(port: u16) -> anyhow::Result<CampaignMonitorSim> {
+        Self::start_with(port, Behaviour::default()).await
+    }
+
+    /// Starts with the given choices for unconfirmed behaviour.
+    pub async fn start_with(port: u16, behaviour: Behaviour) -> anyhow::Result<CampaignMonitorSim> {
+        let state = Arc::new(Mutex::new(State {
+            behaviour,
+            ..State::default()
+        }));
+        let handler_state = state.clone();
+        let server = Server::start(port, move |method, uri, headers, body| {
+            let state = handler_state.clone();
+            async move { handle(&state, method, uri, headers, body) }
+        })
+        .await?;
+        Ok(CampaignMonitorSim {
+            state,
+            server: Arc::new(server),
+        })
+    }
+
+    /// The API base URL, e.g. `http://127.0.0.1:41234/api/v3.3`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v3.3", self.server.addr())
+    }
+
+    /// Adds a client reachable with `api_key`; returns its ClientID.
+    pub fn add_client(&self, name: &str, api_key: &str) -> String {
+        let mut s = self.state.lock().unwrap();
+        let id = s.new_id(name);
+        s.clients.insert(
+            id.clone(),
+            Client {
+                name: name.into(),
+                api_key: api_key.into(),
+                suppressed: Default::default(),
+                consent: Default::default(),
+            },
+        );
+        id
+    }
+
+    /// Adds a list to a client; returns its ListID.
+    pub fn add_list(&self, client_id: &str, title: &str) -> String {
+        let mut s = self.state.lock().unwrap();
+        assert!(
+            s.clients.contains_key(client_id),
+            "unknown client {client_id}"
+        );
+        let id = s.new_id(title);
+        s.lists.insert(
+            id.clone(),
+            List {
+                client_id: client_id.into(),
+                title: title.into(),
+                subscribers: BTreeMap::new(),
+            },
+        );
+        id
+    }
+
+    /// Puts a subscriber on a list directly (as if added long ago), in any state.
+    pub fn add_subscriber(&self, list_id: &str, email: &str, name: &str, state: SubscriberState) {
+        let mut s = self.state.lock().unwrap();
+        let list = s.lists.get_mut(list_id).expect("known list");
+        list.subscribers.insert(
+            email.to_ascii_lowercase(),
+            Subscriber {
+                email: email.into(),
+                name: name.into(),
+                state,
+                custom_fields: BTreeMap::new(),
+                imports: 0,
+            },
+        );
+    }
+
+    /// Puts an address on a client's suppression list.
+    pub fn suppress(&self, client_id: &str, email: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.clients
+            .get_mut(client_id)
+            .expect("known client")
+            .suppressed
+            .insert(email.to_ascii_lowercase());
+    }
+
+    /// The ledger of a list: every subscriber, by lowercased email.
+    pub fn subscribers(&self, list_id: &str) -> BTreeMap<String, Subscriber> {
+        self.state.lock().unwrap().lists[list_id]
+            .subscribers
+            .clone()
+    }
+
+    /// The consent to track recorded for an address at a client.
+    pub fn consent(&self, client_id: &str, email: &str) -> Option<String> {
+        self.state.lock().unwrap().clients[client_id]
+            .consent
+            .get(&email.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+fn handle(
+    state: &Mutex<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (status, body) = route(&mut s, &method, &uri, authorization.as_deref(), &body);
+    s.log.push(LoggedRequest {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        authorization,
+        status: status.as_u16(),
+    });
+    (
+        status,
+        [("content-type", "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn route(
+    s: &mut State,
+    method: &Method,
+    uri: &Uri,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    let Some(path) = uri.path().strip_prefix("/api/v3.3/") else {
+        return error(StatusCode::NOT_FOUND, 404, "Not found");
+    };
+    let Some(path) = path.strip_suffix(".json") else {
+        // The real API answers XML without the suffix; this simulator only speaks JSON.
+        return error(
+            StatusCode::NOT_ACCEPTABLE,
+            406,
+            "This simulator only serves JSON: add the .json suffix",
+        );
+    };
+    let client_ids = match authenticate(s, authorization) {
+        Ok(ids) => ids,
+        Err(answer) => return answer,
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    let list_of = |s: &State, id: &str| {
+        s.lists
+            .get(id)
+            .filter(|l| client_ids.contains(&l.client_id))
+            .is_some()
+    };
+    let unknown_list = |s: &State| error(s.behaviour.unknown_list_status, 101, "Invalid ListID");
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["clients"]) => {
+            let clients: Vec<Value> = client_ids
+                .iter()
+                .map(|id| json!({"ClientID": id, "Name": s.clients[id].name}))
+                .collect();
+            (StatusCode::OK, Value::Array(clients))
+        }
+        ("GET", ["clients", client, "lists"]) => {
+            if !client_ids.iter().any(|c| c == client) {
+                return error(StatusCode::UNAUTHORIZED, 102, "Invalid ClientID");
+            }
+            let lists: Vec<Value> = s
+                .lists
+                .iter()
+                .filter(|(_, l)| l.client_id == *client)
+                .map(|(id, l)| json!({"ListID": id, "Name": l.title}))
+                .collect();
+            (StatusCode::OK, Value::Array(lists))
+        }
+        ("GET", ["lists", id]) if list_of(s, id) => {
+            let list = &s.lists[*id];
+            (
+                StatusCode::OK,
+                json!({"ListID": id, "Title": list.title, "UnsubscribePage": "", "UnsubscribeSetting": "AllClientLists", "ConfirmedOptIn": false, "ConfirmationSuccessPage": ""}),
+            )
+        }
+        ("GET", ["lists", id, "customfields"]) if list_of(s, id) => (StatusCode::OK, json!([])),
+        ("GET", ["subscribers", id]) if list_of(s, id) => {
+            let email = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("email="))
+                .map(percent_decode)
+                .unwrap_or_default();
+            let list = &s.lists[*id];
+            match list.subscribers.get(&email.to_ascii_lowercase()) {
+                Some(sub) => {
+                    let consent = s.clients[&list.client_id]
+                        .consent
+                        .get(&email.to_ascii_lowercase())
+                        .cloned()
+                        .unwrap_or_default();
+                    (
+                        StatusCode::OK,
+                        json!({"EmailAddress": sub.email, "Name": sub.name, "State": sub.state.as_str(),
+                        "CustomFields": sub.custom_fields.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+                        "ConsentToTrack": consent}),
+                    )
+                }
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    203,
+                    "Subscriber not in list or has already been removed.",
+                ),
+            }
+        }
+        ("POST", ["subscribers", id, "import"]) if list_of(s, id) => import(s, id, body),
+        (_, ["lists", ..] | ["subscribers", ..]) => unknown_list(s),
+        _ => error(StatusCode::NOT_FOUND, 404, "Not found"),
+    }
+}
+
+/// The clients the request's credential may act for, or the 401 answer.
+fn authenticate(s: &State, authorization: Option<&str>) -> Result<Vec<String>, Answer> {
+    let Some((key, _)) = authorization.and_then(basic_auth) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            50,
+            "Must supply a valid HTTP Basic Authorization header",
+        ));
+    };
+    let ids: Vec<String> = s
+        .clients
+        .iter()
+        .filter(|(_, c)| c.api_key == key)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Err(error(StatusCode::UNAUTHORIZED, 100, "Invalid API Key"));
+    }
+    Ok(ids)
+}
+
+/// A property of a JSON object, matched case-insensitively as Campaign Monitor does.
+fn prop<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
+    object
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            400,
+            "Failed to deserialize your request. Please check the documentation and try again.",
+        );
+    };
+    let rows = match prop(&request, "Subscribers").and_then(Value::as_array) {
+        Some(rows) if !rows.is_empty() => rows,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                212,
+                "No subscribers were provided in this batch",
+            );
+        }
+    };
+    if rows.len() > MAX_IMPORT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            209,
+            "Too many subscribers in this batch. You can only add 1000 subscribers in one call",
+        );
+    }
+    let resubscribe = prop(&request, "Resubscribe")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // Consent is checked for every row before anything is stored: a bad value fails the call.
+    let mut consents = Vec::with_capacity(rows.len());
+    for row in rows {
+        match prop(row, "ConsentToTrack").and_then(Value::as_str) {
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    214,
+                    "Please provide a consent to track value",
+                );
+            }
+            Some(c) if ["yes", "no", "unchanged"].contains(&c.to_ascii_lowercase().as_str()) => {
+                consents.push(c.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    215,
+                    "Please provide a valid consent to track value",
+                );
+            }
+        }
+    }
+
+    let report_suppressed = s.behaviour.report_suppressed_rows;
+    let success_status = s.behaviour.import_success_status;
+    let client_id = s.lists[list_id].client_id.clone();
+    let mut seen = std::collections::HashSet::new();
+    let (mut new, mut existing) = (0u32, 0u32);
+    let mut duplicates: Vec<String> = vec![];
+    let mut failures: Vec<Value> = vec![];
+    for (row, consent) in rows.iter().zip(consents) {
+        let email = prop(row, "EmailAddress")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let key = email.to_ascii_lowercase();
+        if !seen.insert(key.clone()) {
+            if !duplicates.iter().any(|d| d.eq_ignore_ascii_case(&email)) {
+                duplicates.push(email);
+            }
+            continue;
+        }
+        if !is_valid_email(&email) {
+            failures.push(
+                json!({"EmailAddress": email, "Code": 1, "Message": "Invalid Email Address"}),
+            );
+            continue;
+        }
+        let client = s.clients.get_mut(&client_id).unwrap();
+        let list = s.lists.get_mut(list_id).unwrap();
+        let suppressed = client.suppressed.contains(&key);
+        let blocked = match (suppressed, list.subscribers.get(&key).map(|s| s.state)) {
+            (true, _) => Some((204, "Email address is in the suppression list")),
+            (_, Some(SubscriberState::Deleted)) => Some((205, "Subscriber has been deleted")),
+            (_, Some(SubscriberState::Unsubscribed)) => Some((206, "Subscriber is unsubscribed")),
+            (_, Some(SubscriberState::Bounced)) => Some((207, "Subscriber has bounced")),
+            (_, Some(SubscriberState::Unconfirmed)) => Some((208, "Subscriber is unconfirmed")),
+            _ => None,
+        };
+        if let Some((code, message)) = blocked
+            && !resubscribe
+        {
+            if let Some(sub) = list.subscribers.get_mut(&key) {
+                sub.imports += 1;
+            }
+            if report_suppressed {
+                failures.push(json!({"EmailAddress": email, "Code": code, "Message": message}));
+            } else {
+                existing += 1;
+            }
+            continue;
+        }
+        if consent != "unchanged" || !client.consent.contains_key(&key) {
+            let value = match consent.as_str() {
+                "yes" => "Yes",
+                "no" => "No",
+                _ => "",
+            };
+            client.consent.insert(key.clone(), value.to_string());
+        }
+        let name = prop(row, "Name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let sub = match list.subscribers.get_mut(&key) {
+            Some(sub) => {
+                existing += 1;
+                sub
+            }
+            None => {
+                new += 1;
+                list.subscribers.entry(key.clone()).or_insert(Subscriber {
+                    email: email.clone(),
+                    name: String::new(),
+                    state: SubscriberState::Active,
+                    custom_fields: BTreeMap::new(),
+                    imports: 0,
+                })
+            }
+        };
+        sub.imports += 1;
+        sub.state = SubscriberState::Active;
+        if let Some(name) = name {
+            sub.name = name;
+        }
+        for field in prop(row, "CustomFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(k) = prop(field, "Key").and_then(Value::as_str) else {
+                continue;
+            };
+            let k = k.trim_start_matches('[').trim_end_matches(']').to_string();
+            if prop(field, "Clear").and_then(Value::as_bool) == Some(true) {
+                sub.custom_fields.remove(&k);
+            } else if let Some(v) = prop(field, "Value").and_then(Value::as_str) {
+                sub.custom_fields
+                    .insert(k, v.chars().take(MAX_FIELD_VALUE).collect());
+            }
+        }
+    }
+    let result = json!({
+        "TotalUniqueEmailsSubmitted": seen.len(),
+        "TotalExistingSubscribers": existing,
+        "TotalNewSubscribers": new,
+        "DuplicateEmailsInSubmission": duplicates,
+        "FailureDetails": failures,
+    });
+    if failures.is_empty() {
+        (success_status, result)
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"Code": 210, "Message": "Subscriber Import had some failures", "ResultData": result}),
+        )
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

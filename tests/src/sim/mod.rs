@@ -1,0 +1,143 @@
+//! Vendor API simulators: local HTTP servers that behave like the vendors' real APIs, with a
+//! ledger of every contact so tests can prove nothing was lost, duplicated or resubscribed.
+
+pub mod campaign_monitor;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use base64::Engine as _;
+use tokio::sync::oneshot;
+
+/// A loopback HTTP server that hands every request to one handler; stops when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Server {
+    /// Listens on 127.0.0.1:`port` (0 picks a free port).
+    pub async fn start<F, Fut>(port: u16, handler: F) -> anyhow::Result<Server>
+    where
+        F: Fn(Method, Uri, HeaderMap, Bytes) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(
+                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                    handler(method, uri, headers, body)
+                },
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Server {
+            addr,
+            shutdown: Mutex::new(Some(tx)),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// User and password of an `Authorization: Basic ...` header.
+pub fn basic_auth(header: &str) -> Option<(String, String)> {
+    let encoded = header.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The address check the simulated vendors apply: one `@`, a plausible local part, and a
+/// domain of at least two labels with an alphabetic top-level domain.
+pub fn is_valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    if local.is_empty() || local.len() > 64 || domain.contains('@') {
+        return false;
+    }
+    let local_ok = local
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"(),:;<>[]\\\"".contains(&b))
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    let labels: Vec<&str> = domain.split('.').collect();
+    let labels_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    let tld = labels.last().copied().unwrap_or("");
+    local_ok && labels_ok && tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_rule_accepts_ordinary_addresses_and_refuses_broken_ones() {
+        for ok in [
+            "ada@example.com",
+            "Ada.Lovelace+cdp@mail.example.co.uk",
+            "x_y-z@a-b.io",
+        ] {
+            assert!(is_valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "ada@@example.com",
+            "a da@example.com",
+            "ada@exa_mple.com",
+            ".ada@example.com",
+            "ada..l@example.com",
+            "ada@example.c0m",
+            "ada@-x.com",
+        ] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_header_is_decoded() {
+        assert_eq!(
+            basic_auth("Basic azN5Ong="),
+            Some(("k3y".into(), "x".into()))
+        );
+        assert_eq!(basic_auth("Bearer abc"), None);
+    }
+}

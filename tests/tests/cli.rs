@@ -1,0 +1,152 @@
+//! The `connector-host` command line, driven as an operator would, against the simulator.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use connector_tests::artifacts;
+use connector_tests::harness::plugin_dir;
+use connector_tests::sample;
+use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
+
+const API_KEY: &str = "cli-secret-key-5f2c9a81b0de";
+
+/// The `connector-host` binary cargo built next to this test.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("connector-host");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+async fn run(args: Vec<String>, secret: Option<&str>) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("CONNECTOR_SECRET")
+        .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE);
+    if let Some(secret) = secret {
+        cmd.env("CONNECTOR_SECRET", secret);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
+    let plugins = plugin_dir(&[("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR)]);
+    std::fs::write(plugins.path().join("notes.md"), "hello").unwrap();
+    let dir = plugins.path().to_string_lossy().into_owned();
+
+    let out = run(
+        vec!["--plugins".into(), dir.clone(), "plugins".into()],
+        None,
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("campaign-monitor 0.1.0 (Campaign Monitor), contract 0.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("setting:   list-id (required)"), "{stdout}");
+    assert!(stdout.contains("notes.md: not a .wasm file"), "{stdout}");
+
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    let data = tempfile::tempdir().unwrap();
+    let files = sample::write_csv(data.path(), 11, 1_500).unwrap();
+    let rejections = data.path().join("rejections.csv");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--plugins",
+            &dir,
+            "run",
+            "--connector",
+            "campaign-monitor",
+            "--base-url",
+            &sim.base_url(),
+            "--setting",
+            &format!("list-id={list}"),
+            "--map",
+            "email=email",
+            "--map",
+            "first-name=first_name",
+            "--segment",
+            "newsletter",
+            "--profiles",
+            &files.profiles.to_string_lossy(),
+            "--memberships",
+            &files.memberships.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    let out = run(args(&[]), None).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no credential: set the environment variable CONNECTOR_SECRET"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(sim.requests().is_empty());
+
+    let out = run(
+        args(&["--rejections-csv", &rejections.to_string_lossy()]),
+        Some(API_KEY),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Export to campaign-monitor (newsletter): succeeded"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Invalid Email Address"), "{stdout}");
+    let active = sim.subscribers(&list).len();
+    assert!(
+        stdout.contains(&format!("created            {active:>9}")),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(&rejections).unwrap();
+    assert!(
+        csv.starts_with("profile_id,email,kind,code,message\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",rejected,1,Invalid Email Address")),
+        "{csv}"
+    );
+    for output in [&stdout, &stderr, &csv] {
+        assert!(!output.contains(API_KEY), "the credential was printed");
+    }
+
+    let out = run(args(&["--json"]), Some("not-the-key")).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "Campaign Monitor refused the credential (Campaign Monitor error 100: Invalid API Key)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-key"));
+}
