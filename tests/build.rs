@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (cargo package, constant name) of every guest the tests use.
-const GUESTS: &[(&str, &str)] = &[("campaign-monitor-connector", "CAMPAIGN_MONITOR")];
+const GUESTS: &[(&str, &str)] = &[
+    ("campaign-monitor-connector", "CAMPAIGN_MONITOR"),
+    ("mailchimp-connector", "MAILCHIMP"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

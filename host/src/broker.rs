@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use crate::contract::AuthScheme;
+use crate::export::Credential;
 use crate::secret::Secret;
 
 type WasiBody = wasmtime_wasi_http::WasiBody;
@@ -179,16 +180,21 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker for a run of `connector` that may reach `allowed`, applying `secret` as `auth`
-    /// says to every request it lets through.
+    /// A broker for a run of `connector` that may reach `allowed`, adding `credential` to every
+    /// request it lets through: an API key as the connector's `auth` says, a token as Bearer.
     pub fn new(
         connector: &str,
         allowed: Vec<AllowedHost>,
         auth: &AuthScheme,
-        secret: Option<&Secret>,
+        credential: Option<&Credential>,
         policy: BrokerPolicy,
     ) -> Result<Broker> {
-        let authorization = secret.map(|s| authorization_header(auth, s)).transpose()?;
+        let authorization = credential
+            .map(|c| match c {
+                Credential::ApiKey(key) => authorization_header(auth, key),
+                Credential::AccessToken(token) => authorization_header(&AuthScheme::Bearer, token),
+            })
+            .transpose()?;
         Ok(Broker {
             connector: connector.to_string(),
             allowed,
@@ -362,9 +368,11 @@ impl Broker {
         let (response, io) =
             wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
         let (head, body) = response.into_parts();
-        let collected = Limited::new(body, self.policy.max_response_bytes)
-            .collect()
-            .await;
+        // The body only arrives while the connection is driven, so read both together.
+        let (collected, _) = tokio::join!(
+            Limited::new(body, self.policy.max_response_bytes).collect(),
+            io
+        );
         let bytes = match collected {
             Ok(c) => c.to_bytes(),
             Err(e) => {
@@ -376,7 +384,6 @@ impl Broker {
                 });
             }
         };
-        drop(io);
         Ok((head.status, head.headers, bytes))
     }
 

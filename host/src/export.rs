@@ -25,10 +25,33 @@ pub struct Connection {
     /// The connector that talks to this vendor.
     pub connector: String,
     /// The API base URL, when not the connector's production one (e.g. a simulator on
-    /// loopback). Must be one of the connector's hosts or a loopback address.
+    /// loopback). Must be one of the connector's hosts or a loopback address. May contain
+    /// `{dc}`, like the connector's own.
     pub base_url: Option<String>,
+    /// The account's data centre (e.g. `us21`), for connectors whose base URL contains `{dc}`.
+    /// When unset, it is taken from an API key's suffix (`<key>-us21`).
+    pub data_centre: Option<String>,
     /// The credential; only the broker ever reads it.
-    pub secret: Secret,
+    pub credential: Credential,
+}
+
+/// How the connection proves who it is to the vendor.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An API key, applied the way the connector declares (`describe().auth`).
+    ApiKey(Secret),
+    /// An OAuth access token, sent as `Authorization: Bearer`.
+    AccessToken(Secret),
+}
+
+impl Credential {
+    /// The data centre an API key names after its last dash (`<key>-us21`), if any.
+    fn key_suffix(&self) -> Option<String> {
+        match self {
+            Credential::ApiKey(key) => key.expose().rsplit_once('-').map(|(_, dc)| dc.to_string()),
+            Credential::AccessToken(_) => None,
+        }
+    }
 }
 
 /// What to export and how.
@@ -148,8 +171,13 @@ impl ConnectorHost {
         });
         let mut in_flight = JoinSet::new();
         let mut failure: Option<String> = None;
+        let mut read_all = false;
         loop {
-            let can_send = failure.is_none() && in_flight.len() < options.concurrency.max(1);
+            if (read_all || failure.is_some()) && in_flight.is_empty() {
+                break;
+            }
+            let can_send =
+                !read_all && failure.is_none() && in_flight.len() < options.concurrency.max(1);
             tokio::select! {
                 batch = rx.recv(), if can_send => match batch {
                     Some(batch) => {
@@ -165,9 +193,7 @@ impl ConnectorHost {
                         let call = prepared_call.clone();
                         in_flight.spawn(async move { call.send(batch).await });
                     }
-                    None => {
-                        if in_flight.is_empty() { break; }
-                    }
+                    None => read_all = true,
                 },
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done.expect("set is not empty") {
@@ -194,7 +220,6 @@ impl ConnectorHost {
                         Ok((_, Err(e))) => { failure.get_or_insert(format!("{e:#}")); }
                         Err(join) => { failure.get_or_insert(format!("batch task failed: {join}")); }
                     }
-                    if failure.is_some() && in_flight.is_empty() { break; }
                 }
             }
         }
@@ -271,11 +296,28 @@ impl ConnectorHost {
             }
         }
 
-        let base_url = connection
+        let template = connection
             .base_url
-            .clone()
-            .unwrap_or_else(|| info.default_base_url.clone());
-        let base_url = base_url.trim_end_matches('/').to_string();
+            .as_deref()
+            .unwrap_or(&info.default_base_url)
+            .trim_end_matches('/');
+        let base_url = if template.contains("{dc}") {
+            let dc = connection
+                .data_centre
+                .clone()
+                .or_else(|| connection.credential.key_suffix());
+            let dc =
+                dc.filter(|dc| !dc.is_empty() && dc.bytes().all(|b| b.is_ascii_alphanumeric()));
+            let Some(dc) = dc else {
+                bail!(
+                    "connector `{}` needs the account's data centre (e.g. us21): the API key does not end in -<dc>, and the connection names none",
+                    info.id
+                );
+            };
+            template.replace("{dc}", &dc.to_ascii_lowercase())
+        } else {
+            template.to_string()
+        };
         let uri: http::Uri = base_url
             .parse()
             .with_context(|| format!("the connection's base URL `{base_url}` is not a URL"))?;
@@ -298,7 +340,7 @@ impl ConnectorHost {
             &info.id,
             allowed,
             &info.auth,
-            Some(&connection.secret),
+            Some(&connection.credential),
             options.broker.clone(),
         )?
         .with_observer(options.observer.clone());

@@ -9,7 +9,8 @@
 //! let connection = Connection {
 //!     connector: "campaign-monitor".into(),
 //!     base_url: None,
-//!     secret: Secret::new(std::env::var("CM_API_KEY")?),
+//!     data_centre: None,
+//!     credential: Credential::ApiKey(Secret::new(std::env::var("CM_API_KEY")?)),
 //! };
 //! let export = Export {
 //!     settings: vec![("list-id".into(), "a58ee1d3039b8bec838e6d1482a8a965".into())],
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use broker::{BrokerPolicy, RequestObserver, RequestRecord};
-pub use export::{Connection, Export, NoProgress, Progress, RunOptions};
+pub use export::{Connection, Credential, Export, NoProgress, Progress, RunOptions};
 pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
 pub use progress::ConsoleProgress;

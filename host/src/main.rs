@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use connector_host::{
-    Connection, ConnectorHost, ConsoleProgress, Export, FieldMapping, FileSource, HostOptions,
-    RunOptions, Secret,
+    Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
+    HostOptions, RunOptions, Secret,
 };
 
 #[derive(Parser)]
@@ -54,6 +54,13 @@ struct RunArgs {
     /// Environment variable holding the vendor credential (never pass it as an argument).
     #[arg(long, default_value = "CONNECTOR_SECRET")]
     secret_env: String,
+    /// The credential is an OAuth access token (sent as Bearer) rather than an API key.
+    #[arg(long)]
+    oauth: bool,
+    /// The account's data centre (e.g. us21), for vendors that have them; by default taken from
+    /// the API key's suffix.
+    #[arg(long)]
+    data_centre: Option<String>,
     /// Connector setting, KEY=VALUE (e.g. list-id=...); repeat for several.
     #[arg(long = "setting", value_name = "KEY=VALUE")]
     settings: Vec<String>,
@@ -188,7 +195,12 @@ async fn run_once(host: &ConnectorHost, args: RunArgs) -> Result<ExitCode> {
     let connection = Connection {
         connector: args.connector.clone(),
         base_url: args.base_url.clone(),
-        secret: Secret::new(secret),
+        data_centre: args.data_centre.clone(),
+        credential: if args.oauth {
+            Credential::AccessToken(Secret::new(secret))
+        } else {
+            Credential::ApiKey(Secret::new(secret))
+        },
     };
     let export = Export {
         settings,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use connector_host::{
-    Connection, ConnectorHost, Export, FieldMapping, FileSource, IssueKind, NoProgress,
+    Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource, IssueKind, NoProgress,
     RequestRecord, RunOptions, Secret,
 };
 use connector_tests::artifacts;
@@ -50,7 +50,8 @@ fn connection(w: &World, key: &str) -> Connection {
     Connection {
         connector: "campaign-monitor".into(),
         base_url: Some(w.sim.base_url()),
-        secret: Secret::new(key.into()),
+        data_centre: None,
+        credential: Credential::ApiKey(Secret::new(key.into())),
     }
 }
 

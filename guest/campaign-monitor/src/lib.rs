@@ -218,59 +218,26 @@ struct Envelope {
 }
 
 /// Turns an import result into one outcome per contact. Campaign Monitor reports created and
-/// updated as totals and names only the failed addresses; repeats of an address within the batch
-/// are reported as duplicates of its first occurrence.
+/// updated as totals and names only the addresses that failed.
 fn report(contacts: &[Contact], result: ImportResult) -> Result<BatchReport, ConnectorError> {
-    let first_index = index_by_email(contacts);
-    let mut issues = Vec::new();
-    for (i, c) in contacts.iter().enumerate() {
-        if first_index[&c.email.trim().to_ascii_lowercase()] != i as u32 {
-            issues.push(ContactIssue {
-                index: i as u32,
-                kind: IssueKind::Rejected,
-                code: "duplicate".into(),
-                message: "Duplicate email address in this batch; sent once".into(),
-            });
-        }
-    }
+    let mut report = ReportBuilder::new("Campaign Monitor", contacts);
     for failure in &result.failure_details {
-        let Some(&index) = first_index.get(&failure.email_address.trim().to_ascii_lowercase())
-        else {
-            return Err(ConnectorError::internal(format!(
-                "Campaign Monitor reported a failure for `{}`, which this batch did not contain",
-                failure.email_address
-            )));
-        };
         let kind = if SUPPRESSED_CODES.contains(&failure.code) {
             IssueKind::Suppressed
         } else {
             IssueKind::Rejected
         };
-        issues.push(ContactIssue {
-            index,
+        report.issue(
+            &failure.email_address,
             kind,
-            code: failure.code.to_string(),
-            message: failure.message.clone(),
-        });
+            failure.code.to_string(),
+            failure.message.clone(),
+        )?;
     }
-    let accounted = result.total_new_subscribers as usize
-        + result.total_existing_subscribers as usize
-        + issues.len();
-    if accounted != contacts.len() {
-        return Err(ConnectorError::internal(format!(
-            "Campaign Monitor's import totals do not add up: {} new + {} existing + {} failed for {} contacts sent",
-            result.total_new_subscribers,
-            result.total_existing_subscribers,
-            issues.len(),
-            contacts.len()
-        )));
-    }
-    issues.sort_by_key(|i| i.index);
-    Ok(BatchReport {
-        created: result.total_new_subscribers,
-        updated: result.total_existing_subscribers,
-        issues,
-    })
+    report.finish(
+        result.total_new_subscribers,
+        result.total_existing_subscribers,
+    )
 }
 
 /// Maps a non-success answer to a connector error.

@@ -15,6 +15,7 @@
 //! Connectors never handle credentials: the host adds them to requests on the way out.
 
 pub mod http;
+pub mod report;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -41,6 +42,7 @@ pub use bindings::exports::cdp::connector::export_destination::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
     ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind,
 };
+pub use report::ReportBuilder;
 
 /// The contract version this SDK implements.
 pub const CONTRACT_VERSION: &str = "0.1.0";
@@ -117,16 +119,4 @@ impl Contact {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// Positions of the contacts in a batch, by lowercased email, so vendor answers that name an
-/// address can be traced back to the contact (first occurrence wins).
-pub fn index_by_email(contacts: &[Contact]) -> std::collections::HashMap<String, u32> {
-    let mut index = std::collections::HashMap::with_capacity(contacts.len());
-    for (i, c) in contacts.iter().enumerate() {
-        index
-            .entry(c.email.trim().to_ascii_lowercase())
-            .or_insert(i as u32);
-    }
-    index
 }

@@ -1,6 +1,7 @@
-//! The main job, end to end, with nothing to set up: starts the bundled Campaign Monitor
-//! simulator on loopback, puts the connector in a plugin directory, generates a sample profile
-//! set, exports one segment through the sandboxed connector, and prints what happened.
+//! The main job, end to end, with nothing to set up: starts the bundled Campaign Monitor and
+//! Mailchimp simulators on loopback, puts both connectors in a plugin directory, generates a
+//! sample profile set, and runs two exports (two connections) through the sandboxed connectors,
+//! printing progress and what each run did.
 //!
 //! `cargo run -p connector-tests --bin demo -- --help`
 
@@ -10,15 +11,17 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use clap::Parser;
 use connector_host::{
-    Connection, ConsoleProgress, Export, FieldMapping, FileSource, HostOptions, RunOptions, Secret,
+    Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
+    HostOptions, RunOptions, Secret,
 };
 use connector_tests::artifacts;
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::{CampaignMonitorSim, SubscriberState};
+use connector_tests::sim::mailchimp::{MailchimpSim, Status};
 
 #[derive(Parser)]
 #[command(
-    about = "Export a sample segment to a local Campaign Monitor simulator through the sandboxed connector"
+    about = "Export sample segments to local Campaign Monitor and Mailchimp simulators through the sandboxed connectors"
 )]
 struct Args {
     /// Profiles to generate.
@@ -27,26 +30,41 @@ struct Args {
     /// Seed of the sample generator (same seed, same profiles).
     #[arg(long, default_value_t = 2026)]
     seed: u64,
-    /// Segment to export.
+    /// Segment exported to Campaign Monitor.
     #[arg(long, default_value = "newsletter")]
-    segment: String,
+    campaign_monitor_segment: String,
+    /// Segment exported to Mailchimp.
+    #[arg(long, default_value = "vip")]
+    mailchimp_segment: String,
     /// Working directory for the sample files and the plugin directory.
     #[arg(long, default_value_t = format!("{}/demo", artifacts::TARGET_DIR))]
     dir: String,
 }
 
+/// Two members of `segment` with an email, to seed the vendors with people already there.
+fn two_members(args: &Args, segment: &str) -> (String, String) {
+    let mut members = (0..args.profiles)
+        .map(|i| sample::profile(args.seed, i))
+        .filter(|p| p.segments.contains(&segment) && p.email.is_some())
+        .map(|p| p.email.unwrap());
+    (
+        members.next().expect("segment has members"),
+        members.next().expect("segment has members"),
+    )
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let dir = PathBuf::from(&args.dir);
     let started = Instant::now();
-
+    let dir = PathBuf::from(&args.dir);
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins)?;
     std::fs::copy(
         artifacts::CAMPAIGN_MONITOR,
         plugins.join("campaign-monitor.wasm"),
     )?;
+    std::fs::copy(artifacts::MAILCHIMP, plugins.join("mailchimp.wasm"))?;
     let files = sample::write_csv(&dir.join("data"), args.seed, args.profiles)?;
     println!(
         "sample: {} profiles in {}",
@@ -54,41 +72,39 @@ async fn main() -> Result<()> {
         files.profiles.display()
     );
 
-    // A vendor account on loopback, with a list that already has a few people on it.
-    let api_key = format!("demo-{:x}", std::process::id() as u64 * 0x9E37_79B9);
-    let sim = CampaignMonitorSim::start(0).await?;
-    let client = sim.add_client("Demo Co", &api_key);
-    let list = sim.add_list(&client, "Newsletter");
-    let mut members = (0..args.profiles)
-        .map(|i| sample::profile(args.seed, i))
-        .filter(|p| p.segments.contains(&args.segment.as_str()) && p.email.is_some());
-    if let (Some(a), Some(b)) = (members.next(), members.next()) {
-        sim.add_subscriber(
-            &list,
-            a.email.as_deref().unwrap(),
-            "Previous Name",
-            SubscriberState::Active,
-        );
-        sim.add_subscriber(
-            &list,
-            b.email.as_deref().unwrap(),
-            "Left Us",
-            SubscriberState::Unsubscribed,
-        );
-    }
+    // Two vendor accounts on loopback, each already holding a subscriber and someone who left.
+    let cm = CampaignMonitorSim::start(0).await?;
+    let cm_key = format!("demo-{:x}", std::process::id() as u64 * 0x9E37_79B9);
+    let cm_list = cm.add_list(&cm.add_client("Demo Co", &cm_key), "Newsletter");
+    let (a, b) = two_members(&args, &args.campaign_monitor_segment);
+    cm.add_subscriber(&cm_list, &a, "Previous Name", SubscriberState::Active);
+    cm.add_subscriber(&cm_list, &b, "Left Us", SubscriberState::Unsubscribed);
     println!(
-        "Campaign Monitor simulator: {} (list {list})",
-        sim.base_url()
+        "Campaign Monitor simulator: {} (list {cm_list})",
+        cm.base_url()
     );
 
-    let host = connector_host::ConnectorHost::open(
-        &plugins,
-        HostOptions {
-            cache_dir: Some(artifacts::COMPILE_CACHE.into()),
-            ..HostOptions::default()
-        },
-    )
-    .await?;
+    let mc = MailchimpSim::start(0).await?;
+    let mc_key = mc.add_account("Demo Co", "us21");
+    let mc_audience = mc.add_audience(&mc_key, "VIP customers");
+    let (a, b) = two_members(&args, &args.mailchimp_segment);
+    mc.add_member(
+        &mc_audience,
+        &a,
+        Status::Subscribed,
+        &[("FNAME", "Previous")],
+    );
+    mc.add_member(&mc_audience, &b, Status::Unsubscribed, &[]);
+    println!(
+        "Mailchimp simulator: {} (audience {mc_audience})",
+        mc.base_url("us21")
+    );
+
+    let options = HostOptions {
+        cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+        ..HostOptions::default()
+    };
+    let host = ConnectorHost::open(&plugins, options).await?;
     for p in &host.plugins().loaded {
         println!(
             "plugin: {} {} from {}",
@@ -98,45 +114,79 @@ async fn main() -> Result<()> {
         );
     }
 
-    let connection = Connection {
-        connector: "campaign-monitor".into(),
-        base_url: Some(sim.base_url()),
-        secret: Secret::new(api_key),
-    };
-    let export = Export {
-        settings: vec![("list-id".into(), list.clone())],
-        mapping: FieldMapping::parse(&[
-            "email=email",
-            "first-name=first_name",
-            "last-name=last_name",
-        ])?,
-        segments: vec![args.segment.clone()],
-    };
+    let mapping = FieldMapping::parse(&[
+        "email=email",
+        "first-name=first_name",
+        "last-name=last_name",
+    ])?;
+    let runs = [
+        (
+            Connection {
+                connector: "campaign-monitor".into(),
+                base_url: Some(cm.base_url()),
+                data_centre: None,
+                credential: Credential::ApiKey(Secret::new(cm_key)),
+            },
+            Export {
+                settings: vec![("list-id".into(), cm_list.clone())],
+                mapping: mapping.clone(),
+                segments: vec![args.campaign_monitor_segment.clone()],
+            },
+        ),
+        (
+            Connection {
+                connector: "mailchimp".into(),
+                base_url: Some(mc.base_url("{dc}")),
+                data_centre: None,
+                credential: Credential::ApiKey(Secret::new(mc_key)),
+            },
+            Export {
+                settings: vec![("audience-id".into(), mc_audience.clone())],
+                mapping,
+                segments: vec![args.mailchimp_segment.clone()],
+            },
+        ),
+    ];
     let source = FileSource::new(&files.profiles, &files.memberships, "id")?;
-    println!("\nexporting segment `{}`...", args.segment);
-    let report = host
-        .run_export(
-            &connection,
-            &export,
-            &source,
-            &RunOptions::default(),
-            &ConsoleProgress::new("campaign-monitor"),
-        )
-        .await?;
-    println!("\n{}", report.summary());
+    let mut all_ok = true;
+    for (connection, export) in &runs {
+        println!(
+            "\nexporting segment `{}` to {}...",
+            export.segments[0], connection.connector
+        );
+        let progress = ConsoleProgress::new(&connection.connector);
+        let report = host
+            .run_export(
+                connection,
+                export,
+                &source,
+                &RunOptions::default(),
+                &progress,
+            )
+            .await?;
+        println!("{}", report.summary());
+        all_ok &= report.succeeded();
+    }
 
-    let active = sim
-        .subscribers(&list)
+    let cm_active = cm
+        .subscribers(&cm_list)
         .values()
         .filter(|s| s.state == SubscriberState::Active)
         .count();
-    println!("the simulator's list now holds {active} active subscribers");
-    println!("\nthe same export from the command line:");
+    let mc_subscribed = mc
+        .members(&mc_audience)
+        .values()
+        .filter(|m| m.status == Status::Subscribed)
+        .count();
     println!(
-        "  CONNECTOR_SECRET=<api key> connector-host --plugins {} run --connector campaign-monitor --base-url {} \\\n    --setting list-id={list} --map email=email --map first-name=first_name --map last-name=last_name \\\n    --segment {} --profiles {} --memberships {}",
+        "Campaign Monitor list now holds {cm_active} active subscribers; Mailchimp audience {mc_subscribed} subscribed members."
+    );
+    println!("\nthe same Campaign Monitor export from the command line:");
+    println!(
+        "  CONNECTOR_SECRET=<api key> connector-host --plugins {} run --connector campaign-monitor --base-url {} \\\n    --setting list-id={cm_list} --map email=email --map first-name=first_name --map last-name=last_name \\\n    --segment {} --profiles {} --memberships {}",
         plugins.display(),
-        sim.base_url(),
-        args.segment,
+        cm.base_url(),
+        args.campaign_monitor_segment,
         files.profiles.display(),
         files.memberships.display()
     );
@@ -144,6 +194,6 @@ async fn main() -> Result<()> {
         "\ndemo finished in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    ensure!(report.succeeded(), "the export failed");
+    ensure!(all_ok, "an export failed");
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! Runs a vendor simulator on its own, for connector authors and manual runs:
 //! `cargo run -p connector-tests --bin vendor-sim -- campaign-monitor --port 8080`.
-//! Prints the base URL, the API key and the list ID to use, then serves until Ctrl-C.
+//! Prints the base URL, credential and list to use, then serves until Ctrl-C.
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
+use connector_tests::sim::mailchimp::MailchimpSim;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Vendor {
     CampaignMonitor,
+    Mailchimp,
 }
 
 #[derive(Parser)]
@@ -19,9 +21,12 @@ struct Args {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// API key the simulated account accepts.
+    /// Campaign Monitor: the API key the simulated account accepts.
     #[arg(long, default_value = "sim-api-key")]
     api_key: String,
+    /// Mailchimp: the data centre of the simulated account.
+    #[arg(long, default_value = "us21")]
+    data_centre: String,
 }
 
 #[tokio::main]
@@ -33,11 +38,35 @@ async fn main() -> Result<()> {
             let client = sim.add_client("Simulated client", &args.api_key);
             let list = sim.add_list(&client, "Simulated list");
             println!("Campaign Monitor simulator at {}", sim.base_url());
-            println!("API key: {} (Basic auth user)", args.api_key);
-            println!("client ID: {client}\nlist ID: {list}");
+            println!(
+                "API key: {} (Basic auth user)\nclient ID: {client}\nlist ID: {list}",
+                args.api_key
+            );
             tokio::signal::ctrl_c().await?;
-            let subscribers = sim.subscribers(&list);
-            println!("stopping; the list held {} subscribers", subscribers.len());
+            println!(
+                "stopping; the list held {} subscribers",
+                sim.subscribers(&list).len()
+            );
+        }
+        Vendor::Mailchimp => {
+            let sim = MailchimpSim::start(args.port).await?;
+            let key = sim.add_account("Simulated account", &args.data_centre);
+            let audience = sim.add_audience(&key, "Simulated audience");
+            println!(
+                "Mailchimp simulator at {} (connection base URL: {})",
+                sim.base_url(&args.data_centre),
+                sim.base_url("{dc}")
+            );
+            println!(
+                "API key: {key}\naudience ID: {audience}\nOAuth endpoints: {}/token, {}/metadata",
+                sim.oauth_url(),
+                sim.oauth_url()
+            );
+            tokio::signal::ctrl_c().await?;
+            println!(
+                "stopping; the audience held {} members",
+                sim.members(&audience).len()
+            );
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! ledger of every contact so tests can prove nothing was lost, duplicated or resubscribed.
 
 pub mod campaign_monitor;
+pub mod mailchimp;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -99,6 +100,34 @@ pub fn is_valid_email(email: &str) -> bool {
         });
     let tld = labels.last().copied().unwrap_or("");
     local_ok && labels_ok && tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// Decodes `%XX` escapes and `+` (spaces) of a URL query value.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
