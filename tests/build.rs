@@ -5,10 +5,31 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (cargo package, constant name) of every guest the tests use.
-const GUESTS: &[(&str, &str)] = &[
-    ("campaign-monitor-connector", "CAMPAIGN_MONITOR"),
-    ("mailchimp-connector", "MAILCHIMP"),
+/// (cargo package, artifact file, constant name) of every guest the tests use.
+const GUESTS: &[(&str, &str, &str)] = &[
+    (
+        "campaign-monitor-connector",
+        "campaign_monitor_connector.wasm",
+        "CAMPAIGN_MONITOR",
+    ),
+    (
+        "mailchimp-connector",
+        "mailchimp_connector.wasm",
+        "MAILCHIMP",
+    ),
+    // Test-only guests under tests/guests: misbehaving or unacceptable on purpose.
+    ("hostile-connector", "hostile_connector.wasm", "HOSTILE"),
+    (
+        "file-reader-connector",
+        "file_reader_connector.wasm",
+        "FILE_READER",
+    ),
+    ("not-a-connector", "not-a-connector.wasm", "NOT_A_CONNECTOR"),
+    (
+        "contract-v0-2-connector",
+        "contract_v0_2_connector.wasm",
+        "CONTRACT_V0_2",
+    ),
 ];
 
 fn main() {
@@ -27,7 +48,7 @@ fn main() {
         .current_dir(&root)
         .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
         .env("CARGO_TARGET_DIR", &target_dir);
-    for (package, _) in GUESTS {
+    for (package, _, _) in GUESTS {
         cargo.args(["-p", package]);
     }
     // Settings meant for this build script's own compilation must not leak into the guests'.
@@ -50,8 +71,8 @@ fn main() {
 
     let wasm_dir = target_dir.join("wasm32-wasip2").join("guest");
     let mut consts = String::new();
-    for (package, name) in GUESTS {
-        let path = wasm_dir.join(format!("{}.wasm", package.replace('-', "_")));
+    for (package, file, name) in GUESTS {
+        let path = wasm_dir.join(file);
         assert!(path.is_file(), "guest artifact missing: {}", path.display());
         consts.push_str(&format!(
             "/// `{package}` built for wasm32-wasip2.\npub const {name}: &str = {:?};\n",

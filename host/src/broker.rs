@@ -50,6 +50,11 @@ pub struct BrokerPolicy {
     pub request_timeout: Duration,
     /// Largest response body handed to a connector.
     pub max_response_bytes: usize,
+    /// Requests in flight at once per connection; `None` takes the connector's declared vendor
+    /// limit (`max-concurrent-requests`).
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests per second per connection; `None` takes the connector's declared vendor rate.
+    pub max_requests_per_second: Option<f64>,
 }
 
 impl Default for BrokerPolicy {
@@ -61,6 +66,8 @@ impl Default for BrokerPolicy {
             retry_budget: 1_000,
             request_timeout: Duration::from_secs(120),
             max_response_bytes: 16 << 20,
+            max_concurrent_requests: None,
+            max_requests_per_second: None,
         }
     }
 }
@@ -177,6 +184,32 @@ pub struct Broker {
     stats: Arc<HttpStats>,
     retry_budget: AtomicU64,
     observer: Option<RequestObserver>,
+    /// Caps requests in flight, when the vendor or the policy sets a limit.
+    slots: Option<tokio::sync::Semaphore>,
+    /// Spaces requests out, when the vendor or the policy sets a rate.
+    pacer: Option<Mutex<Pacer>>,
+}
+
+/// Hands out send times at most one per `interval`, so requests never exceed a rate.
+struct Pacer {
+    interval: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// The time the next request may go out, reserving it.
+    fn reserve(&mut self) -> tokio::time::Instant {
+        let at = self.next.max(tokio::time::Instant::now());
+        self.next = at + self.interval;
+        at
+    }
+}
+
+/// What the connector declares about its vendor's limits (0: none published).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VendorLimits {
+    pub max_concurrent_requests: u32,
+    pub max_requests_per_second: u32,
 }
 
 impl Broker {
@@ -187,8 +220,21 @@ impl Broker {
         allowed: Vec<AllowedHost>,
         auth: &AuthScheme,
         credential: Option<&Credential>,
+        vendor: VendorLimits,
         policy: BrokerPolicy,
     ) -> Result<Broker> {
+        let concurrency = policy
+            .max_concurrent_requests
+            .or(match vendor.max_concurrent_requests {
+                0 => None,
+                n => Some(n as usize),
+            });
+        let rate = policy
+            .max_requests_per_second
+            .or(match vendor.max_requests_per_second {
+                0 => None,
+                n => Some(n as f64),
+            });
         let authorization = credential
             .map(|c| match c {
                 Credential::ApiKey(key) => authorization_header(auth, key),
@@ -203,6 +249,13 @@ impl Broker {
             policy,
             stats: Arc::default(),
             observer: None,
+            slots: concurrency.map(|n| tokio::sync::Semaphore::new(n.max(1))),
+            pacer: rate.filter(|r| *r > 0.0).map(|r| {
+                Mutex::new(Pacer {
+                    interval: Duration::from_secs_f64(1.0 / r),
+                    next: tokio::time::Instant::now(),
+                })
+            }),
         })
     }
 
@@ -213,6 +266,7 @@ impl Broker {
             vec![],
             &AuthScheme::Bearer,
             None,
+            VendorLimits::default(),
             BrokerPolicy::default(),
         )
         .expect("no credential to encode")
@@ -316,8 +370,19 @@ impl Broker {
 
         loop {
             record.attempts += 1;
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let attempt = self.attempt(parts, body.clone(), options).await;
+            let attempt = {
+                // Held for the whole attempt: the vendor counts a connection until it answers.
+                let _slot = match &self.slots {
+                    Some(slots) => Some(slots.acquire().await.expect("never closed")),
+                    None => None,
+                };
+                if let Some(pacer) = &self.pacer {
+                    let at = pacer.lock().unwrap().reserve();
+                    tokio::time::sleep_until(at).await;
+                }
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                self.attempt(parts, body.clone(), options).await
+            };
             let retry_after = match &attempt {
                 Ok((status, headers, _)) if is_retryable_status(*status) => {
                     Some(retry_after(headers))

@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::ConnectorHost;
-use crate::broker::{AllowedHost, Broker, BrokerPolicy, RequestObserver, is_loopback};
+use crate::broker::{
+    AllowedHost, Broker, BrokerPolicy, RequestObserver, VendorLimits, is_loopback,
+};
 use crate::contract::{self, Contact, ExportConfig};
 use crate::mapping::{FieldMapping, ResolvedMapping};
 use crate::plugins::Plugin;
@@ -341,6 +343,10 @@ impl ConnectorHost {
             allowed,
             &info.auth,
             Some(&connection.credential),
+            VendorLimits {
+                max_concurrent_requests: info.max_concurrent_requests,
+                max_requests_per_second: info.max_requests_per_second,
+            },
             options.broker.clone(),
         )?
         .with_observer(options.observer.clone());

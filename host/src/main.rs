@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use connector_host::{
-    Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
-    HostOptions, RunOptions, Secret,
+    BrokerPolicy, Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping,
+    FileSource, HostOptions, Limits, RunOptions, Secret,
 };
 
 #[derive(Parser)]
@@ -31,6 +32,15 @@ struct Cli {
     /// Compile connectors at every start instead of caching them.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Largest memory a connector instance may use, in MiB.
+    #[arg(long, global = true, default_value_t = 128)]
+    memory_mib: usize,
+    /// CPU time one connector call may use, in seconds (network waits not counted).
+    #[arg(long, global = true, default_value_t = 30.0)]
+    cpu_seconds: f64,
+    /// Wall-clock time one connector call may take, in seconds.
+    #[arg(long, global = true, default_value_t = 300.0)]
+    call_timeout_seconds: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +92,15 @@ struct RunArgs {
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Requests in flight at once to the vendor [default: the connector's declared vendor limit].
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// Requests per second to the vendor [default: the connector's declared vendor rate].
+    #[arg(long)]
+    max_requests_per_second: Option<f64>,
+    /// Seconds a vendor request may take (connect, first byte, between bytes) before a retry.
+    #[arg(long, default_value_t = 120.0)]
+    request_timeout_seconds: f64,
     /// Write the contacts that were not delivered, with reasons, to this CSV file.
     #[arg(long)]
     rejections_csv: Option<PathBuf>,
@@ -109,13 +128,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let limits = Limits {
+        memory_bytes: cli.memory_mib << 20,
+        cpu_time: Duration::try_from_secs_f64(cli.cpu_seconds).context("--cpu-seconds")?,
+        call_timeout: Duration::try_from_secs_f64(cli.call_timeout_seconds)
+            .context("--call-timeout-seconds")?,
+        ..Limits::default()
+    };
     let options = HostOptions {
         cache_dir: if cli.no_cache {
             None
         } else {
             cli.cache_dir.clone().or_else(default_cache_dir)
         },
-        ..HostOptions::default()
+        limits,
     };
     let host = ConnectorHost::open(&cli.plugins, options).await?;
     match cli.command {
@@ -208,8 +234,16 @@ async fn run_once(host: &ConnectorHost, args: RunArgs) -> Result<ExitCode> {
         segments: args.segments.clone(),
     };
     let source = FileSource::new(&args.profiles, &args.memberships, &args.id_column)?;
+    let broker = BrokerPolicy {
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_requests_per_second: args.max_requests_per_second,
+        request_timeout: Duration::try_from_secs_f64(args.request_timeout_seconds)
+            .context("--request-timeout-seconds")?,
+        ..BrokerPolicy::default()
+    };
     let options = RunOptions {
         concurrency: args.concurrency,
+        broker,
         ..RunOptions::default()
     };
     let progress = ConsoleProgress::new(&args.connector);

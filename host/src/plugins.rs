@@ -105,18 +105,23 @@ impl Plugins {
         self.loaded.iter().find(|p| p.info.id == id)
     }
 
-    /// The connector with this id, or an error listing the ones there are.
+    /// The connector with this id, or an error listing the ones there are and the files that
+    /// did not load.
     pub fn require(&self, id: &str) -> Result<&Arc<Plugin>> {
         self.get(id).with_context(|| {
             let ids: Vec<&str> = self.loaded.iter().map(|p| p.info.id.as_str()).collect();
-            format!(
+            let mut message = format!(
                 "no connector `{id}` in the plugin directory (loaded: {})",
                 if ids.is_empty() {
                     "none".to_string()
                 } else {
                     ids.join(", ")
                 }
-            )
+            );
+            for s in &self.skipped {
+                message.push_str(&format!("; skipped {}: {}", s.path.display(), s.reason));
+            }
+            message
         })
     }
 }

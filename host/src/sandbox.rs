@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::broker::{Broker, BrokerHooks};
-use crate::contract::{Connector, ConnectorPre};
+use crate::contract::{BatchReport, Connector, ConnectorError, ConnectorInfo, ConnectorPre};
 
 /// Resource limits applied to every connector call.
 #[derive(Debug, Clone)]
@@ -25,6 +26,11 @@ pub struct Limits {
     /// Wall-clock time one call (`describe`, `validate`, one `export-batch`) may take, including
     /// the time its HTTP requests spend waiting on the vendor.
     pub call_timeout: Duration,
+    /// CPU time one call may spend running connector code (waiting on the network is not
+    /// counted), measured in 10 ms epoch ticks.
+    pub cpu_time: Duration,
+    /// Largest value a call may hand back (strings and lists of its result, in bytes).
+    pub max_return_bytes: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +39,8 @@ impl Default for Limits {
             memory_bytes: 128 << 20,
             table_elements: 100_000,
             call_timeout: Duration::from_secs(300),
+            cpu_time: Duration::from_secs(30),
+            max_return_bytes: 4 << 20,
         }
     }
 }
@@ -101,7 +109,9 @@ impl Sandbox {
             format!("cannot create the cache directory {}", cache_dir.display())
         })?;
         // Write then rename, so a concurrent start never reads half a file.
-        let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = cached.with_extension(format!("tmp{}-{n}", std::process::id()));
         std::fs::write(&tmp, &compiled)?;
         std::fs::rename(&tmp, &cached)?;
         // SAFETY: produced just above by this engine.
@@ -130,14 +140,19 @@ impl Sandbox {
 
     /// Runs `call` against a fresh instance whose requests go through `broker`, under the
     /// sandbox's limits. Any trap, limit or deadline fails only this call.
-    pub(crate) async fn call<R>(
+    pub(crate) async fn call<R: ReturnSize>(
         &self,
         pre: &ConnectorPre<PluginState>,
         broker: Arc<Broker>,
         call: impl AsyncFnOnce(&Connector, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
+        // What the connector prints goes to a small buffer, quoted when it crashes (a panic
+        // message), and never to the host's own output.
+        let stderr = MemoryOutputPipe::new(STDERR_BYTES);
+        let cpu_budget = (self.limits.cpu_time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         let state = PluginState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            cpu_ticks: 0,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: BrokerHooks(broker),
@@ -149,38 +164,150 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_async_yield_and_update(1);
+        // Each tick that finds the connector running counts against its CPU budget, then lets
+        // other tasks run; ticks spent waiting on the host (network) are not seen here.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > cpu_budget {
+                return Err(wasmtime::Error::msg(CPU_BUDGET_SPENT));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             call(&instance, &mut store).await
         };
-        match tokio::time::timeout(self.limits.call_timeout, run).await {
-            Ok(result) => result.map_err(|e| anyhow!(describe_trap(e))),
-            Err(_) => Err(anyhow!(
-                "the connector did not finish within the {:?} call deadline",
-                self.limits.call_timeout
-            )),
+        let value = match tokio::time::timeout(self.limits.call_timeout, run).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => {
+                let mut text = describe_trap(e, &self.limits);
+                let printed = String::from_utf8_lossy(&stderr.contents())
+                    .trim()
+                    .to_string();
+                if !printed.is_empty() {
+                    let tail: String = printed
+                        .chars()
+                        .rev()
+                        .take(400)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    text.push_str(&format!("; it printed: {tail}"));
+                }
+                return Err(anyhow!(text));
+            }
+            Err(_) => {
+                return Err(anyhow!(
+                    "the connector did not finish within the {:?} call deadline",
+                    self.limits.call_timeout
+                ));
+            }
+        };
+        let size = value.return_size();
+        if size > self.limits.max_return_bytes {
+            return Err(anyhow!(
+                "the connector returned {size} bytes, over the {}-byte limit on what a call may return",
+                self.limits.max_return_bytes
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// Bytes of guest-controlled data in a call's result (strings and list entries), for the cap
+/// on what a call may return.
+pub(crate) trait ReturnSize {
+    fn return_size(&self) -> usize;
+}
+
+impl ReturnSize for ConnectorInfo {
+    fn return_size(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| s.len() + 8).sum::<usize>();
+        self.id.len()
+            + self.display_name.len()
+            + self.version.len()
+            + self.default_base_url.len()
+            + strings(&self.hosts)
+            + self
+                .config_fields
+                .iter()
+                .map(|f| f.key.len() + f.label.len() + f.help.len() + 8)
+                .sum::<usize>()
+            + self
+                .contact_fields
+                .iter()
+                .map(|f| f.key.len() + f.label.len() + 8)
+                .sum::<usize>()
+    }
+}
+
+impl ReturnSize for BatchReport {
+    fn return_size(&self) -> usize {
+        self.issues
+            .iter()
+            .map(|i| i.code.len() + i.message.len() + 16)
+            .sum()
+    }
+}
+
+impl ReturnSize for ConnectorError {
+    fn return_size(&self) -> usize {
+        self.message.len() + self.vendor_code.as_ref().map_or(0, String::len)
+    }
+}
+
+impl ReturnSize for () {
+    fn return_size(&self) -> usize {
+        0
+    }
+}
+
+impl<T: ReturnSize, E: ReturnSize> ReturnSize for Result<T, E> {
+    fn return_size(&self) -> usize {
+        match self {
+            Ok(v) => v.return_size(),
+            Err(e) => e.return_size(),
         }
     }
 }
 
-/// Words a wasmtime error the way an operator needs it: what the connector did wrong.
-fn describe_trap(error: wasmtime::Error) -> String {
+/// How much of a connector's stderr is kept.
+const STDERR_BYTES: usize = 16 << 10;
+const CPU_BUDGET_SPENT: &str = "CPU budget spent";
+
+/// Words a wasmtime error the way an operator needs it: what the connector did wrong, without
+/// the wasm backtrace.
+fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
     let text = format!("{error:#}");
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        let what = match trap {
-            wasmtime::Trap::UnreachableCodeReached => "the connector crashed (panic or abort)",
-            wasmtime::Trap::StackOverflow => "the connector overflowed its stack",
-            wasmtime::Trap::OutOfFuel => "the connector used up its CPU budget",
-            wasmtime::Trap::Interrupt => "the connector was interrupted at its deadline",
-            _ => "the connector trapped",
-        };
-        return format!("{what}: {text}");
+    if text.contains(CPU_BUDGET_SPENT) {
+        return format!(
+            "the connector used more than its CPU budget of {:?} for one call (endless loop?)",
+            limits.cpu_time
+        );
     }
     if text.contains("forcing trap when growing memory") {
-        return format!("the connector exceeded its memory limit: {text}");
+        return format!(
+            "the connector exceeded its memory limit of {} MiB",
+            limits.memory_bytes >> 20
+        );
     }
-    text
+    let Some(trap) = error.downcast_ref::<wasmtime::Trap>() else {
+        return text;
+    };
+    let what = match trap {
+        wasmtime::Trap::UnreachableCodeReached => "the connector crashed (panic or abort)",
+        wasmtime::Trap::StackOverflow => "the connector overflowed its stack (stack overflow)",
+        // A Rust guest keeps its own stack in linear memory; running off its end is the usual
+        // cause of an out-of-bounds access.
+        wasmtime::Trap::MemoryOutOfBounds => {
+            "the connector accessed memory out of bounds (stack overflow or memory corruption)"
+        }
+        _ => "the connector trapped",
+    };
+    format!("{what}: {trap}")
 }
 
 /// Advances the engine's epoch for as long as the engine lives.
@@ -201,6 +328,8 @@ fn start_epoch_ticker(engine: &Engine) {
 /// What a connector's store holds: an empty WASI context, the HTTP context, and the broker.
 pub(crate) struct PluginState {
     wasi: WasiCtx,
+    /// Epoch ticks that found the connector running during this call.
+    cpu_ticks: u64,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: BrokerHooks,

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use connector_host::{
-    Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource, IssueKind, NoProgress,
-    RequestRecord, RunOptions, Secret,
+    BrokerPolicy, Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource,
+    IssueKind, NoProgress, RequestRecord, RunOptions, Secret,
 };
 use connector_tests::artifacts;
 use connector_tests::harness::{Expected, http, open_host, plugin_dir};
@@ -364,20 +364,65 @@ async fn an_oauth_token_from_the_authorization_flow_exports_like_an_api_key() {
     );
 }
 
+/// 12,000 profiles give 16 batches of the newsletter segment, enough to have 14 in flight.
+const MANY: u64 = 12_000;
+
+fn slow_vendor() -> Behaviour {
+    Behaviour {
+        latency: std::time::Duration::from_millis(100),
+        ..Behaviour::default()
+    }
+}
+
+fn assert_newsletter_delivered_once(w: &World) {
+    let expected = Expected::for_segment(SEED, MANY, "newsletter");
+    let ledger = w.sim.members(&w.audience);
+    assert_eq!(ledger.len(), expected.delivered.len());
+    assert!(
+        ledger.values().all(|m| m.writes == 1),
+        "a member was written more than once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_eleventh_simultaneous_connection_is_throttled_and_the_run_rides_through() {
-    // 12,000 profiles give 16 batches of the newsletter segment, enough to have 14 in flight.
-    let profiles = 12_000;
-    let w = world_with(
-        Behaviour {
-            latency: std::time::Duration::from_millis(100),
-            ..Behaviour::default()
-        },
-        profiles,
-    )
-    .await;
+async fn the_broker_keeps_to_the_vendors_ten_connections() {
+    let w = world_with(slow_vendor(), MANY).await;
     let options = RunOptions {
         concurrency: 14,
+        ..RunOptions::default()
+    };
+    let report = w
+        .host
+        .run_export(
+            &connection(&w, api_key(&w)),
+            &export(&w.audience, "newsletter"),
+            &source(&w),
+            &options,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{}", report.summary());
+    assert_eq!(
+        w.sim.peak_connections(),
+        10,
+        "the declared limit was not used to the full or was exceeded"
+    );
+    assert!(w.sim.requests().iter().all(|r| r.status != 429));
+    assert_newsletter_delivered_once(&w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eleventh_simultaneous_connection_is_throttled_and_the_run_rides_through() {
+    let w = world_with(slow_vendor(), MANY).await;
+    // Lift the broker's cap to show the simulator's own limit and the retries that follow.
+    let broker = BrokerPolicy {
+        max_concurrent_requests: Some(100),
+        ..BrokerPolicy::default()
+    };
+    let options = RunOptions {
+        concurrency: 14,
+        broker,
         ..RunOptions::default()
     };
     let report = w
@@ -399,13 +444,7 @@ async fn the_eleventh_simultaneous_connection_is_throttled_and_the_run_rides_thr
     );
     assert_eq!(report.retries as usize, throttled);
     assert!(w.sim.peak_connections() <= 10);
-    let expected = Expected::for_segment(SEED, profiles, "newsletter");
-    let ledger = w.sim.members(&w.audience);
-    assert_eq!(ledger.len(), expected.delivered.len());
-    assert!(
-        ledger.values().all(|m| m.writes == 1),
-        "a member was written more than once"
-    );
+    assert_newsletter_delivered_once(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

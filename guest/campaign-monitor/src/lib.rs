@@ -51,6 +51,10 @@ impl Connector for CampaignMonitor {
                 field("consent-to-track", "Consent to track (yes/no)", false),
             ],
             max_batch_size: MAX_BATCH,
+            // Campaign Monitor publishes no concurrency or rate limit for imports (it throttles
+            // with 429, which the host's broker rides out).
+            max_concurrent_requests: 0,
+            max_requests_per_second: 0,
         }
     }
 

@@ -80,6 +80,9 @@ impl Connector for Mailchimp {
                 field("last-name", "Last name", false),
             ],
             max_batch_size: MAX_BATCH,
+            // Mailchimp allows 10 simultaneous connections per account; the 11th gets 429.
+            max_concurrent_requests: 10,
+            max_requests_per_second: 0,
         }
     }
 

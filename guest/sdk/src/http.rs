@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasi::http::outgoing_handler;
-use wasi::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+pub use wasi::http::types::Method;
+use wasi::http::types::{ErrorCode, Fields, OutgoingBody, OutgoingRequest, Scheme};
 
 use crate::{ConnectorError, ErrorKind};
 
@@ -61,8 +62,24 @@ pub fn post_json<T: Serialize>(url: &str, body: &T) -> Result<Response, Connecto
 /// Sends one request and reads the whole response. Transport failures (including a host the
 /// broker refused) become `transport` errors that say what happened.
 pub fn send(method: Method, url: &str, body: Option<&[u8]>) -> Result<Response, ConnectorError> {
+    send_with_headers(method, url, &[], body)
+}
+
+/// [`send`] with extra request headers. Credentials set here are dropped by the host, which
+/// adds the connection's own.
+pub fn send_with_headers(
+    method: Method,
+    url: &str,
+    extra: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Response, ConnectorError> {
     let target = Url::parse(url)?;
     let mut headers: Vec<(String, Vec<u8>)> = vec![("accept".into(), b"application/json".to_vec())];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+    );
     if body.is_some() {
         headers.push((
             "content-type".into(),

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest import accepted (more: Code 209).
 pub const MAX_IMPORT: usize = 1000;
@@ -83,6 +83,8 @@ pub struct LoggedRequest {
     /// The Authorization header exactly as received.
     pub authorization: Option<String>,
     pub status: u16,
+    /// When the simulator finished handling it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -240,6 +242,11 @@ impl CampaignMonitorSim {
             .cloned()
     }
 
+    /// Injects vendor faults into the requests from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        self.server.set_faults(faults);
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.lock().unwrap().log.clone()
@@ -264,6 +271,7 @@ fn handle(
         path: uri.path().to_string(),
         authorization,
         status: status.as_u16(),
+        at: std::time::Instant::now(),
     });
     (
         status,

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::{Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest batch subscribe accepted.
 pub const MAX_BATCH: usize = 500;
@@ -97,6 +97,8 @@ pub struct LoggedRequest {
     pub path: String,
     pub authorization: Option<String>,
     pub status: u16,
+    /// When the simulator finished handling it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -351,6 +353,11 @@ impl MailchimpSim {
             .collect()
     }
 
+    /// Injects vendor faults into the requests from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        self.server.set_faults(faults);
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.lock().unwrap().log.clone()
@@ -400,6 +407,7 @@ async fn handle(
         path: uri.path().to_string(),
         authorization,
         status: response.status().as_u16(),
+        at: std::time::Instant::now(),
     });
     response
 }

@@ -5,18 +5,84 @@ pub mod campaign_monitor;
 pub mod mailchimp;
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::Response;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tokio::sync::oneshot;
 
-/// A loopback HTTP server that hands every request to one handler; stops when dropped.
+/// Vendor misbehaviour to inject, by request number (1-based, every request counts). Injected
+/// faults happen before the simulator handles the request, except `slow`, which delays it.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Every Nth request is answered 429 with `Retry-After: retry_after_secs` (0: never).
+    pub throttle_every: u64,
+    pub retry_after_secs: u64,
+    /// Every Nth request is answered 500 or 503, alternately (0: never).
+    pub error_every: u64,
+    /// Every Nth request is handled only after `slow_delay` (0: never).
+    pub slow_every: u64,
+    pub slow_delay: Duration,
+    /// Every Nth request gets response headers and then a broken connection (0: never).
+    pub reset_every: u64,
+}
+
+impl Faults {
+    fn hits(every: u64, n: u64) -> bool {
+        every > 0 && n.is_multiple_of(every)
+    }
+
+    /// The injected answer for request `n`, if it gets one instead of the simulator's.
+    async fn inject(&self, n: u64) -> Option<Response> {
+        if Faults::hits(self.throttle_every, n) {
+            let body = r#"{"Code": 429, "Message": "Rate limit exceeded", "title": "Too Many Requests", "status": 429}"#;
+            let headers = [
+                ("retry-after", self.retry_after_secs.to_string()),
+                ("content-type", "application/json".into()),
+            ];
+            return Some((StatusCode::TOO_MANY_REQUESTS, headers, body).into_response());
+        }
+        if Faults::hits(self.error_every, n) {
+            let status = if (n / self.error_every).is_multiple_of(2) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Some(
+                (
+                    status,
+                    [("content-type", "application/json")],
+                    r#"{"Code": 500, "Message": "Simulated server error"}"#,
+                )
+                    .into_response(),
+            );
+        }
+        if Faults::hits(self.reset_every, n) {
+            let broken = futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated reset",
+                ))
+            });
+            return Some((StatusCode::OK, Body::from_stream(broken)).into_response());
+        }
+        if Faults::hits(self.slow_every, n) {
+            tokio::time::sleep(self.slow_delay).await;
+        }
+        None
+    }
+}
+
+/// A loopback HTTP server that hands every request to one handler, with optional injected
+/// faults; stops when dropped.
 pub struct Server {
     addr: SocketAddr,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    faults: Arc<Mutex<Faults>>,
 }
 
 impl Server {
@@ -28,10 +94,22 @@ impl Server {
     {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
+        let faults: Arc<Mutex<Faults>> = Arc::default();
+        let requests = Arc::new(AtomicU64::new(0));
+        let injected = faults.clone();
         let app = axum::Router::new()
             .fallback(
                 move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                    handler(method, uri, headers, body)
+                    let (handler, faults, requests) =
+                        (handler.clone(), injected.clone(), requests.clone());
+                    async move {
+                        let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                        let faults = faults.lock().unwrap().clone();
+                        match faults.inject(n).await {
+                            Some(answer) => answer,
+                            None => handler(method, uri, headers, body).await,
+                        }
+                    }
                 },
             )
             .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
@@ -46,12 +124,18 @@ impl Server {
         Ok(Server {
             addr,
             shutdown: Mutex::new(Some(tx)),
+            faults,
         })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Injects `faults` into the requests from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().unwrap() = faults;
     }
 }
 

@@ -1,0 +1,39 @@
+//! A connector that tries to read the host's files: its component imports wasi:filesystem,
+//! which the host refuses at load time, naming the import.
+
+use cdp_connector_sdk::*;
+
+struct FileReader;
+
+impl Connector for FileReader {
+    fn describe() -> ConnectorInfo {
+        ConnectorInfo {
+            id: "file-reader".into(),
+            display_name: "File reader".into(),
+            version: "0.1.0".into(),
+            default_base_url: "https://api.createsend.com/api/v3.3".into(),
+            hosts: vec!["api.createsend.com".into()],
+            auth: AuthScheme::Bearer,
+            config_fields: vec![],
+            contact_fields: vec![ContactField {
+                key: "email".into(),
+                label: "Email".into(),
+                required: true,
+            }],
+            max_batch_size: 10,
+            max_concurrent_requests: 0,
+            max_requests_per_second: 0,
+        }
+    }
+
+    fn validate(_: ExportConfig) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn export_batch(_: ExportConfig, _: Vec<Contact>) -> Result<BatchReport, ConnectorError> {
+        let secrets = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        Err(ConnectorError::internal(secrets))
+    }
+}
+
+export_connector!(FileReader);

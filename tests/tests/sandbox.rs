@@ -1,0 +1,322 @@
+//! The sandbox and broker hold against hostile connectors: each misbehaviour fails only its own
+//! run with a clear error, while a healthy Campaign Monitor export in the same host completes.
+
+use std::time::Duration;
+
+use connector_host::{
+    BrokerPolicy, Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource,
+    HostOptions, Limits, NoProgress, RunOptions, RunReport, RunStatus, Secret,
+};
+use connector_tests::artifacts;
+use connector_tests::harness::plugin_dir;
+use connector_tests::sample;
+use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
+
+const API_KEY: &str = "sandbox-test-key-8d1f2a";
+
+struct World {
+    sim: CampaignMonitorSim,
+    list: String,
+    host: ConnectorHost,
+    _plugins: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    source: FileSource,
+}
+
+async fn world() -> World {
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let list = sim.add_list(&sim.add_client("Acme", API_KEY), "Main");
+    let plugins = plugin_dir(&[
+        ("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR),
+        ("hostile.wasm", artifacts::HOSTILE),
+    ]);
+    let limits = Limits {
+        memory_bytes: 64 << 20,
+        cpu_time: Duration::from_secs(1),
+        call_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let host = ConnectorHost::open(
+        plugins.path(),
+        HostOptions {
+            limits,
+            cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+        },
+    )
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let files = sample::write_csv(data.path(), 5, 400).unwrap();
+    let source = FileSource::new(&files.profiles, &files.memberships, "id").unwrap();
+    World {
+        sim,
+        list,
+        host,
+        _plugins: plugins,
+        _data: data,
+        source,
+    }
+}
+
+fn connection(w: &World, connector: &str) -> Connection {
+    Connection {
+        connector: connector.into(),
+        base_url: Some(w.sim.base_url()),
+        data_centre: None,
+        credential: Credential::ApiKey(Secret::new(API_KEY.into())),
+    }
+}
+
+fn export(w: &World, mode: Option<&str>) -> Export {
+    let mut settings = vec![("list-id".to_string(), w.list.clone())];
+    if let Some(mode) = mode {
+        settings.push(("mode".into(), mode.into()));
+    }
+    Export {
+        settings,
+        mapping: FieldMapping::parse(&["email=email"]).unwrap(),
+        segments: vec!["newsletter".into()],
+    }
+}
+
+/// Runs the hostile connector in `mode` and a healthy export side by side; returns the hostile
+/// run's report after checking the healthy one delivered.
+async fn hostile_beside_healthy(w: &World, mode: &str, options: RunOptions) -> RunReport {
+    let healthy_export = export(w, None);
+    let hostile_export = export(w, Some(mode));
+    let (hostile_connection, healthy_connection) =
+        (connection(w, "hostile"), connection(w, "campaign-monitor"));
+    let defaults = RunOptions::default();
+    let (hostile, healthy) = tokio::join!(
+        w.host.run_export(
+            &hostile_connection,
+            &hostile_export,
+            &w.source,
+            &options,
+            &NoProgress
+        ),
+        w.host.run_export(
+            &healthy_connection,
+            &healthy_export,
+            &w.source,
+            &defaults,
+            &NoProgress
+        ),
+    );
+    let healthy = healthy.unwrap();
+    assert!(
+        healthy.succeeded(),
+        "the healthy run next to `{mode}` failed: {}",
+        healthy.summary()
+    );
+    assert!(healthy.created > 0);
+    let hostile = hostile.unwrap();
+    eprintln!("hostile `{mode}`: {:?}", hostile.status);
+    hostile
+}
+
+fn failure(report: &RunReport) -> &str {
+    match &report.status {
+        RunStatus::Failed(error) => error,
+        RunStatus::Succeeded => panic!("the hostile run succeeded: {}", report.summary()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "endless-loop", RunOptions::default()).await;
+    assert!(
+        failure(&report).contains("the connector used more than its CPU budget of 1s for one call"),
+        "{}",
+        failure(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_hits_the_memory_cap() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "memory-bomb", RunOptions::default()).await;
+    assert!(
+        failure(&report).contains("the connector exceeded its memory limit of 64 MiB"),
+        "{}",
+        failure(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_overflows_only_the_connectors_stack() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "stack-overflow", RunOptions::default()).await;
+    assert!(
+        failure(&report).contains("(stack overflow"),
+        "{}",
+        failure(&report)
+    );
+    assert!(
+        !failure(&report).contains("wasm backtrace"),
+        "{}",
+        failure(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_fails_the_run_and_quotes_the_panic_message() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "panic", RunOptions::default()).await;
+    let error = failure(&report);
+    assert!(
+        error.contains("the connector crashed (panic or abort)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("hostile connector gave up on purpose"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_forbidden_host_is_refused_and_reported() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "forbidden-host", RunOptions::default()).await;
+    assert!(failure(&report).contains("request to https://exfiltrate.example.net/steal?data=contacts failed: refused by the host"), "{}", failure(&report));
+    assert_eq!(report.refused_hosts, ["exfiltrate.example.net"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_authorization_header_is_replaced_by_the_connections_credential() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "forged-auth", RunOptions::default()).await;
+    assert!(report.succeeded(), "{}", report.summary());
+    let requests = w.sim.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.as_deref() != Some("Basic Zm9yZ2VkOng=")),
+        "the forged credential reached the vendor"
+    );
+    assert!(requests.iter().all(|r| r.status != 401));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_paced_not_failed() {
+    let w = world().await;
+    let rate = 20.0;
+    let options = RunOptions {
+        broker: BrokerPolicy {
+            max_requests_per_second: Some(rate),
+            ..BrokerPolicy::default()
+        },
+        ..RunOptions::default()
+    };
+    let started = w.sim.requests().len();
+    let report = hostile_beside_healthy(&w, "flood", options).await;
+    assert!(report.succeeded(), "{}", report.summary());
+    // The flood's requests (30 a batch plus validation) went out no faster than the rate.
+    let flood: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .skip(started)
+        .filter(|r| r.path.starts_with("/api/v3.3/lists/"))
+        .collect();
+    assert!(flood.len() as u64 > report.batches * 30, "{}", flood.len());
+    let span = flood
+        .last()
+        .unwrap()
+        .at
+        .duration_since(flood.first().unwrap().at)
+        .as_secs_f64();
+    assert!(
+        span >= (report.requests - 1) as f64 / rate * 0.95,
+        "{} requests in {span:.2} s at {rate}/s",
+        report.requests
+    );
+    assert_eq!(report.retries, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_claiming_more_contacts_than_sent_is_a_contract_violation() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "overclaim", RunOptions::default()).await;
+    assert!(
+        failure(&report)
+            .contains("connector `hostile` broke the contract: its report accounts for"),
+        "{}",
+        failure(&report)
+    );
+    assert_eq!(report.created, 0, "a refused report was counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_return_value_is_refused() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "oversized", RunOptions::default()).await;
+    assert!(
+        failure(&report).contains("over the 4194304-byte limit on what a call may return"),
+        "{}",
+        failure(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_outside_the_contract_are_refused_at_load_with_the_reason() {
+    let dir = plugin_dir(&[
+        ("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR),
+        ("file-reader.wasm", artifacts::FILE_READER),
+        ("not-a-connector.wasm", artifacts::NOT_A_CONNECTOR),
+        ("future.wasm", artifacts::CONTRACT_V0_2),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let options = HostOptions {
+        cache_dir: Some(cache.path().into()),
+        ..HostOptions::default()
+    };
+    let host = ConnectorHost::open(dir.path(), options.clone())
+        .await
+        .unwrap();
+    let plugins = host.plugins();
+    assert_eq!(
+        plugins
+            .loaded
+            .iter()
+            .map(|p| p.info.id.as_str())
+            .collect::<Vec<_>>(),
+        ["campaign-monitor"]
+    );
+    let reason = |file: &str| {
+        plugins
+            .skipped
+            .iter()
+            .find(|s| s.path.ends_with(file))
+            .map(|s| s.reason.clone())
+            .unwrap()
+    };
+    let file_reader = reason("file-reader.wasm");
+    assert!(
+        file_reader.starts_with("imports `wasi:filesystem/"),
+        "{file_reader}"
+    );
+    assert!(
+        file_reader.contains("which connectors are not allowed"),
+        "{file_reader}"
+    );
+    let command = reason("not-a-connector.wasm");
+    assert!(
+        command.starts_with(
+            "does not export cdp:connector/export-destination (it exports: wasi:cli/run@"
+        ),
+        "{command}"
+    );
+    assert_eq!(
+        reason("future.wasm"),
+        "built for cdp:connector@0.2.0, which this host does not support; it supports cdp:connector@0.1.x"
+    );
+
+    // Every component that compiled is in the cache; a second start loads from it.
+    let cached = || std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(cached(), 4);
+    let again = ConnectorHost::open(dir.path(), options).await.unwrap();
+    assert_eq!(again.plugins().loaded.len(), 1);
+    assert_eq!(cached(), 4);
+}
