@@ -76,4 +76,18 @@ impl ConnectorHost {
     pub fn plugins(&self) -> &Plugins {
         &self.plugins
     }
+
+    /// Asks a connector to describe itself from a fresh instance, as every call starts (useful
+    /// to check a plugin, and to measure what setting up a call costs).
+    pub async fn describe(&self, connector: &str) -> Result<contract::ConnectorInfo> {
+        let plugin = self.plugins.require(connector)?;
+        let offline = Arc::new(broker::Broker::offline(connector));
+        self.sandbox
+            .call(&plugin.pre, offline, async |c, store| {
+                c.cdp_connector_export_destination()
+                    .call_describe(store)
+                    .await
+            })
+            .await
+    }
 }

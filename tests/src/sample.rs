@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use connector_host::{Profile, ProfileSource, ProfileStream};
 
-/// The segments sample profiles belong to.
-pub const SEGMENTS: [&str; 3] = ["newsletter", "vip", "churned"];
+/// The segments sample profiles belong to; `everyone` holds every profile.
+pub const SEGMENTS: [&str; 4] = ["newsletter", "vip", "churned", "everyone"];
 /// The columns of sample profiles.
 pub const COLUMNS: [&str; 5] = ["id", "email", "first_name", "last_name", "city"];
 
@@ -74,7 +74,8 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// The profile at `index` for `seed`. About 2% of emails are invalid, 1.5% repeat an earlier
-/// profile's email in other letter case, 0.5% are missing; 65% are in `newsletter`, 15% in `vip`.
+/// profile's email in other letter case, 0.5% are missing; 65% are in `newsletter`, 15% in `vip`,
+/// all in `everyone`.
 pub fn profile(seed: u64, index: u64) -> SampleProfile {
     let r = mix(seed ^ mix(index));
     let first = FIRST[(r % 16) as usize];
@@ -106,6 +107,7 @@ pub fn profile(seed: u64, index: u64) -> SampleProfile {
     if segments.is_empty() && (r >> 56) % 100 < 50 {
         segments.push(SEGMENTS[2]);
     }
+    segments.push(SEGMENTS[3]);
     SampleProfile {
         id: format!("p{index:07}"),
         email,

@@ -367,9 +367,10 @@ async fn an_oauth_token_from_the_authorization_flow_exports_like_an_api_key() {
 /// 12,000 profiles give 16 batches of the newsletter segment, enough to have 14 in flight.
 const MANY: u64 = 12_000;
 
+/// Calls slow enough that 14 batches in flight surely overlap, even on a busy machine.
 fn slow_vendor() -> Behaviour {
     Behaviour {
-        latency: std::time::Duration::from_millis(100),
+        latency: std::time::Duration::from_secs(1),
         ..Behaviour::default()
     }
 }

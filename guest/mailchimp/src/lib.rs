@@ -104,18 +104,8 @@ impl Connector for Mailchimp {
         contacts: Vec<Contact>,
     ) -> Result<BatchReport, ConnectorError> {
         let settings = Settings::from(&config)?;
-        if contacts.is_empty() {
-            return Ok(BatchReport {
-                created: 0,
-                updated: 0,
-                issues: vec![],
-            });
-        }
-        if contacts.len() > MAX_BATCH as usize {
-            return Err(ConnectorError::invalid_config(format!(
-                "batch of {} contacts exceeds Mailchimp's limit of {MAX_BATCH}",
-                contacts.len()
-            )));
+        if let Some(empty) = check_batch("Mailchimp", &contacts, MAX_BATCH)? {
+            return Ok(empty);
         }
         let members = contacts
             .iter()

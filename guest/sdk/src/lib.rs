@@ -42,7 +42,7 @@ pub use bindings::exports::cdp::connector::export_destination::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
     ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind,
 };
-pub use report::ReportBuilder;
+pub use report::{ReportBuilder, check_batch};
 
 /// The contract version this SDK implements.
 pub const CONTRACT_VERSION: &str = "0.1.0";

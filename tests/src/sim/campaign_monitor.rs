@@ -30,6 +30,8 @@ pub struct Behaviour {
     /// Report rows that may not be resubscribed per row with codes 204-208 (true), or count
     /// them silently as existing subscribers (false).
     pub report_suppressed_rows: bool,
+    /// Time each API call takes (for benchmarks against the vendor's ceiling).
+    pub latency: std::time::Duration,
 }
 
 impl Default for Behaviour {
@@ -38,6 +40,7 @@ impl Default for Behaviour {
             unknown_list_status: StatusCode::UNAUTHORIZED,
             import_success_status: StatusCode::CREATED,
             report_suppressed_rows: true,
+            latency: std::time::Duration::ZERO,
         }
     }
 }
@@ -152,7 +155,13 @@ impl CampaignMonitorSim {
         let handler_state = state.clone();
         let server = Server::start(port, move |method, uri, headers, body| {
             let state = handler_state.clone();
-            async move { handle(&state, method, uri, headers, body) }
+            async move {
+                let latency = state.lock().unwrap().behaviour.latency;
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                handle(&state, method, uri, headers, body)
+            }
         })
         .await?;
         Ok(CampaignMonitorSim {
