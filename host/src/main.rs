@@ -11,6 +11,9 @@ use connector_host::{
     FileSource, HostOptions, Limits, RunOptions, Secret,
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "connector-host",

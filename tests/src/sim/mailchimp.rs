@@ -195,14 +195,14 @@ impl Problem {
     }
 }
 
-fn ok(body: Value) -> Response {
+fn ok(body: impl serde::Serialize) -> Response {
     (
         StatusCode::OK,
         [
             ("content-type", "application/json; charset=utf-8"),
             ("x-request-id", &new_id(32)),
         ],
-        body.to_string(),
+        serde_json::to_string(&body).expect("serialisable"),
     )
         .into_response()
 }
@@ -610,9 +610,57 @@ fn audience_json(id: &str, a: &Audience) -> Value {
         "stats": {"member_count": count(Status::Subscribed), "unsubscribe_count": count(Status::Unsubscribed), "cleaned_count": count(Status::Cleaned)}, "_links": []})
 }
 
-fn member_json(list: &str, m: &Member) -> Value {
-    json!({"id": subscriber_hash(&m.email), "email_address": m.email, "unique_email_id": &subscriber_hash(&m.email)[..10], "status": m.status.as_str(),
-        "merge_fields": m.merge_fields, "tags": m.tags.iter().enumerate().map(|(i, t)| json!({"id": i + 1, "name": t})).collect::<Vec<_>>(), "list_id": list, "_links": []})
+/// A member as the API shows it (typed: a batch answer holds up to 500 of them).
+#[derive(serde::Serialize)]
+struct MemberView {
+    id: String,
+    email_address: String,
+    unique_email_id: String,
+    status: &'static str,
+    merge_fields: BTreeMap<String, String>,
+    tags: Vec<TagView>,
+    list_id: String,
+    _links: [(); 0],
+}
+
+#[derive(serde::Serialize)]
+struct TagView {
+    id: usize,
+    name: String,
+}
+
+fn member_json(list: &str, m: &Member) -> MemberView {
+    let id = subscriber_hash(&m.email);
+    MemberView {
+        unique_email_id: id[..10].to_string(),
+        id,
+        email_address: m.email.clone(),
+        status: m.status.as_str(),
+        merge_fields: m.merge_fields.clone(),
+        tags: m
+            .tags
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TagView {
+                id: i + 1,
+                name: t.clone(),
+            })
+            .collect(),
+        list_id: list.to_string(),
+        _links: [],
+    }
+}
+
+/// The answer to a batch subscribe.
+#[derive(serde::Serialize)]
+struct BatchAnswer {
+    new_members: Vec<MemberView>,
+    updated_members: Vec<MemberView>,
+    errors: Vec<Value>,
+    total_created: usize,
+    total_updated: usize,
+    error_count: usize,
+    _links: [(); 0],
 }
 
 fn member_error(email: &str, error: String, code: &str) -> Value {
@@ -620,7 +668,7 @@ fn member_error(email: &str, error: String, code: &str) -> Value {
 }
 
 /// `POST /lists/{id}`: batch subscribe or update members.
-fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<Value, Problem> {
+fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer, Problem> {
     let query = uri.query().unwrap_or("");
     let flag = |name: &str| query.split('&').any(|kv| kv == format!("{name}=true"));
     let (skip_merge_validation, skip_duplicate_check) =
@@ -766,10 +814,15 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<Value, Probl
             }
         }
     }
-    Ok(
-        json!({"new_members": created, "updated_members": updated, "errors": errors,
-        "total_created": created.len(), "total_updated": updated.len(), "error_count": errors.len(), "_links": []}),
-    )
+    Ok(BatchAnswer {
+        total_created: created.len(),
+        total_updated: updated.len(),
+        error_count: errors.len(),
+        new_members: created,
+        updated_members: updated,
+        errors,
+        _links: [],
+    })
 }
 
 fn invalid_resource(errors: Value) -> Problem {
