@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Scheme;
 use http_body_util::{BodyExt, Full, Limited};
+use tracing::Instrument;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use crate::contract::AuthScheme;
@@ -178,6 +179,8 @@ pub type RequestObserver = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
 /// The broker of one run: the allow-list and credential of its connection, and its policy.
 pub struct Broker {
     connector: String,
+    /// Names the connection in traces (never its credential).
+    connection: String,
     allowed: Vec<AllowedHost>,
     authorization: Option<HeaderValue>,
     policy: BrokerPolicy,
@@ -243,6 +246,7 @@ impl Broker {
             .transpose()?;
         Ok(Broker {
             connector: connector.to_string(),
+            connection: String::new(),
             allowed,
             authorization,
             retry_budget: AtomicU64::new(policy.retry_budget),
@@ -270,6 +274,12 @@ impl Broker {
             BrokerPolicy::default(),
         )
         .expect("no credential to encode")
+    }
+
+    /// Names the connection in traces.
+    pub fn with_connection_label(mut self, label: String) -> Broker {
+        self.connection = label;
+        self
     }
 
     /// Reports every request to `observer`.
@@ -310,20 +320,27 @@ impl Broker {
             attempts: 0,
             latency: Duration::ZERO,
         };
-        let result = self
-            .send_checked(&mut parts, body, options, &mut record)
-            .await;
-        record.latency = started.elapsed();
-        tracing::debug!(
+        // One span per request; the credential is never a field (the path carries no query).
+        let span = tracing::debug_span!(
+            "request",
             connector = %self.connector,
+            connection = %self.connection,
             host = %record.authority,
             method = %record.method,
             path = %record.path,
-            status = ?record.status,
-            attempts = record.attempts,
-            latency_ms = record.latency.as_millis() as u64,
-            "request"
+            status = tracing::field::Empty,
+            retries = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
         );
+        let result = self
+            .send_checked(&mut parts, body, options, &mut record)
+            .instrument(span.clone())
+            .await;
+        record.latency = started.elapsed();
+        span.record("status", record.status.unwrap_or(0));
+        span.record("retries", record.attempts.saturating_sub(1));
+        span.record("latency_ms", record.latency.as_millis() as u64);
+        tracing::debug!(parent: &span, "request finished");
         if let Some(observer) = &self.observer {
             observer(&record);
         }

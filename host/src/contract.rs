@@ -58,3 +58,21 @@ impl std::fmt::Display for ErrorKind {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_zero_minor_is_compatible_and_other_versions_are_not() {
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        assert!(is_compatible(&v("0.1.0")));
+        assert!(
+            is_compatible(&v("0.1.7")),
+            "a later patch of the contract must load"
+        );
+        assert!(!is_compatible(&v("0.2.0")));
+        assert!(!is_compatible(&v("1.0.0")));
+        assert_eq!(supported_versions(), "cdp:connector@0.1.x");
+    }
+}

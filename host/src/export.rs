@@ -349,7 +349,12 @@ impl ConnectorHost {
             },
             options.broker.clone(),
         )?
-        .with_observer(options.observer.clone());
+        .with_observer(options.observer.clone())
+        .with_connection_label(format!(
+            "{} at {}",
+            info.id,
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        ));
         Ok(Prepared {
             config: ExportConfig {
                 base_url,

@@ -31,7 +31,9 @@ async fn run(args: Vec<String>, secret: Option<&str>) -> Output {
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("CONNECTOR_SECRET")
-        .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE);
+        .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
+        // Every brokered request is traced at debug level; the traces must not leak the key.
+        .env("RUST_LOG", "connector_host=debug");
     if let Some(secret) = secret {
         cmd.env("CONNECTOR_SECRET", secret);
     }
@@ -135,6 +137,7 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
             .any(|l| l.contains(",rejected,1,Invalid Email Address")),
         "{csv}"
     );
+    assert!(stderr.contains("request finished"), "no request traces: {stderr}");
     for output in [&stdout, &stderr, &csv] {
         assert!(!output.contains(API_KEY), "the credential was printed");
     }
