@@ -133,7 +133,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let limits = Limits {
         memory_bytes: cli.memory_mib << 20,
-        cpu_time: Duration::try_from_secs_f64(cli.cpu_seconds).context("--cpu-seconds")?,
+        cpu_time: Some(Duration::try_from_secs_f64(cli.cpu_seconds).context("--cpu-seconds")?),
         call_timeout: Duration::try_from_secs_f64(cli.call_timeout_seconds)
             .context("--call-timeout-seconds")?,
         ..Limits::default()

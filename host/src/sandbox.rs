@@ -27,8 +27,10 @@ pub struct Limits {
     /// the time its HTTP requests spend waiting on the vendor.
     pub call_timeout: Duration,
     /// CPU time one call may spend running connector code (waiting on the network is not
-    /// counted), measured in 10 ms epoch ticks.
-    pub cpu_time: Duration,
+    /// counted), measured in 10 ms epoch ticks. `None` turns the budget and epoch interruption
+    /// off: only for trusted connectors, since a busy loop then holds its thread and the
+    /// wall-clock deadline cannot stop it.
+    pub cpu_time: Option<Duration>,
     /// Largest value a call may hand back (strings and lists of its result, in bytes).
     pub max_return_bytes: usize,
 }
@@ -39,7 +41,7 @@ impl Default for Limits {
             memory_bytes: 128 << 20,
             table_elements: 100_000,
             call_timeout: Duration::from_secs(300),
-            cpu_time: Duration::from_secs(30),
+            cpu_time: Some(Duration::from_secs(30)),
             max_return_bytes: 4 << 20,
         }
     }
@@ -61,10 +63,12 @@ impl Sandbox {
     /// A sandbox applying `limits`, caching compiled components in `cache_dir` when given.
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Sandbox> {
         let mut config = Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(limits.cpu_time.is_some());
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
         let engine = Engine::new(&config)?;
-        start_epoch_ticker(&engine);
+        if limits.cpu_time.is_some() {
+            start_epoch_ticker(&engine);
+        }
 
         let mut linker = Linker::new(&engine);
         // Rust's std pulls in wasi:cli, wasi:io, wasi:clocks...; they are linked but the context
@@ -149,7 +153,6 @@ impl Sandbox {
         // What the connector prints goes to a small buffer, quoted when it crashes (a panic
         // message), and never to the host's own output.
         let stderr = MemoryOutputPipe::new(STDERR_BYTES);
-        let cpu_budget = (self.limits.cpu_time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         let state = PluginState {
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             cpu_ticks: 0,
@@ -166,15 +169,18 @@ impl Sandbox {
         store.limiter(|s| &mut s.limits);
         // Each tick that finds the connector running counts against its CPU budget, then lets
         // other tasks run; ticks spent waiting on the host (network) are not seen here.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            let state = ctx.data_mut();
-            state.cpu_ticks += 1;
-            if state.cpu_ticks > cpu_budget {
-                return Err(wasmtime::Error::msg(CPU_BUDGET_SPENT));
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
+        if let Some(cpu_time) = self.limits.cpu_time {
+            let cpu_budget = (cpu_time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |mut ctx| {
+                let state = ctx.data_mut();
+                state.cpu_ticks += 1;
+                if state.cpu_ticks > cpu_budget {
+                    return Err(wasmtime::Error::msg(CPU_BUDGET_SPENT));
+                }
+                Ok(UpdateDeadline::Yield(1))
+            });
+        }
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             call(&instance, &mut store).await
@@ -285,7 +291,7 @@ fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
     if text.contains(CPU_BUDGET_SPENT) {
         return format!(
             "the connector used more than its CPU budget of {:?} for one call (endless loop?)",
-            limits.cpu_time
+            limits.cpu_time.unwrap_or_default()
         );
     }
     if text.contains("forcing trap when growing memory") {

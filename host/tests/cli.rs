@@ -137,7 +137,10 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
             .any(|l| l.contains(",rejected,1,Invalid Email Address")),
         "{csv}"
     );
-    assert!(stderr.contains("request finished"), "no request traces: {stderr}");
+    assert!(
+        stderr.contains("request finished"),
+        "no request traces: {stderr}"
+    );
     for output in [&stdout, &stderr, &csv] {
         assert!(!output.contains(API_KEY), "the credential was printed");
     }

@@ -32,7 +32,7 @@ async fn world() -> World {
     ]);
     let limits = Limits {
         memory_bytes: 64 << 20,
-        cpu_time: Duration::from_secs(1),
+        cpu_time: Some(Duration::from_secs(1)),
         call_timeout: Duration::from_secs(30),
         ..Limits::default()
     };

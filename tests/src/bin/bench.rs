@@ -425,16 +425,39 @@ async fn main() -> Result<()> {
     native_export(&sim, &small).await?;
     let native = cpu_time() - before;
     drop(sim);
-    let sim = SimProcess::start("campaign-monitor", 0)?;
-    let before = cpu_time();
-    run(&host, "campaign-monitor", &sim, &small, Some(1)).await?;
-    let component = cpu_time() - before;
+    // The same export on a host without the CPU budget (no epoch interruption) shows what the
+    // limits themselves cost.
+    let unlimited = ConnectorHost::open(
+        &plugins,
+        HostOptions {
+            limits: connector_host::Limits {
+                cpu_time: None,
+                ..Default::default()
+            },
+            cache_dir: Some(work.join("cache")),
+        },
+    )
+    .await?;
+    let mut measure = Vec::new();
+    for h in [&host, &unlimited] {
+        let sim = SimProcess::start("campaign-monitor", 0)?;
+        let before = cpu_time();
+        run(h, "campaign-monitor", &sim, &small, Some(1)).await?;
+        measure.push(cpu_time() - before);
+    }
+    let (component, without_limits) = (measure[0], measure[1]);
     let per_k = |d: Duration| d.as_secs_f64() * 1000.0 / (args.sandbox_contacts as f64 / 1000.0);
     println!(
         "   component {:.2} ms, native {:.2} ms, ratio {:.2}",
         per_k(component),
         per_k(native),
         component.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "   the CPU budget's own cost: {:.2} ms without it, {:.2} ms with it ({:+.1}%)",
+        per_k(without_limits),
+        per_k(component),
+        (component.as_secs_f64() / without_limits.as_secs_f64() - 1.0) * 100.0
     );
 
     println!("\n4. Start-up with {} connector components", args.copies);
