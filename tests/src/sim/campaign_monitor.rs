@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Faults, Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest import accepted (more: Code 209).
 pub const MAX_IMPORT: usize = 1000;
@@ -76,18 +76,6 @@ pub struct Subscriber {
     pub custom_fields: BTreeMap<String, String>,
     /// How many import calls included this address.
     pub imports: u32,
-}
-
-/// One request as the simulator received it.
-#[derive(Debug, Clone)]
-pub struct LoggedRequest {
-    pub method: String,
-    pub path: String,
-    /// The Authorization header exactly as received.
-    pub authorization: Option<String>,
-    pub status: u16,
-    /// When the simulator finished handling it.
-    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-use super::{Faults, Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest batch subscribe accepted.
 pub const MAX_BATCH: usize = 500;
@@ -88,17 +88,6 @@ pub struct Member {
     pub tags: BTreeSet<String>,
     /// How many batch calls created or updated this member.
     pub writes: u32,
-}
-
-/// One request as received.
-#[derive(Debug, Clone)]
-pub struct LoggedRequest {
-    pub method: String,
-    pub path: String,
-    pub authorization: Option<String>,
-    pub status: u16,
-    /// When the simulator finished handling it.
-    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]

@@ -147,6 +147,18 @@ impl Drop for Server {
     }
 }
 
+/// One request as a simulator handled it, for tests to inspect.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    /// The Authorization header exactly as received.
+    pub authorization: Option<String>,
+    pub status: u16,
+    /// When the simulator finished handling it.
+    pub at: std::time::Instant,
+}
+
 /// User and password of an `Authorization: Basic ...` header.
 pub fn basic_auth(header: &str) -> Option<(String, String)> {
     let encoded = header.strip_prefix("Basic ")?.trim();
