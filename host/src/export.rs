@@ -19,7 +19,7 @@ use crate::plugins::Plugin;
 use crate::report::{IssueKind, RunIssue, RunReport, RunStatus};
 use crate::sandbox::Sandbox;
 use crate::secret::Secret;
-use crate::source::{Profile, ProfileSource};
+use crate::source::{Profile, ProfileSource, hash128};
 
 /// A vendor account to export to.
 #[derive(Debug, Clone)]
@@ -434,7 +434,7 @@ fn cut_batches(
                 code: "missing-email".into(),
                 message: "The profile has no email address".into(),
             });
-        } else if !seen.insert(email_key(&contact.email)) {
+        } else if !seen.insert(hash128(&contact.email.trim().to_lowercase())) {
             batch.local_issues.push(RunIssue {
                 profile_id: profile.id,
                 email: contact.email,
@@ -454,19 +454,6 @@ fn cut_batches(
         emit(batch);
     }
     Ok(())
-}
-
-/// A 128-bit hash of a normalised email, for duplicate detection without keeping the emails.
-fn email_key(email: &str) -> u128 {
-    use std::hash::{Hash, Hasher};
-    let lower = email.trim().to_lowercase();
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        lower.hash(&mut h);
-        h.finish() as u128
-    };
-    (half(1) << 64) | half(2)
 }
 
 /// What each batch task needs, shared.

@@ -73,12 +73,13 @@ fn open(path: &Path, what: &str) -> Result<BufReader<File>> {
     Ok(BufReader::with_capacity(1 << 16, file))
 }
 
-/// A 128-bit hash of a profile id: collisions are out of reach even for billions of profiles.
-fn id_hash(id: &str) -> u128 {
+/// A 128-bit hash of a key (a profile id, a normalised email), so a run can remember what it
+/// has seen without keeping the values: collisions are out of reach even for billions of keys.
+pub(crate) fn hash128(key: &str) -> u128 {
     let half = |salt: u8| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         salt.hash(&mut h);
-        id.hash(&mut h);
+        key.hash(&mut h);
         h.finish() as u128
     };
     (half(1) << 64) | half(2)
@@ -214,7 +215,7 @@ impl ProfileSource for FileSource {
         let mut members = HashSet::new();
         self.scan_memberships(|id, segment| {
             if segments.iter().any(|s| s == segment) {
-                members.insert(id_hash(id));
+                members.insert(hash128(id));
             }
         })?;
         let total = Some(members.len() as u64);
@@ -237,7 +238,7 @@ impl ProfileSource for FileSource {
                             }
                             Ok(true) => {
                                 let id = record.get(id_index).unwrap_or("").trim();
-                                if !members.remove(&id_hash(id)) {
+                                if !members.remove(&hash128(id)) {
                                     continue;
                                 }
                                 let values = (0..columns.len())
@@ -272,7 +273,7 @@ impl ProfileSource for FileSource {
                                 Err(e) => return Some(Err(anyhow::Error::new(e).context(at()))),
                             };
                         let id = row.get(&id_column).and_then(value_text).unwrap_or_default();
-                        if !members.remove(&id_hash(id.trim())) {
+                        if !members.remove(&hash128(id.trim())) {
                             continue;
                         }
                         let values = columns

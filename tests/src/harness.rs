@@ -21,6 +21,17 @@ pub fn plugin_dir(files: &[(&str, &str)]) -> TempDir {
     dir
 }
 
+/// Puts the shipped connectors (Campaign Monitor and Mailchimp) into the plugin directory `dir`.
+pub fn install_connectors(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(
+        artifacts::CAMPAIGN_MONITOR,
+        dir.join("campaign-monitor.wasm"),
+    )?;
+    std::fs::copy(artifacts::MAILCHIMP, dir.join("mailchimp.wasm"))?;
+    Ok(())
+}
+
 /// A host loaded from `dir`, sharing the compile cache with the other tests.
 pub async fn open_host(dir: &Path) -> ConnectorHost {
     let options = HostOptions {

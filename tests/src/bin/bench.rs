@@ -337,12 +337,7 @@ async fn main() -> Result<()> {
     let work = Path::new(artifacts::TARGET_DIR).join("bench");
     let _ = std::fs::remove_dir_all(&work);
     let plugins = work.join("plugins");
-    std::fs::create_dir_all(&plugins)?;
-    std::fs::copy(
-        artifacts::CAMPAIGN_MONITOR,
-        plugins.join("campaign-monitor.wasm"),
-    )?;
-    std::fs::copy(artifacts::MAILCHIMP, plugins.join("mailchimp.wasm"))?;
+    connector_tests::harness::install_connectors(&plugins)?;
     let host = ConnectorHost::open(
         &plugins,
         HostOptions {

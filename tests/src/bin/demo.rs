@@ -59,12 +59,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let dir = PathBuf::from(&args.dir);
     let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins)?;
-    std::fs::copy(
-        artifacts::CAMPAIGN_MONITOR,
-        plugins.join("campaign-monitor.wasm"),
-    )?;
-    std::fs::copy(artifacts::MAILCHIMP, plugins.join("mailchimp.wasm"))?;
+    connector_tests::harness::install_connectors(&plugins)?;
     let files = sample::write_csv(&dir.join("data"), args.seed, args.profiles)?;
     println!(
         "sample: {} profiles in {}",

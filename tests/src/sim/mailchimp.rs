@@ -120,6 +120,16 @@ struct State {
     behaviour: Behaviour,
 }
 
+impl State {
+    /// The account an API key belongs to (simulator set-up: the key must exist).
+    fn account_of(&self, api_key: &str) -> usize {
+        self.accounts
+            .iter()
+            .position(|a| a.api_key == api_key)
+            .expect("known account")
+    }
+}
+
 /// A running Mailchimp simulator.
 #[derive(Clone)]
 pub struct MailchimpSim {
@@ -254,11 +264,7 @@ impl MailchimpSim {
     /// `/oauth2/token` as the browser flow would.
     pub fn authorization_code(&self, api_key: &str) -> String {
         let mut s = self.state.lock().unwrap();
-        let account = s
-            .accounts
-            .iter()
-            .position(|a| a.api_key == api_key)
-            .expect("known account");
+        let account = s.account_of(api_key);
         let code = new_id(24);
         s.oauth_codes.insert(code.clone(), account);
         code
@@ -267,11 +273,7 @@ impl MailchimpSim {
     /// Adds an audience to the account of `api_key`; returns its ID.
     pub fn add_audience(&self, api_key: &str, name: &str) -> String {
         let mut s = self.state.lock().unwrap();
-        let account = s
-            .accounts
-            .iter()
-            .position(|a| a.api_key == api_key)
-            .expect("known account");
+        let account = s.account_of(api_key);
         let id = new_id(10);
         let web_id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 7919;
         s.audiences.insert(
