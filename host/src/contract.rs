@@ -22,7 +22,7 @@ pub const PACKAGE: &str = "cdp:connector";
 /// The interface every connector must export.
 pub const INTERFACE: &str = "export-destination";
 /// The contract version this host was built against.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.1.1";
 
 /// Whether a component built for contract `version` can run on this host: same major version
 /// (for 0.x, same minor), as semver compatibility goes.

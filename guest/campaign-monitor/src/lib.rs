@@ -59,6 +59,14 @@ impl Connector for CampaignMonitor {
     }
 
     fn validate(config: ExportConfig) -> Result<(), ConnectorError> {
+        if config.settings.is_empty() {
+            // A connection being saved: reading the account's clients proves the credential.
+            let response = http::get(&format!("{}/clients.json", config.base_url))?;
+            return match response.is_success() {
+                true => Ok(()),
+                false => Err(vendor_error(&response, "")),
+            };
+        }
         let settings = Settings::from(&config)?;
         let response = http::get(&format!(
             "{}/lists/{}.json",

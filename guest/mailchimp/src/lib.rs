@@ -87,6 +87,14 @@ impl Connector for Mailchimp {
     }
 
     fn validate(config: ExportConfig) -> Result<(), ConnectorError> {
+        if config.settings.is_empty() {
+            // A connection being saved: the health check answers only a valid credential.
+            let response = http::get(&format!("{}/ping", config.base_url))?;
+            return match response.is_success() {
+                true => Ok(()),
+                false => Err(vendor_error(&response, "")),
+            };
+        }
         let settings = Settings::from(&config)?;
         let response = http::get(&format!(
             "{}/lists/{}",

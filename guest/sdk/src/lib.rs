@@ -45,7 +45,7 @@ pub use bindings::exports::cdp::connector::export_destination::{
 pub use report::{ReportBuilder, check_batch};
 
 /// The contract version this SDK implements.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 impl ExportConfig {
     /// The value of a setting, or an `invalid-config` error naming it.
