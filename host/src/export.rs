@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::ConnectorHost;
 use crate::broker::{
@@ -80,6 +81,12 @@ pub struct RunOptions {
     pub broker: BrokerPolicy,
     /// Called for every HTTP request the connector makes.
     pub observer: Option<RequestObserver>,
+    /// Where settled batches are recorded, so a run cut short can resume without sending them
+    /// again. Without one, a run always starts from the beginning.
+    pub journal: Option<Arc<dyn RunJournal>>,
+    /// Cancelled to stop the run cleanly: no new batch starts, the batches in flight finish and
+    /// are settled, and the report says [`RunStatus::Interrupted`].
+    pub stop: Option<CancellationToken>,
 }
 
 impl Default for RunOptions {
@@ -90,8 +97,46 @@ impl Default for RunOptions {
             batch_retries: 2,
             broker: BrokerPolicy::default(),
             observer: None,
+            journal: None,
+            stop: None,
         }
     }
+}
+
+/// Remembers the settled batches of a run, so that a run cut short (a crash, a kill, a
+/// shutdown) resumes where it stopped. Batches are numbered in stream order and identified by a
+/// digest of their profiles, so a batch whose profiles changed since is sent again.
+pub trait RunJournal: Send + Sync {
+    /// The tally of batch `index` if an earlier attempt of this run settled it with the same
+    /// `digest`; such a batch is counted and not sent again.
+    fn settled(&self, index: u64, digest: [u8; 16]) -> Option<BatchTally>;
+    /// Records a settled batch durably. Called once the vendor acknowledged the batch (or when
+    /// it held no contact to send), before the run counts it as done; an error fails the run.
+    fn settle(&self, batch: &SettledBatch) -> Result<()>;
+}
+
+/// What one batch came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTally {
+    /// Profiles read for the batch (sent, and settled locally).
+    pub profiles: u64,
+    pub sent: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub suppressed: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+}
+
+/// A batch the vendor acknowledged (or that had nothing to send), for the journal.
+pub struct SettledBatch<'a> {
+    /// The batch's position in the run's stream, from 0.
+    pub index: u64,
+    /// Digest of the batch's profile ids and emails.
+    pub digest: [u8; 16],
+    pub tally: BatchTally,
+    /// The batch's profiles that were not created or updated, with reasons.
+    pub issues: &'a [RunIssue],
 }
 
 /// Receives progress as batches are acknowledged.
@@ -107,6 +152,16 @@ pub trait Progress: Send + Sync {
 /// Progress that goes nowhere.
 pub struct NoProgress;
 impl Progress for NoProgress {}
+
+/// The outcome of [`ConnectorHost::check_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The vendor accepted the credential.
+    Accepted,
+    /// The connector predates credential checks (contract 0.1.0); its exports' `validate`
+    /// checks the credential when they are saved.
+    NotSupported,
+}
 
 /// A run checked and ready: the connector, its config, the resolved mapping, the broker.
 struct Prepared {
@@ -126,7 +181,8 @@ impl ConnectorHost {
         source: &dyn ProfileSource,
     ) -> Result<()> {
         let prepared = self.prepare(connection, export, source, &RunOptions::default())?;
-        self.validate(&prepared).await
+        self.validate(&prepared, "the export did not validate")
+            .await
     }
 
     /// Runs an export to the end, or until a failure stops it. Problems found before sending
@@ -151,7 +207,8 @@ impl ConnectorHost {
                 options.max_profiles
             );
         }
-        self.validate(&prepared).await?;
+        self.validate(&prepared, "the export did not validate")
+            .await?;
 
         let mut report = RunReport::new(&prepared.plugin.info.id, &export.segments);
         progress.begin(stream.total);
@@ -174,22 +231,31 @@ impl ConnectorHost {
         let mut in_flight = JoinSet::new();
         let mut failure: Option<String> = None;
         let mut read_all = false;
+        let stop = options.stop.clone().unwrap_or_default();
+        let journal = options.journal.as_deref();
         loop {
-            if (read_all || failure.is_some()) && in_flight.is_empty() {
+            let stopping = stop.is_cancelled();
+            if (read_all || failure.is_some() || stopping) && in_flight.is_empty() {
                 break;
             }
-            let can_send =
-                !read_all && failure.is_none() && in_flight.len() < options.concurrency.max(1);
+            let can_send = !read_all
+                && failure.is_none()
+                && !stopping
+                && in_flight.len() < options.concurrency.max(1);
             tokio::select! {
                 batch = rx.recv(), if can_send => match batch {
                     Some(batch) => {
-                        report.profiles += batch.profiles;
-                        let skipped = batch.profiles - batch.contacts.len() as u64;
-                        for issue in batch.local_issues.iter().cloned() {
-                            report.record(issue);
+                        if let Some(tally) = journal.and_then(|j| j.settled(batch.index, batch.digest)) {
+                            report.add(&tally);
+                            report.resumed_batches += 1;
+                            progress.advance(batch.profiles);
+                            continue;
                         }
-                        progress.advance(skipped);
+                        progress.advance(batch.profiles - batch.contacts.len() as u64);
                         if batch.contacts.is_empty() {
+                            if let Err(e) = settle(journal, &mut report, batch, None) {
+                                failure.get_or_insert(format!("{e:#}"));
+                            }
                             continue;
                         }
                         let call = prepared_call.clone();
@@ -200,29 +266,17 @@ impl ConnectorHost {
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done.expect("set is not empty") {
                         Ok((batch, Ok(outcome))) => {
-                            report.batches += 1;
-                            report.sent += batch.contacts.len() as u64;
-                            report.created += outcome.created as u64;
-                            report.updated += outcome.updated as u64;
-                            for issue in outcome.issues {
-                                let i = issue.index as usize;
-                                report.record(RunIssue {
-                                    profile_id: batch.profile_ids[i].clone(),
-                                    email: batch.contacts[i].email.clone(),
-                                    kind: match issue.kind {
-                                        contract::IssueKind::Suppressed => IssueKind::Suppressed,
-                                        contract::IssueKind::Rejected => IssueKind::Rejected,
-                                    },
-                                    code: issue.code,
-                                    message: issue.message,
-                                });
+                            let contacts = batch.contacts.len() as u64;
+                            match settle(journal, &mut report, batch, Some(outcome)) {
+                                Ok(()) => progress.advance(contacts),
+                                Err(e) => { failure.get_or_insert(format!("{e:#}")); }
                             }
-                            progress.advance(batch.contacts.len() as u64);
                         }
                         Ok((_, Err(e))) => { failure.get_or_insert(format!("{e:#}")); }
                         Err(join) => { failure.get_or_insert(format!("batch task failed: {join}")); }
                     }
                 }
+                _ = stop.cancelled(), if !stopping => {}
             }
         }
         drop(rx);
@@ -244,6 +298,8 @@ impl ConnectorHost {
         report.refused_hosts = stats.refused_hosts();
         if let Some(error) = failure {
             report.status = RunStatus::Failed(error);
+        } else if !read_all {
+            report.status = RunStatus::Interrupted;
         }
         report.duration = started.elapsed();
         Ok(report)
@@ -284,6 +340,7 @@ impl ConnectorHost {
             }
         }
         let mapping = export.mapping.resolve(info, &source.columns()?)?;
+        let (base_url, broker) = self.connect(&plugin, connection, options)?;
         if export.segments.is_empty() {
             bail!("the export names no segment; exports send segments only");
         }
@@ -297,7 +354,26 @@ impl ConnectorHost {
                 );
             }
         }
+        Ok(Prepared {
+            config: ExportConfig {
+                base_url,
+                settings: export.settings.clone(),
+            },
+            plugin,
+            mapping,
+            broker: Arc::new(broker),
+        })
+    }
 
+    /// The vendor URL and the broker for a connection: the data centre filled in, the base URL
+    /// checked against the connector's hosts, the credential handed to the broker.
+    fn connect(
+        &self,
+        plugin: &Plugin,
+        connection: &Connection,
+        options: &RunOptions,
+    ) -> Result<(String, Broker)> {
+        let info = &plugin.info;
         let template = connection
             .base_url
             .as_deref()
@@ -355,18 +431,34 @@ impl ConnectorHost {
             info.id,
             uri.authority().map(|a| a.as_str()).unwrap_or("")
         ));
-        Ok(Prepared {
-            config: ExportConfig {
-                base_url,
-                settings: export.settings.clone(),
-            },
-            plugin,
-            mapping,
-            broker: Arc::new(broker),
-        })
+        Ok((base_url, broker))
     }
 
-    async fn validate(&self, prepared: &Prepared) -> Result<()> {
+    /// Checks that the vendor accepts a connection's credential, as when the connection is
+    /// saved: the connector's `validate` with no settings. Sends no contact. Connectors built
+    /// for contract 0.1.0 cannot make this check; the answer then says so.
+    pub async fn check_connection(&self, connection: &Connection) -> Result<CredentialCheck> {
+        let plugin = self.plugins.require(&connection.connector)?.clone();
+        if plugin.contract_version < semver::Version::new(0, 1, 1) {
+            return Ok(CredentialCheck::NotSupported);
+        }
+        let (base_url, broker) = self.connect(&plugin, connection, &RunOptions::default())?;
+        let prepared = Prepared {
+            plugin,
+            config: ExportConfig {
+                base_url,
+                settings: vec![],
+            },
+            mapping: ResolvedMapping::default(),
+            broker: Arc::new(broker),
+        };
+        self.validate(&prepared, "the vendor did not accept the credential")
+            .await
+            .map(|()| CredentialCheck::Accepted)
+    }
+
+    /// Calls the connector's `validate`; a refusal becomes an error starting with `refused`.
+    async fn validate(&self, prepared: &Prepared, refused: &str) -> Result<()> {
         let config = &prepared.config;
         let outcome = self
             .sandbox
@@ -382,22 +474,21 @@ impl ConnectorHost {
             .await
             .with_context(|| {
                 format!(
-                    "connector `{}` failed while validating the export",
+                    "connector `{}` failed while validating",
                     prepared.plugin.info.id
                 )
             })?;
-        outcome.map_err(|e| {
-            anyhow::anyhow!(
-                "the export did not validate ({}): {}; nothing was sent",
-                e.kind,
-                e.message
-            )
-        })
+        outcome
+            .map_err(|e| anyhow::anyhow!("{refused} ({}): {}; nothing was sent", e.kind, e.message))
     }
 }
 
 /// A slice of the segment: the contacts to send, and what was settled locally.
 struct Batch {
+    /// Position in the run's stream, from 0.
+    index: u64,
+    /// Digest of the profile ids and emails, to recognise the batch when a run resumes.
+    digest: [u8; 16],
     /// Profiles read for this batch, including those settled locally.
     profiles: u64,
     contacts: Vec<Contact>,
@@ -414,11 +505,17 @@ fn cut_batches(
     size: usize,
     mut emit: impl FnMut(Batch) -> bool,
 ) -> Result<()> {
-    let new_batch = || Batch {
-        profiles: 0,
-        contacts: Vec::with_capacity(size),
-        profile_ids: Vec::with_capacity(size),
-        local_issues: vec![],
+    let mut index = 0;
+    let mut new_batch = || {
+        index += 1;
+        Batch {
+            index: index - 1,
+            digest: [0; 16],
+            profiles: 0,
+            contacts: Vec::with_capacity(size),
+            profile_ids: Vec::with_capacity(size),
+            local_issues: vec![],
+        }
     };
     let mut seen = HashSet::new();
     let mut batch = new_batch();
@@ -446,13 +543,89 @@ fn cut_batches(
             batch.contacts.push(contact);
             batch.profile_ids.push(profile.id);
         }
-        if batch.contacts.len() == size && !emit(std::mem::replace(&mut batch, new_batch())) {
-            return Ok(());
+        if batch.contacts.len() == size {
+            let full = std::mem::replace(&mut batch, new_batch());
+            if !emit(full.sealed()) {
+                return Ok(());
+            }
         }
     }
     if batch.profiles > 0 {
-        emit(batch);
+        emit(batch.sealed());
     }
+    Ok(())
+}
+
+impl Batch {
+    /// Computes the digest once the batch is complete.
+    fn sealed(mut self) -> Batch {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for (id, contact) in self.profile_ids.iter().zip(&self.contacts) {
+            hash.update(id.as_bytes());
+            hash.update([0]);
+            hash.update(contact.email.as_bytes());
+            hash.update([0]);
+        }
+        for issue in &self.local_issues {
+            hash.update(issue.profile_id.as_bytes());
+            hash.update([1]);
+        }
+        self.digest.copy_from_slice(&hash.finalize()[..16]);
+        self
+    }
+}
+
+/// Accounts for a finished batch: the vendor's outcome (if it was sent) and what was settled
+/// locally, recorded in the journal first and then in the report.
+fn settle(
+    journal: Option<&dyn RunJournal>,
+    report: &mut RunReport,
+    batch: Batch,
+    outcome: Option<contract::BatchReport>,
+) -> Result<()> {
+    let mut issues = batch.local_issues;
+    let mut tally = BatchTally {
+        profiles: batch.profiles,
+        sent: batch.contacts.len() as u64,
+        ..BatchTally::default()
+    };
+    if let Some(outcome) = outcome {
+        tally.created = outcome.created as u64;
+        tally.updated = outcome.updated as u64;
+        for issue in outcome.issues {
+            let i = issue.index as usize;
+            issues.push(RunIssue {
+                profile_id: batch.profile_ids[i].clone(),
+                email: batch.contacts[i].email.clone(),
+                kind: match issue.kind {
+                    contract::IssueKind::Suppressed => IssueKind::Suppressed,
+                    contract::IssueKind::Rejected => IssueKind::Rejected,
+                },
+                code: issue.code,
+                message: issue.message,
+            });
+        }
+    }
+    for issue in &issues {
+        match issue.kind {
+            IssueKind::Suppressed => tally.suppressed += 1,
+            IssueKind::Rejected => tally.rejected += 1,
+            IssueKind::Duplicate => tally.duplicates += 1,
+        }
+    }
+    if let Some(journal) = journal {
+        journal
+            .settle(&SettledBatch {
+                index: batch.index,
+                digest: batch.digest,
+                tally,
+                issues: &issues,
+            })
+            .context("recording the batch in the run's journal failed")?;
+    }
+    report.add(&tally);
+    report.issues.extend(issues);
     Ok(())
 }
 

@@ -26,12 +26,16 @@ pub mod broker;
 pub mod contract;
 pub mod export;
 pub mod mapping;
+pub mod oauth;
 pub mod plugins;
 pub mod progress;
 pub mod report;
 pub mod sandbox;
+pub mod schedule;
 pub mod secret;
 pub mod source;
+pub mod state;
+pub mod workspace;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,14 +43,20 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use broker::{BrokerPolicy, RequestObserver, RequestRecord};
-pub use export::{Connection, Credential, Export, NoProgress, Progress, RunOptions};
+pub use export::{
+    BatchTally, Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunJournal,
+    RunOptions, SettledBatch,
+};
 pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
 pub use progress::ConsoleProgress;
 pub use report::{IssueKind, RunIssue, RunReport, RunStatus};
 pub use sandbox::Limits;
+pub use schedule::Schedule;
 pub use secret::Secret;
 pub use source::{FileSource, Profile, ProfileSource, ProfileStream};
+pub use state::{Access, Actor, MasterKey, Role, State};
+pub use workspace::{ConnectionRequest, ExportRequest, RunOutcome, Workspace};
 
 /// How to set up a host.
 #[derive(Debug, Clone, Default)]

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a profile was not created or updated at the vendor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IssueKind {
     /// The vendor keeps the contact out on purpose (unsubscribed, cleaned, suppressed...).
@@ -36,6 +36,9 @@ pub enum RunStatus {
     Succeeded,
     /// The run stopped; the batches acknowledged before the failure were delivered.
     Failed(String),
+    /// The run was asked to stop (e.g. a shutdown): the batches in flight were finished and
+    /// settled, the rest not sent. With a journal, the next run of the export resumes it.
+    Interrupted,
 }
 
 /// The record of one export run.
@@ -55,6 +58,8 @@ pub struct RunReport {
     pub duplicates: u64,
     /// Batches acknowledged by the connector.
     pub batches: u64,
+    /// Of those, batches an earlier attempt of this run settled, counted and not sent again.
+    pub resumed_batches: u64,
     /// HTTP requests made (each attempt counts) and how many were retries.
     pub requests: u64,
     pub retries: u64,
@@ -83,6 +88,7 @@ impl RunReport {
             rejected: 0,
             duplicates: 0,
             batches: 0,
+            resumed_batches: 0,
             requests: 0,
             retries: 0,
             refused_hosts: vec![],
@@ -91,13 +97,16 @@ impl RunReport {
         }
     }
 
-    pub(crate) fn record(&mut self, issue: RunIssue) {
-        match issue.kind {
-            IssueKind::Suppressed => self.suppressed += 1,
-            IssueKind::Rejected => self.rejected += 1,
-            IssueKind::Duplicate => self.duplicates += 1,
-        }
-        self.issues.push(issue);
+    /// Counts a settled batch (its issues are added by the caller, when it has them).
+    pub(crate) fn add(&mut self, tally: &crate::export::BatchTally) {
+        self.profiles += tally.profiles;
+        self.sent += tally.sent;
+        self.created += tally.created;
+        self.updated += tally.updated;
+        self.suppressed += tally.suppressed;
+        self.rejected += tally.rejected;
+        self.duplicates += tally.duplicates;
+        self.batches += u64::from(tally.sent > 0);
     }
 
     /// Whether the run delivered everything it was asked to.
@@ -117,6 +126,7 @@ impl RunReport {
         let status = match &self.status {
             RunStatus::Succeeded => "succeeded".to_string(),
             RunStatus::Failed(e) => format!("FAILED: {e}"),
+            RunStatus::Interrupted => "interrupted before the end".to_string(),
         };
         let _ = writeln!(
             out,
@@ -136,6 +146,13 @@ impl RunReport {
             "  batches {}, requests {}, retries {}",
             self.batches, self.requests, self.retries
         );
+        if self.resumed_batches > 0 {
+            let _ = writeln!(
+                out,
+                "  resumed: {} batches were settled by an earlier attempt and not sent again",
+                self.resumed_batches
+            );
+        }
         if !self.refused_hosts.is_empty() {
             let _ = writeln!(out, "  refused hosts: {}", self.refused_hosts.join(", "));
         }

@@ -118,7 +118,10 @@ async fn hostile_beside_healthy(w: &World, mode: &str, options: RunOptions) -> R
 fn failure(report: &RunReport) -> &str {
     match &report.status {
         RunStatus::Failed(error) => error,
-        RunStatus::Succeeded => panic!("the hostile run succeeded: {}", report.summary()),
+        other => panic!(
+            "the hostile run did not fail ({other:?}): {}",
+            report.summary()
+        ),
     }
 }
 

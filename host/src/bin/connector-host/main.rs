@@ -1,15 +1,23 @@
 //! `connector-host`: the operator's command line.
 
+mod connections;
+mod exports;
+mod history;
+mod input;
+mod output;
+mod run_once;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
 use connector_host::{
-    BrokerPolicy, Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping,
-    FileSource, HostOptions, Limits, RunOptions, Secret,
+    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, Role, State, Workspace,
 };
+use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -44,6 +52,19 @@ struct Cli {
     /// Wall-clock time one connector call may take, in seconds.
     #[arg(long, global = true, default_value_t = 300.0)]
     call_timeout_seconds: f64,
+    /// Directory of the saved state (connections, exports, run history) [default: $XDG_STATE_HOME/connector-host or ~/.local/state/connector-host].
+    #[arg(long, global = true, env = "CONNECTOR_HOST_STATE")]
+    state: Option<PathBuf>,
+    /// File holding the master key that seals credentials (mode 0600); the environment
+    /// variable CONNECTOR_HOST_MASTER_KEY takes precedence [default: $XDG_CONFIG_HOME/connector-host/master.key].
+    #[arg(long, global = true, env = "CONNECTOR_HOST_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// The role you act in: administrator or contributor.
+    #[arg(long = "as", global = true, env = "CONNECTOR_HOST_ROLE", default_value = "administrator", value_parser = parse_role)]
+    role: Role,
+    /// Your name, recorded with what you do [default: $USER].
+    #[arg(long, global = true, env = "CONNECTOR_HOST_USER")]
+    user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,70 +73,56 @@ struct Cli {
 enum Command {
     /// List the connectors in the plugin directory and the files that did not load.
     Plugins,
-    /// Export segments once, with the connection and export given on the command line.
-    Run(Box<RunArgs>),
+    /// Export segments once, with the connection and export given on the command line
+    /// (nothing saved).
+    Run(Box<run_once::RunArgs>),
+    /// Saved vendor accounts: add, list, show, test, remove.
+    #[command(subcommand)]
+    Connection(connections::ConnectionCommand),
+    /// Saved exports: add, list, show, remove, run.
+    #[command(subcommand)]
+    Export(exports::ExportCommand),
+    /// Run history: `runs [EXPORT]`, `runs show ID`, `runs rejections ID --csv`.
+    Runs(history::RunsArgs),
+    /// Run the exports that have a schedule when they are due, until SIGINT or SIGTERM.
+    Serve {
+        /// Seconds between looks for new, changed or removed schedules.
+        #[arg(long, default_value_t = 5.0)]
+        poll_seconds: f64,
+    },
+    /// Settings of the saved state: the profile source and the per-run profile limit.
+    #[command(subcommand)]
+    Settings(exports::SettingsCommand),
+    /// The master key that seals stored credentials.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
-#[derive(Args)]
-struct RunArgs {
-    /// Connector id, e.g. campaign-monitor.
-    #[arg(long)]
-    connector: String,
-    /// Vendor API base URL, when not the connector's production one (e.g. a local simulator).
-    #[arg(long)]
-    base_url: Option<String>,
-    /// Environment variable holding the vendor credential (never pass it as an argument).
-    #[arg(long, default_value = "CONNECTOR_SECRET")]
-    secret_env: String,
-    /// The credential is an OAuth access token (sent as Bearer) rather than an API key.
-    #[arg(long)]
-    oauth: bool,
-    /// The account's data centre (e.g. us21), for vendors that have them; by default taken from
-    /// the API key's suffix.
-    #[arg(long)]
-    data_centre: Option<String>,
-    /// Connector setting, KEY=VALUE (e.g. list-id=...); repeat for several.
-    #[arg(long = "setting", value_name = "KEY=VALUE")]
-    settings: Vec<String>,
-    /// Field mapping, FIELD=COLUMN (e.g. email=email_address); repeat for several.
-    #[arg(long = "map", value_name = "FIELD=COLUMN", required = true)]
-    mappings: Vec<String>,
-    /// Segment to export; repeat for several.
-    #[arg(long = "segment", required = true)]
-    segments: Vec<String>,
-    /// Profiles file (.csv with a header row, or .jsonl).
-    #[arg(long)]
-    profiles: PathBuf,
-    /// Segment memberships file (.csv or .jsonl) with profile_id and segment fields.
-    #[arg(long)]
-    memberships: PathBuf,
-    /// Profile field holding the profile id.
-    #[arg(long, default_value = "id")]
-    id_column: String,
-    /// Batches in flight at once.
-    #[arg(long, default_value_t = 4)]
-    concurrency: usize,
-    /// Requests in flight at once to the vendor [default: the connector's declared vendor limit].
-    #[arg(long)]
-    max_concurrent_requests: Option<usize>,
-    /// Requests per second to the vendor [default: the connector's declared vendor rate].
-    #[arg(long)]
-    max_requests_per_second: Option<f64>,
-    /// Seconds a vendor request may take (connect, first byte, between bytes) before a retry.
-    #[arg(long, default_value_t = 120.0)]
-    request_timeout_seconds: f64,
-    /// Write the contacts that were not delivered, with reasons, to this CSV file.
-    #[arg(long)]
-    rejections_csv: Option<PathBuf>,
-    /// Print the run report as JSON on stdout instead of the summary.
-    #[arg(long)]
-    json: bool,
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a new random master key to a file readable by you only (never overwrites).
+    Generate {
+        /// Where [default: the --master-key-file location].
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "administrator" | "admin" => Ok(Role::Administrator),
+        "contributor" => Ok(Role::Contributor),
+        other => Err(format!(
+            "`{other}` is not a role: administrator or contributor"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,connector_host::workspace=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -146,14 +153,161 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         limits,
     };
-    let host = ConnectorHost::open(&cli.plugins, options).await?;
-    match cli.command {
+    if let Command::Key(KeyCommand::Generate { file }) = &cli.command {
+        let path = file
+            .clone()
+            .or_else(|| cli.master_key_file.clone())
+            .or_else(default_key_file)
+            .context("no place for the key: give --file")?;
+        let key = MasterKey::create_file(&path)?;
+        println!(
+            "wrote a new master key (id {}) to {} (mode 0600)",
+            key.id(),
+            path.display()
+        );
+        println!("keep a copy somewhere safe: without it the saved credentials cannot be read");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let host = Arc::new(ConnectorHost::open(&cli.plugins, options).await?);
+    let context = Session {
+        cli: &cli,
+        host: host.clone(),
+    };
+    match &cli.command {
         Command::Plugins => {
             list_plugins(&host);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_once(&host, *args).await,
+        Command::Run(args) => run_once::run_once(&host, args).await,
+        Command::Connection(command) => connections::run(&context, command).await,
+        Command::Export(command) => exports::run(&context, command).await,
+        Command::Settings(command) => exports::settings(&context, command),
+        Command::Runs(args) => history::run(&context, args),
+        Command::Serve { poll_seconds } => {
+            let poll = Duration::try_from_secs_f64(*poll_seconds).context("--poll-seconds")?;
+            let workspace = Arc::new(context.workspace(true)?);
+            let stop = stop_on_signals();
+            workspace.serve(stop, poll).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(_) => unreachable!("handled above"),
     }
+}
+
+/// What every saved-state command needs.
+pub struct Session<'a> {
+    cli: &'a Cli,
+    host: Arc<ConnectorHost>,
+}
+
+impl Session<'_> {
+    /// Who acts.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self
+                .cli
+                .user
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into()),
+            role: self.cli.role,
+        }
+    }
+
+    /// The saved state, read-only use: no key, no profile source.
+    pub fn state(&self) -> Result<Arc<State>> {
+        let dir = self
+            .cli
+            .state
+            .clone()
+            .or_else(default_state_dir)
+            .context("no state directory: give --state")?;
+        Ok(Arc::new(State::open(&dir.join("state.db"))?))
+    }
+
+    /// The workspace, with the master key when `with_key` and the profile source when the
+    /// settings name one.
+    pub fn workspace(&self, with_key: bool) -> Result<Workspace> {
+        let state = self.state()?;
+        let source = profile_source(&state)?;
+        let mut workspace = Workspace::new(self.host.clone(), state);
+        if let Some(source) = source {
+            workspace = workspace.with_source(Arc::new(source));
+        }
+        if with_key {
+            workspace = workspace.with_master_key(self.master_key()?)?;
+        }
+        Ok(workspace)
+    }
+
+    fn master_key(&self) -> Result<MasterKey> {
+        if let Some(text) = std::env::var(connector_host::state::MASTER_KEY_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            return MasterKey::from_text(&text)
+                .with_context(|| format!("in {}", connector_host::state::MASTER_KEY_ENV));
+        }
+        let path = self.cli.master_key_file.clone().or_else(default_key_file);
+        match path {
+            Some(path) if path.exists() || self.cli.master_key_file.is_some() => {
+                MasterKey::from_file(&path)
+            }
+            _ => anyhow::bail!(
+                "no master key: set {} or --master-key-file, or create one with `connector-host key generate`",
+                connector_host::state::MASTER_KEY_ENV
+            ),
+        }
+    }
+}
+
+/// The profile source the settings name, if they name one.
+fn profile_source(state: &State) -> Result<Option<FileSource>> {
+    let (Some(profiles), Some(memberships)) =
+        (state.setting("profiles")?, state.setting("memberships")?)
+    else {
+        return Ok(None);
+    };
+    let id_column = state.setting("id-column")?.unwrap_or_else(|| "id".into());
+    Ok(Some(FileSource::new(profiles, memberships, &id_column)?))
+}
+
+/// A token cancelled at the first SIGINT or SIGTERM; a second one quits at once.
+pub fn stop_on_signals() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        for signal in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            if signal > 0 {
+                eprintln!("stopping now; the next run resumes from the last checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("stopping: finishing the batches in flight (signal again to quit at once)");
+            token.cancel();
+        }
+    });
+    stop
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("connector-host"))
+}
+
+fn default_key_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("connector-host/master.key"))
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -202,86 +356,4 @@ fn list_plugins(host: &ConnectorHost) {
     if plugins.loaded.is_empty() {
         println!("no connectors loaded");
     }
-}
-
-async fn run_once(host: &ConnectorHost, args: RunArgs) -> Result<ExitCode> {
-    let secret = std::env::var(&args.secret_env)
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .with_context(|| {
-            format!(
-                "no credential: set the environment variable {} to the vendor API key",
-                args.secret_env
-            )
-        })?;
-    let mut settings = Vec::new();
-    for s in &args.settings {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("setting `{s}` must look like KEY=VALUE, e.g. list-id=...");
-        };
-        settings.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let connection = Connection {
-        connector: args.connector.clone(),
-        base_url: args.base_url.clone(),
-        data_centre: args.data_centre.clone(),
-        credential: if args.oauth {
-            Credential::AccessToken(Secret::new(secret))
-        } else {
-            Credential::ApiKey(Secret::new(secret))
-        },
-    };
-    let export = Export {
-        settings,
-        mapping: FieldMapping::parse(&args.mappings)?,
-        segments: args.segments.clone(),
-    };
-    let source = FileSource::new(&args.profiles, &args.memberships, &args.id_column)?;
-    let broker = BrokerPolicy {
-        max_concurrent_requests: args.max_concurrent_requests,
-        max_requests_per_second: args.max_requests_per_second,
-        request_timeout: Duration::try_from_secs_f64(args.request_timeout_seconds)
-            .context("--request-timeout-seconds")?,
-        ..BrokerPolicy::default()
-    };
-    let options = RunOptions {
-        concurrency: args.concurrency,
-        broker,
-        ..RunOptions::default()
-    };
-    let progress = ConsoleProgress::new(&args.connector);
-    let report = host
-        .run_export(&connection, &export, &source, &options, &progress)
-        .await?;
-    if let Some(path) = &args.rejections_csv {
-        write_issues_csv(path, &report.issues)?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.summary());
-    }
-    Ok(if report.succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-fn write_issues_csv(path: &PathBuf, issues: &[connector_host::RunIssue]) -> Result<()> {
-    let mut writer =
-        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
-    writer.write_record(["profile_id", "email", "kind", "code", "message"])?;
-    for i in issues {
-        let kind = serde_json::to_value(i.kind)?;
-        writer.write_record([
-            &i.profile_id,
-            &i.email,
-            kind.as_str().unwrap_or(""),
-            &i.code,
-            &i.message,
-        ])?;
-    }
-    writer.flush()?;
-    Ok(())
 }

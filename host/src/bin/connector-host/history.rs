@@ -1,0 +1,148 @@
+//! `connector-host runs ...`: what each run did.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use connector_host::state::RunRecord;
+
+use crate::Session;
+use crate::output::{IssueCsv, print_table};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunsArgs {
+    /// Only the runs of this export (removed exports included).
+    export: Option<String>,
+    /// How many runs to list, newest first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[command(subcommand)]
+    command: Option<RunsCommand>,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One run in full.
+    Show {
+        id: i64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The contacts of a run that were not delivered, with the reasons.
+    Rejections {
+        id: i64,
+        /// As CSV (profile_id, email, kind, code, message).
+        #[arg(long)]
+        csv: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
+    let state = session.state()?;
+    match &args.command {
+        None => {
+            let runs = state.runs(args.export.as_deref(), args.limit)?;
+            if runs.is_empty() {
+                println!("no runs yet");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.export.clone(),
+                        r.status.to_string(),
+                        r.started_at.clone(),
+                        r.finished_at.clone().unwrap_or_else(|| "-".into()),
+                        r.sent.to_string(),
+                        r.created.to_string(),
+                        r.updated.to_string(),
+                        r.rejected.to_string(),
+                        r.retries.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "RUN", "EXPORT", "STATUS", "STARTED", "ENDED", "SENT", "CREATED", "UPDATED",
+                    "REJECTED", "RETRIES",
+                ],
+                &rows,
+            );
+        }
+        Some(RunsCommand::Show { id, json }) => {
+            let run = state.run(*id)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                print_run(&run);
+            }
+        }
+        Some(RunsCommand::Rejections { id, csv, output }) => match (output, csv) {
+            (Some(path), _) => {
+                let mut out = IssueCsv::create(path)?;
+                state.for_each_issue(*id, |issue| out.write(&issue))?;
+                let n = out.finish()?;
+                eprintln!("wrote {n} contacts to {}", path.display());
+            }
+            (None, true) => {
+                let mut out = IssueCsv::new(std::io::stdout().lock())?;
+                state.for_each_issue(*id, |issue| out.write(&issue))?;
+                out.finish()?;
+            }
+            (None, false) => {
+                let mut rows = Vec::new();
+                state.for_each_issue(*id, |i| {
+                    rows.push(vec![
+                        i.profile_id,
+                        i.email,
+                        format!("{:?}", i.kind).to_lowercase(),
+                        i.code,
+                        i.message,
+                    ]);
+                    Ok(())
+                })?;
+                if rows.is_empty() {
+                    println!("every contact of run {id} was delivered");
+                } else {
+                    print_table(&["PROFILE", "EMAIL", "KIND", "CODE", "REASON"], &rows);
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_run(r: &RunRecord) {
+    println!("run {} of export {} ({})", r.id, r.export, r.connector);
+    println!("  status       {}", r.status);
+    if let Some(error) = &r.error {
+        println!("  error        {error}");
+    }
+    println!("  trigger      {} by {}", r.trigger, r.started_by);
+    println!("  started      {}", r.started_at);
+    println!("  ended        {}", r.finished_at.as_deref().unwrap_or("-"));
+    if r.attempts > 1 {
+        println!(
+            "  attempts     {} (resumed; {} batches were not sent again)",
+            r.attempts, r.resumed_batches
+        );
+    }
+    println!("  profiles     {}", r.profiles);
+    println!("  sent         {}", r.sent);
+    println!("  created      {}", r.created);
+    println!("  updated      {}", r.updated);
+    println!("  suppressed   {}", r.suppressed);
+    println!("  rejected     {}", r.rejected);
+    println!("  duplicates   {}", r.duplicates);
+    println!("  batches      {}", r.batches);
+    println!("  requests     {} ({} retries)", r.requests, r.retries);
+    println!("  time         {:.2} s", r.seconds);
+}

@@ -1,0 +1,76 @@
+//! Writing for the operator: the undelivered-contacts CSV, aligned tables.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use connector_host::RunIssue;
+
+/// Writes contacts that were not delivered, with reasons, as CSV: profile_id, email, kind,
+/// code, message.
+pub struct IssueCsv<W: Write> {
+    writer: csv::Writer<W>,
+    count: u64,
+}
+
+impl IssueCsv<std::io::BufWriter<std::fs::File>> {
+    /// A CSV file at `path`.
+    pub fn create(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        IssueCsv::new(std::io::BufWriter::new(file))
+    }
+}
+
+impl<W: Write> IssueCsv<W> {
+    /// CSV to `out`, header first.
+    pub fn new(out: W) -> Result<Self> {
+        let mut writer = csv::Writer::from_writer(out);
+        writer.write_record(["profile_id", "email", "kind", "code", "message"])?;
+        Ok(IssueCsv { writer, count: 0 })
+    }
+
+    /// One row.
+    pub fn write(&mut self, i: &RunIssue) -> Result<()> {
+        let kind = serde_json::to_value(i.kind)?;
+        self.writer.write_record([
+            &i.profile_id,
+            &i.email,
+            kind.as_str().unwrap_or(""),
+            &i.code,
+            &i.message,
+        ])?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Flushes; returns the rows written.
+    pub fn finish(mut self) -> Result<u64> {
+        self.writer.flush()?;
+        Ok(self.count)
+    }
+}
+
+/// Prints rows as columns padded to their widest cell.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

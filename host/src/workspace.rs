@@ -1,0 +1,546 @@
+//! The product an operator runs for months, over the library: saved connections and exports,
+//! runs on demand and on schedule, their history, and resumption of runs cut short.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::export::{
+    Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunOptions,
+};
+use crate::mapping::FieldMapping;
+use crate::report::{RunReport, RunStatus};
+use crate::schedule::Schedule;
+use crate::source::ProfileSource;
+use crate::state::{
+    Access, Actor, ConnectionRecord, CredentialKind, ExportRecord, MasterKey, NewConnection,
+    NewExport, Role, RunState, State, StoredCredential, Trigger,
+};
+use crate::{ConnectorHost, oauth};
+
+/// The setting that caps the profiles of one run.
+pub const MAX_PROFILES_SETTING: &str = "max-profiles";
+/// The cap when the setting is absent.
+pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
+
+/// A connection to save.
+pub struct ConnectionRequest {
+    pub name: String,
+    pub connector: String,
+    /// The vendor API base URL, when not the connector's production one.
+    pub base_url: Option<String>,
+    pub data_centre: Option<String>,
+    pub credential: StoredCredential,
+    /// For OAuth: how long the access token is valid, if the vendor said.
+    pub token_expires_in: Option<Duration>,
+    pub access: Access,
+    /// The acting user accepted the data-privacy notice: exported profiles leave the
+    /// platform's compliance boundary. A connection is never saved without it.
+    pub accept_privacy_notice: bool,
+}
+
+/// An export to save.
+pub struct ExportRequest {
+    pub name: String,
+    pub connection: String,
+    pub settings: Vec<(String, String)>,
+    /// `field=column` pairs.
+    pub mapping: Vec<String>,
+    pub segments: Vec<String>,
+    /// A cron expression (UTC).
+    pub schedule: Option<String>,
+}
+
+/// What a run of a saved export came to.
+pub struct RunOutcome {
+    pub run_id: i64,
+    /// Whether this run continued one cut short.
+    pub resumed: bool,
+    pub report: RunReport,
+}
+
+/// Saved connections and exports over a connector host and a profile source.
+pub struct Workspace {
+    host: Arc<ConnectorHost>,
+    state: Arc<State>,
+    key: Option<MasterKey>,
+    source: Option<Arc<dyn ProfileSource>>,
+    options: RunOptions,
+}
+
+/// The scheduler acts as this administrator.
+fn scheduler() -> Actor {
+    Actor {
+        name: "scheduler".into(),
+        role: Role::Administrator,
+    }
+}
+
+impl Workspace {
+    /// A workspace over `state`. Add the master key to reach credentials and a profile source
+    /// to save or run exports.
+    pub fn new(host: Arc<ConnectorHost>, state: Arc<State>) -> Workspace {
+        Workspace {
+            host,
+            state,
+            key: None,
+            source: None,
+            options: RunOptions::default(),
+        }
+    }
+
+    /// Unlocks the stored credentials; refuses a key other than the state's.
+    pub fn with_master_key(mut self, key: MasterKey) -> Result<Workspace> {
+        self.state.check_master_key(&key)?;
+        self.key = Some(key);
+        Ok(self)
+    }
+
+    /// The profiles exports read.
+    pub fn with_source(mut self, source: Arc<dyn ProfileSource>) -> Workspace {
+        self.source = Some(source);
+        self
+    }
+
+    /// How runs behave (concurrency, broker policy); the profile cap comes from the
+    /// `max-profiles` setting, the journal and stop signal from the workspace.
+    pub fn with_run_options(mut self, options: RunOptions) -> Workspace {
+        self.options = options;
+        self
+    }
+
+    /// The saved state.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The connector host.
+    pub fn host(&self) -> &ConnectorHost {
+        &self.host
+    }
+
+    fn key(&self) -> Result<&MasterKey> {
+        self.key.as_ref().context(
+            "no master key: set CONNECTOR_HOST_MASTER_KEY, or create a key file with `connector-host key generate` and point --master-key-file at it",
+        )
+    }
+
+    fn source(&self) -> Result<&dyn ProfileSource> {
+        self.source.as_deref().context(
+            "no profile source: set one with `connector-host settings set profiles FILE` and `settings set memberships FILE`",
+        )
+    }
+
+    /// The per-run profile cap (the `max-profiles` setting).
+    pub fn max_profiles(&self) -> Result<u64> {
+        match self.state.setting(MAX_PROFILES_SETTING)? {
+            None => Ok(DEFAULT_MAX_PROFILES),
+            Some(v) => v.parse().with_context(|| {
+                format!("the setting {MAX_PROFILES_SETTING} is `{v}`, not a number")
+            }),
+        }
+    }
+
+    // ---- connections ----
+
+    /// Checks the credential with the vendor, then saves the connection with the credential
+    /// sealed. Administrators only.
+    pub async fn add_connection(
+        &self,
+        actor: &Actor,
+        request: ConnectionRequest,
+    ) -> Result<(ConnectionRecord, CredentialCheck)> {
+        if actor.role != Role::Administrator {
+            bail!(
+                "{} acts as a contributor; only administrators may add connections",
+                actor.name
+            );
+        }
+        check_name("connection", &request.name)?;
+        if !request.accept_privacy_notice {
+            bail!(
+                "connection `{}` was not saved: the data-privacy notice must be accepted (exported profiles leave the platform's compliance boundary for the vendor's); pass --accept-privacy-notice",
+                request.name
+            );
+        }
+        let key = self.key()?;
+        self.host.plugins().require(&request.connector)?;
+        if self.state.connection(&request.name).is_ok() {
+            bail!("a connection named `{}` already exists", request.name);
+        }
+        let connection = Connection {
+            connector: request.connector.clone(),
+            base_url: request.base_url.clone(),
+            data_centre: request.data_centre.clone(),
+            credential: library_credential(&request.credential),
+        };
+        let check = self
+            .host
+            .check_connection(&connection)
+            .await
+            .with_context(|| format!("connection `{}` was not saved", request.name))?;
+        let record = self.state.add_connection(
+            key,
+            &NewConnection {
+                name: &request.name,
+                connector: &request.connector,
+                base_url: request.base_url.as_deref(),
+                data_centre: request.data_centre.as_deref(),
+                credential: &request.credential,
+                token_expires_at: request.token_expires_in.map(expires_at),
+                access: request.access,
+                checked_at: (check == CredentialCheck::Accepted).then(crate::state::now),
+            },
+            actor,
+        )?;
+        Ok((record, check))
+    }
+
+    /// Checks a saved connection's credential with the vendor again.
+    pub async fn test_connection(&self, actor: &Actor, name: &str) -> Result<CredentialCheck> {
+        let record = self.state.connection(name)?;
+        permit(actor, &record)?;
+        let connection = self.connection(&record).await?;
+        let check = self.host.check_connection(&connection).await?;
+        if check == CredentialCheck::Accepted {
+            self.state.mark_checked(record.id)?;
+        }
+        Ok(check)
+    }
+
+    /// Removes a connection and the exports over it; history stays. Administrators only.
+    pub fn remove_connection(&self, actor: &Actor, name: &str) -> Result<Vec<String>> {
+        if actor.role != Role::Administrator {
+            bail!(
+                "{} acts as a contributor; only administrators may remove connections",
+                actor.name
+            );
+        }
+        self.state.remove_connection(name, actor)
+    }
+
+    /// The library's view of a saved connection, its OAuth token renewed if it expired.
+    async fn connection(&self, record: &ConnectionRecord) -> Result<Connection> {
+        let key = self.key()?;
+        let mut stored = self.state.credential(key, record)?;
+        if stored.kind == CredentialKind::OAuth && token_expired(record.token_expires_at.as_deref())
+        {
+            let Some(refresh) = stored.refresh.clone() else {
+                bail!(
+                    "the OAuth access token of connection `{}` expired at {} and it has no refresh token; add the connection again",
+                    record.name,
+                    record.token_expires_at.as_deref().unwrap_or("?")
+                );
+            };
+            let tokens = oauth::refresh(&refresh).await.with_context(|| {
+                format!("renewing the OAuth token of connection `{}`", record.name)
+            })?;
+            stored = StoredCredential {
+                kind: CredentialKind::OAuth,
+                secret: tokens.access_token,
+                refresh: Some(crate::state::TokenRefresh {
+                    refresh_token: tokens.refresh_token.unwrap_or(refresh.refresh_token),
+                    token_url: refresh.token_url,
+                }),
+            };
+            self.state.replace_credential(
+                key,
+                record,
+                &stored,
+                tokens.expires_in.map(expires_at),
+            )?;
+            tracing::info!(connection = %record.name, "renewed the OAuth access token");
+        }
+        Ok(Connection {
+            connector: record.connector.clone(),
+            base_url: record.base_url.clone(),
+            data_centre: record.data_centre.clone(),
+            credential: library_credential(&stored),
+        })
+    }
+
+    // ---- exports ----
+
+    /// Validates an export (settings, mapping against the source's columns, segments, the
+    /// connector's `validate` against the vendor) and saves it. Does not run it.
+    pub async fn add_export(&self, actor: &Actor, request: ExportRequest) -> Result<ExportRecord> {
+        check_name("export", &request.name)?;
+        let connection = self.state.connection(&request.connection)?;
+        permit(actor, &connection)?;
+        if let Some(schedule) = &request.schedule {
+            Schedule::parse(schedule)?;
+        }
+        if self.state.export(&request.name).is_ok() {
+            bail!("an export named `{}` already exists", request.name);
+        }
+        let export = Export {
+            settings: request.settings.clone(),
+            mapping: FieldMapping::parse(&request.mapping)?,
+            segments: request.segments.clone(),
+        };
+        let library_connection = self.connection(&connection).await?;
+        self.host
+            .check_export(&library_connection, &export, self.source()?)
+            .await
+            .with_context(|| format!("export `{}` was not saved", request.name))?;
+        self.state.add_export(
+            &NewExport {
+                name: &request.name,
+                connection_id: connection.id,
+                settings: &request.settings,
+                mapping: &request.mapping,
+                segments: &request.segments,
+                schedule: request.schedule.as_deref(),
+            },
+            actor,
+        )
+    }
+
+    /// Removes an export and its schedule; its runs stay readable.
+    pub fn remove_export(&self, actor: &Actor, name: &str) -> Result<()> {
+        let export = self.state.export(name)?;
+        permit(actor, &self.state.connection_by_id(export.connection_id)?)?;
+        self.state.remove_export(name, actor)
+    }
+
+    // ---- runs ----
+
+    /// Runs a saved export: resumes its run cut short if there is one (unless `fresh`), else
+    /// starts a new one. Every settled batch is checkpointed; `stop` ends the run cleanly.
+    pub async fn run_export(
+        &self,
+        actor: &Actor,
+        name: &str,
+        trigger: Trigger,
+        fresh: bool,
+        progress: &dyn Progress,
+        stop: Option<CancellationToken>,
+    ) -> Result<RunOutcome> {
+        let export = self.state.export(name)?;
+        let record = self.state.connection_by_id(export.connection_id)?;
+        permit(actor, &record)?;
+        let _lock = self.state.lock_export(&export)?;
+
+        let unfinished = self.state.unfinished_run(&export)?;
+        let (run_id, resumed) = match unfinished {
+            Some(id) if !fresh => {
+                self.state.resume_run(id)?;
+                (id, true)
+            }
+            other => {
+                if let Some(id) = other {
+                    self.state
+                        .abandon_run(id, &format!("abandoned: {} started afresh", actor.name))?;
+                }
+                (self.state.start_run(&export, trigger, actor)?, false)
+            }
+        };
+        let attempt = self
+            .attempt_run(&export, &record, run_id, progress, stop)
+            .await;
+        match attempt {
+            Ok(report) => {
+                let (state, error) = match &report.status {
+                    RunStatus::Succeeded => (RunState::Succeeded, None),
+                    RunStatus::Failed(e) => (RunState::Failed, Some(e.as_str())),
+                    RunStatus::Interrupted => (RunState::Interrupted, None),
+                };
+                self.state.finish_run(run_id, state, error, Some(&report))?;
+                Ok(RunOutcome {
+                    run_id,
+                    resumed,
+                    report,
+                })
+            }
+            Err(e) => {
+                // Refused before sending anything: a new run is over; a resumed one stays
+                // resumable with what it had settled.
+                let state = if resumed {
+                    RunState::Interrupted
+                } else {
+                    RunState::Failed
+                };
+                self.state
+                    .finish_run(run_id, state, Some(&format!("{e:#}")), None)?;
+                Err(e.context(format!("run {run_id} of export `{name}`")))
+            }
+        }
+    }
+
+    async fn attempt_run(
+        &self,
+        export: &ExportRecord,
+        record: &ConnectionRecord,
+        run_id: i64,
+        progress: &dyn Progress,
+        stop: Option<CancellationToken>,
+    ) -> Result<RunReport> {
+        let source = self.source()?;
+        let connection = self.connection(record).await?;
+        let spec = Export {
+            settings: export.settings.clone(),
+            mapping: FieldMapping::parse(&export.mapping)?,
+            segments: export.segments.clone(),
+        };
+        let options = RunOptions {
+            max_profiles: self.max_profiles()?,
+            journal: Some(Arc::new(self.state.journal(run_id)?)),
+            stop,
+            ..self.options.clone()
+        };
+        self.host
+            .run_export(&connection, &spec, source, &options, progress)
+            .await
+    }
+
+    /// Runs due exports by their schedules until `stop` is cancelled, one run at a time per
+    /// export. Exports added, changed or removed meanwhile are picked up within `poll`. On
+    /// stop, runs under way finish their batches in flight, checkpoint and end interrupted;
+    /// the next run of each resumes it.
+    pub async fn serve(self: Arc<Self>, stop: CancellationToken, poll: Duration) -> Result<()> {
+        self.key()?;
+        self.source()?;
+        let mut due: HashMap<i64, (String, chrono::DateTime<Utc>)> = HashMap::new();
+        let mut running: HashMap<i64, String> = HashMap::new();
+        let mut runs: JoinSet<(i64, String, Result<RunOutcome>)> = JoinSet::new();
+        tracing::info!("serving scheduled exports");
+        loop {
+            let now = Utc::now();
+            let exports = self.state.exports()?;
+            due.retain(|id, _| exports.iter().any(|e| e.id == *id));
+            for export in &exports {
+                let Some(text) = &export.schedule else {
+                    due.remove(&export.id);
+                    continue;
+                };
+                if due.get(&export.id).is_some_and(|(known, _)| known == text) {
+                    continue;
+                }
+                match Schedule::parse(text).map(|s| s.next_after(now)) {
+                    Ok(Some(next)) => {
+                        tracing::info!(export = %export.name, next = %next.to_rfc3339(), "scheduled");
+                        due.insert(export.id, (text.clone(), next));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(export = %export.name, "{e:#}"),
+                }
+            }
+            for export in &exports {
+                let Some((text, at)) = due.get_mut(&export.id) else {
+                    continue;
+                };
+                if *at > now || running.contains_key(&export.id) {
+                    continue;
+                }
+                if let Some(next) = Schedule::parse(text).ok().and_then(|s| s.next_after(now)) {
+                    *at = next;
+                }
+                running.insert(export.id, export.name.clone());
+                let workspace = self.clone();
+                let (id, name, stop) = (export.id, export.name.clone(), stop.child_token());
+                tracing::info!(export = %name, "scheduled run starting");
+                runs.spawn(async move {
+                    let outcome = workspace
+                        .run_export(
+                            &scheduler(),
+                            &name,
+                            Trigger::Schedule,
+                            false,
+                            &NoProgress,
+                            Some(stop),
+                        )
+                        .await;
+                    (id, name, outcome)
+                });
+            }
+            let next_due = due
+                .values()
+                .map(|(_, at)| *at)
+                .min()
+                .map(|at| (at - Utc::now()).to_std().unwrap_or_default())
+                .unwrap_or(poll)
+                .min(poll);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(next_due) => {}
+                Some(done) = runs.join_next(), if !runs.is_empty() => log_run(&mut running, done),
+            }
+        }
+        tracing::info!(
+            runs = runs.len(),
+            "stopping: finishing the batches in flight"
+        );
+        while let Some(done) = runs.join_next().await {
+            log_run(&mut running, done);
+        }
+        Ok(())
+    }
+}
+
+fn log_run(
+    running: &mut HashMap<i64, String>,
+    done: std::result::Result<(i64, String, Result<RunOutcome>), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((id, name, outcome)) => {
+            running.remove(&id);
+            match outcome {
+                Ok(o) => tracing::info!(
+                    export = %name,
+                    run = o.run_id,
+                    status = ?o.report.status,
+                    profiles = o.report.profiles,
+                    sent = o.report.sent,
+                    "scheduled run ended"
+                ),
+                Err(e) => tracing::warn!(export = %name, "scheduled run refused: {e:#}"),
+            }
+        }
+        Err(e) => tracing::error!("a scheduled run panicked: {e}"),
+    }
+}
+
+/// Refuses a role the connection is not open to.
+fn permit(actor: &Actor, connection: &ConnectionRecord) -> Result<()> {
+    if !connection.access.permits(actor.role) {
+        bail!(
+            "{} acts as a contributor, and connection `{}` is open to administrators only",
+            actor.name,
+            connection.name
+        );
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.trim() != name || name.chars().any(char::is_control) {
+        bail!(
+            "`{name}` is not a usable {what} name: give a non-empty name without surrounding spaces or control characters"
+        );
+    }
+    Ok(())
+}
+
+fn library_credential(stored: &StoredCredential) -> Credential {
+    match stored.kind {
+        CredentialKind::ApiKey => Credential::ApiKey(stored.secret.clone()),
+        CredentialKind::OAuth => Credential::AccessToken(stored.secret.clone()),
+    }
+}
+
+fn expires_at(valid_for: Duration) -> String {
+    let at = Utc::now() + chrono::Duration::from_std(valid_for).unwrap_or(chrono::Duration::MAX);
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Whether a token expires within the next minute (so it lasts through validation).
+fn token_expired(expires_at: Option<&str>) -> bool {
+    expires_at
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .is_some_and(|at| at.with_timezone(&Utc) <= Utc::now() + chrono::Duration::seconds(60))
+}

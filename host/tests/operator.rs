@@ -1,0 +1,698 @@
+//! The saved product as an operator uses it from the command line: connections, exports, runs,
+//! history, schedules, and a run that survives SIGKILL. Against the vendor simulators.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use connector_tests::artifacts;
+use connector_tests::harness::{Expected, install_connectors};
+use connector_tests::sample;
+use connector_tests::sim::campaign_monitor::{Behaviour, CampaignMonitorSim};
+use tempfile::TempDir;
+
+const API_KEY: &str = "operator-secret-key-7d41c09e";
+
+/// An operator's machine: plugins, a state directory, a master key file, sample profiles.
+struct Operator {
+    root: TempDir,
+}
+
+impl Operator {
+    fn new(seed: u64, profiles: u64) -> Operator {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("plugins")).unwrap();
+        install_connectors(&root.path().join("plugins")).unwrap();
+        std::fs::create_dir(root.path().join("data")).unwrap();
+        sample::write_csv(&root.path().join("data"), seed, profiles).unwrap();
+        let op = Operator { root };
+        let out = op.ok(&["key", "generate"]);
+        assert!(out.contains("wrote a new master key"), "{out}");
+        for (key, file) in [
+            ("profiles", "profiles.csv"),
+            ("memberships", "memberships.csv"),
+        ] {
+            let path = op.root.path().join("data").join(file);
+            op.ok(&["settings", "set", key, &path.to_string_lossy()]);
+        }
+        op
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector-host"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CONNECTOR_HOST_PLUGINS", self.path("plugins"))
+            .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
+            .env("CONNECTOR_HOST_STATE", self.path("state"))
+            .env("CONNECTOR_HOST_MASTER_KEY_FILE", self.path("master.key"))
+            .env("CONNECTOR_HOST_USER", "dana")
+            .env("CONNECTOR_SECRET", API_KEY)
+            // Every brokered request is traced; the traces must not leak the key either.
+            .env("RUST_LOG", "connector_host=debug")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        self.keep_log(&out);
+        out
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs a command that must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded:\n{}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    /// Everything the CLI printed is kept, to search it for the credential at the end.
+    fn keep_log(&self, out: &Output) {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("outputs.log"))
+            .unwrap();
+        log.write_all(&out.stdout).unwrap();
+        log.write_all(&out.stderr).unwrap();
+    }
+
+    fn add_connection(&self, name: &str, sim: &CampaignMonitorSim, extra: &[&str]) -> String {
+        let base_url = sim.base_url();
+        let mut args = vec![
+            "connection",
+            "add",
+            name,
+            "--connector",
+            "campaign-monitor",
+            "--base-url",
+            &base_url,
+            "--accept-privacy-notice",
+        ];
+        args.extend(extra);
+        self.ok(&args)
+    }
+
+    fn add_export(&self, name: &str, connection: &str, list: &str, extra: &[&str]) -> String {
+        let setting = format!("list-id={list}");
+        let mut args = vec![
+            "export",
+            "add",
+            name,
+            "--connection",
+            connection,
+            "--setting",
+            &setting,
+            "--map",
+            "email=email",
+            "--map",
+            "first-name=first_name",
+            "--map",
+            "last-name=last_name",
+            "--segment",
+            "newsletter",
+        ];
+        args.extend(extra);
+        self.ok(&args)
+    }
+
+    /// Asserts that no file under the root and nothing printed holds the credential.
+    fn assert_credential_nowhere(&self) {
+        let mut files = vec![];
+        walk(self.root.path(), &mut files);
+        assert!(files.iter().any(|f| f.ends_with("state.db")));
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes
+                    .windows(API_KEY.len())
+                    .any(|w| w == API_KEY.as_bytes()),
+                "{} holds the credential",
+                file.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The number of the `run N` line an `export run` prints.
+fn run_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").or(l.strip_prefix("resumed run ")))
+        .unwrap_or_else(|| panic!("no run id in {stdout}"))
+        .trim()
+        .to_string()
+}
+
+fn imports(sim: &CampaignMonitorSim) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/import.json"))
+        .count()
+}
+
+fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .unwrap_or_else(|| panic!("no `{name}` in {stdout}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keeps_connections_and_exports_and_reads_the_history() {
+    let (seed, count) = (61, 3_000);
+    let op = Operator::new(seed, count);
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+
+    // A connection is never saved without the privacy notice, nor with a key the vendor refuses.
+    let base_url = sim.base_url();
+    let add = [
+        "connection",
+        "add",
+        "acme",
+        "--connector",
+        "campaign-monitor",
+        "--base-url",
+        &base_url,
+    ];
+    let err = op.fails(&add);
+    assert!(
+        err.contains("the data-privacy notice must be accepted"),
+        "{err}"
+    );
+    let mut wrong_key = op.command(&[&add[..], &["--accept-privacy-notice"]].concat());
+    let out = wrong_key
+        .env("CONNECTOR_SECRET", "not-the-key")
+        .output()
+        .unwrap();
+    op.keep_log(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the vendor did not accept the credential") && err.contains("Invalid API Key"),
+        "{err}"
+    );
+    let as_contributor = [
+        &["--as", "contributor"][..],
+        &add,
+        &["--accept-privacy-notice"],
+    ]
+    .concat();
+    let err = op.fails(&as_contributor);
+    assert!(
+        err.contains("only administrators may add connections"),
+        "{err}"
+    );
+    assert!(op.ok(&["connection", "list"]).contains("no connections"));
+
+    let out = op.add_connection("acme", &sim, &[]);
+    assert!(out.contains("the vendor accepted the credential"), "{out}");
+    let fingerprint = connector_host::Secret::new(API_KEY.into()).fingerprint();
+    assert!(out.contains(&format!("sha256:{fingerprint}")), "{out}");
+    let err = op.fails(&[&add[..], &["--accept-privacy-notice"]].concat());
+    assert!(
+        err.contains("a connection named `acme` already exists"),
+        "{err}"
+    );
+
+    let list_out = op.ok(&["connection", "list"]);
+    assert!(
+        list_out.contains("acme") && list_out.contains("administrators"),
+        "{list_out}"
+    );
+    let show = op.ok(&["connection", "show", "acme"]);
+    assert!(
+        show.contains(&format!("api-key sha256:{fingerprint}")),
+        "{show}"
+    );
+    assert!(
+        field(&show, "privacy notice").starts_with("accepted by dana at 20"),
+        "{show}"
+    );
+    assert!(
+        op.ok(&["connection", "test", "acme"])
+            .contains("accepted the credential")
+    );
+
+    // Saving an export validates everything and sends nothing.
+    let err = op.fails(&[
+        "export",
+        "add",
+        "weekly",
+        "--connection",
+        "acme",
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+        "--schedule",
+        "every monday",
+    ]);
+    assert!(
+        err.contains("the schedule `every monday` is not a cron expression"),
+        "{err}"
+    );
+    let err = op.fails(&[
+        "export",
+        "add",
+        "weekly",
+        "--connection",
+        "acme",
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--segment",
+        "nope",
+    ]);
+    assert!(err.contains("segment `nope` does not exist"), "{err}");
+    let err = op.fails(&[
+        "export",
+        "add",
+        "weekly",
+        "--connection",
+        "acme",
+        "--setting",
+        "list-id=0123456789abcdef0123456789abcdef",
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+    ]);
+    assert!(
+        err.contains("the export did not validate") && err.contains("Invalid ListID"),
+        "{err}"
+    );
+    let err = op.fails(&[
+        "--as",
+        "contributor",
+        "export",
+        "add",
+        "weekly",
+        "--connection",
+        "acme",
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+    ]);
+    assert!(
+        err.contains(
+            "dana acts as a contributor, and connection `acme` is open to administrators only"
+        ),
+        "{err}"
+    );
+    let out = op.add_export("weekly", "acme", &list, &["--schedule", "0 6 * * 1"]);
+    assert!(out.contains("it has not run"), "{out}");
+    assert_eq!(imports(&sim), 0, "saving an export sent contacts");
+    let exports = op.ok(&["export", "list"]);
+    assert!(
+        exports.contains("weekly")
+            && exports.contains("0 6 * * 1")
+            && exports.contains("never run"),
+        "{exports}"
+    );
+    let err = op.fails(&["--as", "contributor", "export", "run", "weekly"]);
+    assert!(err.contains("open to administrators only"), "{err}");
+
+    // A run, and what the history says of it.
+    let out = op.ok(&["export", "run", "weekly"]);
+    let id = run_id(&out);
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    assert_eq!(sim.subscribers(&list).len(), expected.delivered.len());
+    let runs = op.ok(&["runs", "weekly"]);
+    assert!(
+        runs.lines().nth(1).unwrap().starts_with(&format!("{id} ")),
+        "{runs}"
+    );
+    assert!(runs.contains("succeeded"), "{runs}");
+    let show = op.ok(&["runs", "show", &id]);
+    assert_eq!(field(&show, "status"), "succeeded");
+    assert_eq!(field(&show, "profiles"), expected.profiles.to_string());
+    assert_eq!(field(&show, "sent"), expected.sent().to_string());
+    assert_eq!(
+        field(&show, "created"),
+        expected.delivered.len().to_string()
+    );
+    assert_eq!(
+        field(&show, "rejected"),
+        (expected.invalid.len() as u64 + expected.missing_email).to_string()
+    );
+    assert_eq!(field(&show, "duplicates"), expected.duplicates.to_string());
+    let csv = op.ok(&["runs", "rejections", &id, "--csv"]);
+    let mut rows = csv.lines();
+    assert_eq!(rows.next(), Some("profile_id,email,kind,code,message"));
+    let rows: Vec<&str> = rows.collect();
+    assert_eq!(
+        rows.len() as u64,
+        expected.invalid.len() as u64 + expected.missing_email + expected.duplicates
+    );
+    for invalid in &expected.invalid {
+        assert!(
+            rows.iter()
+                .any(|r| r.contains(&format!("{invalid},rejected,1,Invalid Email Address"))),
+            "{invalid} missing from {csv}"
+        );
+    }
+    assert!(rows.iter().any(|r| r.contains(",rejected,missing-email,")));
+
+    // The per-run limit is a setting; a run over it is refused before anything is sent.
+    let before = imports(&sim);
+    op.ok(&["settings", "set", "max-profiles", "100"]);
+    let err = op.fails(&["export", "run", "weekly"]);
+    assert!(
+        err.contains(&format!(
+            "hold {} profiles, over the limit of 100 per run; nothing was sent",
+            expected.profiles
+        )),
+        "{err}"
+    );
+    assert_eq!(imports(&sim), before);
+    let refused = op.ok(&["runs", "weekly"]);
+    assert!(
+        refused.lines().nth(1).unwrap().contains("failed"),
+        "{refused}"
+    );
+    let err = op.fails(&["settings", "set", "max-profiles", "lots"]);
+    assert!(err.contains("must be a positive whole number"), "{err}");
+
+    // Removing keeps the history readable; a contributor may not remove a connection.
+    let err = op.fails(&["--as", "contributor", "connection", "remove", "acme"]);
+    assert!(
+        err.contains("only administrators may remove connections"),
+        "{err}"
+    );
+    op.ok(&["export", "remove", "weekly"]);
+    assert!(op.ok(&["export", "list"]).contains("no exports"));
+    assert!(
+        op.fails(&["export", "run", "weekly"])
+            .contains("there is no export named `weekly`")
+    );
+    assert_eq!(field(&op.ok(&["runs", "show", &id]), "status"), "succeeded");
+    op.add_export("daily", "acme", &list, &["--schedule", "0 6 * * *"]);
+    let out = op.ok(&["connection", "remove", "acme"]);
+    assert!(
+        out.contains("removed with it, schedules stopped: daily"),
+        "{out}"
+    );
+    assert!(
+        op.fails(&["connection", "show", "acme"])
+            .contains("there is no connection named `acme`")
+    );
+    assert!(op.ok(&["runs"]).contains("weekly"));
+
+    op.assert_credential_nowhere();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_need_the_right_master_key() {
+    let op = Operator::new(62, 200);
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    sim.add_list(&client, "Main");
+    op.add_connection("acme", &sim, &["--contributors"]);
+
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("other.key");
+    connector_host::MasterKey::create_file(&other_key).unwrap();
+    let err = op.fails(&[
+        "--master-key-file",
+        &other_key.to_string_lossy(),
+        "connection",
+        "test",
+        "acme",
+    ]);
+    assert!(
+        err.contains("wrong master key: this state's credentials are sealed with key"),
+        "{err}"
+    );
+
+    let out = op
+        .command(&["connection", "test", "acme"])
+        .env("CONNECTOR_HOST_MASTER_KEY", "not a key")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("the master key is not base64"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let missing = op.path("missing.key");
+    let err = op.fails(&[
+        "--master-key-file",
+        &missing.to_string_lossy(),
+        "connection",
+        "test",
+        "acme",
+    ]);
+    assert!(err.contains("cannot read the master key file"), "{err}");
+
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        op.path("master.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let err = op.fails(&["connection", "test", "acme"]);
+    assert!(err.contains("is open to other users (mode 0644)"), "{err}");
+    std::fs::set_permissions(
+        op.path("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    // Listing needs no key; a contributor may use a connection opened to contributors.
+    let out = op
+        .command(&["connection", "list"])
+        .env_remove("CONNECTOR_HOST_MASTER_KEY_FILE")
+        .env("HOME", other.path())
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("administrators, contributors"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        op.ok(&["--as", "contributor", "connection", "test", "acme"])
+            .contains("accepted")
+    );
+    op.assert_credential_nowhere();
+}
+
+/// Starts `export run` and kills it with SIGKILL once `imports` batches reached the vendor.
+fn kill_after(op: &Operator, sim: &CampaignMonitorSim, export: &str, imports_before_kill: usize) {
+    let mut child: Child = op
+        .command(&["export", "run", export, "--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while imports(sim) < imports_before_kill {
+        assert!(Instant::now() < deadline, "the run never got going");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
+    let (seed, count) = (63, 24_000);
+    let op = Operator::new(seed, count);
+    let behaviour = Behaviour {
+        latency: Duration::from_millis(150),
+        ..Behaviour::default()
+    };
+    let sim = CampaignMonitorSim::start_with(0, behaviour).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    op.add_connection("acme", &sim, &[]);
+    op.add_export("nightly", "acme", &list, &[]);
+
+    kill_after(&op, &sim, "nightly", 4);
+    let runs = op.ok(&["runs", "nightly"]);
+    assert!(
+        runs.lines().nth(1).unwrap().contains("interrupted"),
+        "{runs}"
+    );
+    let sent_before = imports(&sim);
+
+    let out = op.ok(&["export", "run", "nightly"]);
+    assert!(out.starts_with("resumed run "), "{out}");
+    let id = run_id(&out);
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    let batches = expected.sent().div_ceil(1000) as usize;
+
+    // Every contact delivered, once in the list, and at most the batch in flight at the kill
+    // sent twice.
+    let held = sim.subscribers(&list);
+    assert_eq!(held.len(), expected.delivered.len());
+    for email in expected.delivered.keys() {
+        assert!(held.contains_key(email), "{email} was lost");
+    }
+    let total = imports(&sim);
+    assert!(
+        total <= batches + 1,
+        "{total} imports for {batches} batches"
+    );
+    assert!(total >= batches);
+    let resumed: usize = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("resumed: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        resumed >= sent_before - 1 && resumed <= sent_before,
+        "resumed {resumed} of {sent_before}"
+    );
+
+    let show = op.ok(&["runs", "show", &id]);
+    assert_eq!(field(&show, "status"), "succeeded");
+    assert!(
+        field(&show, "attempts").starts_with("2 (resumed;"),
+        "{show}"
+    );
+    assert_eq!(field(&show, "sent"), expected.sent().to_string());
+    assert_eq!(field(&show, "profiles"), expected.profiles.to_string());
+    assert_eq!(
+        field(&show, "rejected"),
+        (expected.invalid.len() as u64 + expected.missing_email).to_string()
+    );
+    let csv = op.ok(&["runs", "rejections", &id, "--csv"]);
+    assert_eq!(
+        csv.lines().count() as u64 - 1,
+        expected.invalid.len() as u64 + expected.missing_email + expected.duplicates,
+        "each undelivered contact is listed once across both attempts"
+    );
+
+    // A fresh run starts over rather than resuming.
+    let out = op.ok(&["export", "run", "nightly"]);
+    assert!(out.starts_with("run "), "{out}");
+    op.assert_credential_nowhere();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
+    let (seed, count) = (64, 16_000);
+    let op = Operator::new(seed, count);
+    let behaviour = Behaviour {
+        latency: Duration::from_millis(400),
+        ..Behaviour::default()
+    };
+    let sim = CampaignMonitorSim::start_with(0, behaviour).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    op.add_connection("acme", &sim, &[]);
+    op.add_export(
+        "every-second",
+        "acme",
+        &list,
+        &["--schedule", "* * * * * *"],
+    );
+
+    let mut serve = op
+        .command(&["serve", "--poll-seconds", "0.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while imports(&sim) < 2 {
+        assert!(Instant::now() < deadline, "serve never ran the export");
+        assert!(serve.try_wait().unwrap().is_none(), "serve ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One run at a time per export, across processes.
+    let err = op.fails(&["export", "run", "every-second"]);
+    assert!(
+        err.contains("export `every-second` is already running"),
+        "{err}"
+    );
+
+    unsafe { libc_kill(serve.id() as i32, 15) };
+    let stopped = Instant::now();
+    let out = serve.wait_with_output().unwrap();
+    op.keep_log(&out);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stopped.elapsed() < Duration::from_secs(20));
+    assert!(
+        stderr.contains("stopping: finishing the batches in flight"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scheduled run"), "{stderr}");
+
+    // The run stopped at a batch boundary; running the export again completes it.
+    let runs = op.ok(&["runs", "every-second"]);
+    let status = runs.lines().nth(1).unwrap();
+    assert!(
+        status.contains("interrupted") || status.contains("succeeded"),
+        "{runs}"
+    );
+    let out = op.ok(&["export", "run", "every-second"]);
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    assert_eq!(
+        sim.subscribers(&list).len(),
+        expected.delivered.len(),
+        "{out}"
+    );
+    op.assert_credential_nowhere();
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
