@@ -139,20 +139,25 @@ impl Operator {
         self.ok(&args)
     }
 
-    /// Asserts that no file under the root and nothing printed holds the credential.
+    /// Asserts that no file under the root (state, logs, outputs) holds the API key.
     fn assert_credential_nowhere(&self) {
+        self.assert_secrets_nowhere(&[API_KEY]);
+    }
+
+    /// Asserts that no file under the root holds any of `secrets`.
+    fn assert_secrets_nowhere(&self, secrets: &[&str]) {
         let mut files = vec![];
         walk(self.root.path(), &mut files);
         assert!(files.iter().any(|f| f.ends_with("state.db")));
         for file in files {
             let bytes = std::fs::read(&file).unwrap();
-            assert!(
-                !bytes
-                    .windows(API_KEY.len())
-                    .any(|w| w == API_KEY.as_bytes()),
-                "{} holds the credential",
-                file.display()
-            );
+            for secret in secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a credential",
+                    file.display()
+                );
+            }
         }
     }
 }
@@ -695,4 +700,172 @@ async fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
+    use std::sync::Arc;
+
+    use connector_host::state::{CredentialKind, StoredCredential, Trigger};
+    use connector_host::{
+        Access, Actor, ConnectionRequest, ExportRequest, MasterKey, NoProgress, Role, Secret,
+        State, Workspace,
+    };
+    use connector_tests::harness::open_host;
+    use connector_tests::sample::GeneratedSource;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    install_connectors(&dir.path().join("plugins")).unwrap();
+    let host = Arc::new(open_host(&dir.path().join("plugins")).await);
+    // The embedder places the state where it likes and brings its own profile source.
+    let state = Arc::new(State::open(&dir.path().join("platform/exports.db")).unwrap());
+    let source = GeneratedSource {
+        seed: 65,
+        count: 1_000_001,
+    };
+    let workspace = Workspace::new(host, state.clone())
+        .with_master_key(MasterKey::generate())
+        .unwrap()
+        .with_source(Arc::new(source));
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    let admin = Actor {
+        name: "platform".into(),
+        role: Role::Administrator,
+    };
+    workspace
+        .add_connection(
+            &admin,
+            ConnectionRequest {
+                name: "acme".into(),
+                connector: "campaign-monitor".into(),
+                base_url: Some(sim.base_url()),
+                data_centre: None,
+                credential: StoredCredential {
+                    kind: CredentialKind::ApiKey,
+                    secret: Secret::new(API_KEY.into()),
+                    refresh: None,
+                },
+                token_expires_in: None,
+                access: Access::Administrators,
+                accept_privacy_notice: true,
+            },
+        )
+        .await
+        .unwrap();
+    workspace
+        .add_export(
+            &admin,
+            ExportRequest {
+                name: "all".into(),
+                connection: "acme".into(),
+                settings: vec![("list-id".into(), list.clone())],
+                mapping: vec!["email=email".into()],
+                segments: vec!["everyone".into()],
+                schedule: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    let err = workspace
+        .run_export(&admin, "all", Trigger::OnDemand, false, &NoProgress, None)
+        .await
+        .err()
+        .expect("a run over the limit was let through");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("the export's segments hold 1000001 profiles, over the limit of 1000000 per run; nothing was sent"),
+        "{err}"
+    );
+    assert_eq!(imports(&sim), 0);
+    assert!(sim.subscribers(&list).is_empty());
+    let runs = state.runs(Some("all"), 10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, connector_host::state::RunState::Failed);
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("1000001 profiles")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_oauth_token_is_renewed_by_the_host() {
+    let (seed, count) = (66, 1_500);
+    let op = Operator::new(seed, count);
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    let (access, refresh) = sim.issue_oauth_tokens(&client, Duration::from_secs(3600));
+    let token_url = sim.token_url();
+    let base_url = sim.base_url();
+    let add = [
+        "connection",
+        "add",
+        "acme-oauth",
+        "--connector",
+        "campaign-monitor",
+        "--base-url",
+        &base_url,
+        "--oauth",
+        "--refresh-token-env",
+        "CM_REFRESH",
+        "--token-url",
+        &token_url,
+        "--expires-in",
+        "30",
+        "--accept-privacy-notice",
+    ];
+    let out = op
+        .command(&add)
+        .env("CONNECTOR_SECRET", &access)
+        .env("CM_REFRESH", &refresh)
+        .output()
+        .unwrap();
+    op.keep_log(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = op.ok(&["connection", "show", "acme-oauth"]);
+    let old_fingerprint = field(&show, "credential").to_string();
+    assert!(old_fingerprint.starts_with("oauth sha256:"), "{show}");
+
+    // The token expires within the minute, so its next use renews it first.
+    op.add_export("oauth-export", "acme-oauth", &list, &[]);
+    let show = op.ok(&["connection", "show", "acme-oauth"]);
+    assert_ne!(field(&show, "credential"), old_fingerprint, "{show}");
+    let expires = field(&show, "token expires");
+    assert!(expires.len() == 20 && expires > "2026-01-01", "{show}");
+
+    op.ok(&["export", "run", "oauth-export"]);
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    assert_eq!(sim.subscribers(&list).len(), expected.delivered.len());
+    let log = sim.requests();
+    let renewed = log
+        .iter()
+        .rev()
+        .find_map(|r| r.authorization.as_deref()?.strip_prefix("Bearer "))
+        .unwrap()
+        .to_string();
+    assert_ne!(renewed, access);
+    let bearer = format!("Bearer {renewed}");
+    assert!(
+        log.iter()
+            .filter(|r| r.path.ends_with("/import.json"))
+            .all(|r| r.authorization.as_deref() == Some(bearer.as_str()))
+    );
+    // The renewal spent the old refresh token.
+    let (status, _, body) = connector_tests::harness::http(
+        "POST",
+        &token_url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("grant_type=refresh_token&refresh_token={refresh}"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_grant"), "{body}");
+    op.assert_secrets_nowhere(&[API_KEY, &access, &refresh, &renewed]);
 }

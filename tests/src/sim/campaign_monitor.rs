@@ -1,7 +1,8 @@
 //! A local Campaign Monitor (createsend API v3.3) that behaves like the real one as described in
 //! shared/vendors/campaign-monitor.md: Basic auth with the API key, list lookup, bulk import
 //! with its limits, consent rules, partial failures in the `Code 210` shape, and no
-//! resubscription. Every subscriber is kept in a ledger for tests to inspect.
+//! resubscription, and OAuth bearer tokens that expire and are renewed at `/oauth/token` with a
+//! rotating refresh token. Every subscriber is kept in a ledger for tests to inspect.
 //!
 //! Points the contract marks UNCONFIRMED are fields of [`Behaviour`], so they are easy to change.
 
@@ -101,6 +102,10 @@ struct State {
     log: Vec<LoggedRequest>,
     next_id: u64,
     behaviour: Behaviour,
+    /// OAuth access tokens: the client they act for and when they expire.
+    access_tokens: HashMap<String, (String, std::time::Instant)>,
+    /// OAuth refresh tokens, by the client they renew for (each usable once: a refresh rotates).
+    refresh_tokens: HashMap<String, String>,
 }
 
 impl State {
@@ -156,6 +161,22 @@ impl CampaignMonitorSim {
             state,
             server: Arc::new(server),
         })
+    }
+
+    /// The OAuth token endpoint, e.g. `http://127.0.0.1:41234/oauth/token`.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.server.addr())
+    }
+
+    /// Issues OAuth tokens for a client, as the authorization-code exchange would: an access
+    /// token valid for `expires_in` and a refresh token. Returns (access, refresh).
+    pub fn issue_oauth_tokens(
+        &self,
+        client_id: &str,
+        expires_in: std::time::Duration,
+    ) -> (String, String) {
+        let mut s = self.state.lock().unwrap();
+        issue_tokens(&mut s, client_id, expires_in)
     }
 
     /// The API base URL, e.g. `http://127.0.0.1:41234/api/v3.3`.
@@ -278,6 +299,57 @@ fn handle(
         .into_response()
 }
 
+/// Access tokens issued by a refresh live this long (the vendor's documented 14 days).
+const TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1_209_600);
+
+fn issue_tokens(
+    s: &mut State,
+    client_id: &str,
+    expires_in: std::time::Duration,
+) -> (String, String) {
+    let access = format!("tok_{}", s.new_id("access"));
+    let refresh = format!("rt_{}", s.new_id("refresh"));
+    s.access_tokens.insert(
+        access.clone(),
+        (
+            client_id.to_string(),
+            std::time::Instant::now() + expires_in,
+        ),
+    );
+    s.refresh_tokens
+        .insert(refresh.clone(), client_id.to_string());
+    (access, refresh)
+}
+
+/// `POST /oauth/token` with `grant_type=refresh_token`: new tokens, the old refresh token spent.
+fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
+    let form: HashMap<String, String> = String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect();
+    let refused = |description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_grant", "error_description": description}),
+        )
+    };
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return refused("Only the refresh_token grant is simulated");
+    }
+    let Some(client) = form
+        .get("refresh_token")
+        .and_then(|t| s.refresh_tokens.remove(t))
+    else {
+        return refused("Specified refresh_token was invalid or expired");
+    };
+    let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME);
+    (
+        StatusCode::OK,
+        json!({"access_token": access, "expires_in": TOKEN_LIFETIME.as_secs(), "refresh_token": refresh}),
+    )
+}
+
 fn route(
     s: &mut State,
     method: &Method,
@@ -285,6 +357,9 @@ fn route(
     authorization: Option<&str>,
     body: &[u8],
 ) -> Answer {
+    if method == Method::POST && uri.path() == "/oauth/token" {
+        return token_endpoint(s, body);
+    }
     let Some(path) = uri.path().strip_prefix("/api/v3.3/") else {
         return error(StatusCode::NOT_FOUND, 404, "Not found");
     };
@@ -374,6 +449,15 @@ fn route(
 
 /// The clients the request's credential may act for, or the 401 answer.
 fn authenticate(s: &State, authorization: Option<&str>) -> Result<Vec<String>, Answer> {
+    if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+        return match s.access_tokens.get(token) {
+            Some((client, expires)) if *expires > std::time::Instant::now() => {
+                Ok(vec![client.clone()])
+            }
+            Some(_) => Err(error(StatusCode::UNAUTHORIZED, 121, "Expired OAuth Token")),
+            None => Err(error(StatusCode::UNAUTHORIZED, 120, "Invalid OAuth Token")),
+        };
+    }
     let Some((key, _)) = authorization.and_then(basic_auth) else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
