@@ -162,6 +162,19 @@ impl Operator {
     }
 }
 
+/// A Campaign Monitor simulator answering each call after `latency`, with one client reached by
+/// [`API_KEY`] and one list; returns the simulator, the client and the list.
+async fn vendor(latency: Duration) -> (CampaignMonitorSim, String, String) {
+    let behaviour = Behaviour {
+        latency,
+        ..Behaviour::default()
+    };
+    let sim = CampaignMonitorSim::start_with(0, behaviour).await.unwrap();
+    let client = sim.add_client("Acme", API_KEY);
+    let list = sim.add_list(&client, "Main");
+    (sim, client, list)
+}
+
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -206,9 +219,7 @@ fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
 async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     let (seed, count) = (61, 3_000);
     let op = Operator::new(seed, count);
-    let sim = CampaignMonitorSim::start(0).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    let list = sim.add_list(&client, "Main");
+    let (sim, _, list) = vendor(Duration::ZERO).await;
 
     // A connection is never saved without the privacy notice, nor with a key the vendor refuses.
     let base_url = sim.base_url();
@@ -456,9 +467,7 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_need_the_right_master_key() {
     let op = Operator::new(62, 200);
-    let sim = CampaignMonitorSim::start(0).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    sim.add_list(&client, "Main");
+    let (sim, _, _) = vendor(Duration::ZERO).await;
     op.add_connection("acme", &sim, &["--contributors"]);
 
     let other = tempfile::tempdir().unwrap();
@@ -555,13 +564,7 @@ fn kill_after(op: &Operator, sim: &CampaignMonitorSim, export: &str, imports_bef
 async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
     let (seed, count) = (63, 24_000);
     let op = Operator::new(seed, count);
-    let behaviour = Behaviour {
-        latency: Duration::from_millis(150),
-        ..Behaviour::default()
-    };
-    let sim = CampaignMonitorSim::start_with(0, behaviour).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    let list = sim.add_list(&client, "Main");
+    let (sim, _, list) = vendor(Duration::from_millis(150)).await;
     op.add_connection("acme", &sim, &[]);
     op.add_export("nightly", "acme", &list, &[]);
 
@@ -623,7 +626,7 @@ async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
         "each undelivered contact is listed once across both attempts"
     );
 
-    // A fresh run starts over rather than resuming.
+    // The run finished, so the next one starts anew.
     let out = op.ok(&["export", "run", "nightly"]);
     assert!(out.starts_with("run "), "{out}");
     op.assert_credential_nowhere();
@@ -633,13 +636,7 @@ async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
 async fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
     let (seed, count) = (64, 16_000);
     let op = Operator::new(seed, count);
-    let behaviour = Behaviour {
-        latency: Duration::from_millis(400),
-        ..Behaviour::default()
-    };
-    let sim = CampaignMonitorSim::start_with(0, behaviour).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    let list = sim.add_list(&client, "Main");
+    let (sim, _, list) = vendor(Duration::from_millis(400)).await;
     op.add_connection("acme", &sim, &[]);
     op.add_export(
         "every-second",
@@ -728,9 +725,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
         .with_master_key(MasterKey::generate())
         .unwrap()
         .with_source(Arc::new(source));
-    let sim = CampaignMonitorSim::start(0).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    let list = sim.add_list(&client, "Main");
+    let (sim, _, list) = vendor(Duration::ZERO).await;
     let admin = Actor {
         name: "platform".into(),
         role: Role::Administrator,
@@ -798,9 +793,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
 async fn an_expired_oauth_token_is_renewed_by_the_host() {
     let (seed, count) = (66, 1_500);
     let op = Operator::new(seed, count);
-    let sim = CampaignMonitorSim::start(0).await.unwrap();
-    let client = sim.add_client("Acme", API_KEY);
-    let list = sim.add_list(&client, "Main");
+    let (sim, client, list) = vendor(Duration::ZERO).await;
     let (access, refresh) = sim.issue_oauth_tokens(&client, Duration::from_secs(3600));
     let token_url = sim.token_url();
     let base_url = sim.base_url();
