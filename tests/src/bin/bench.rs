@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use connector_host::state::{CredentialKind, StoredCredential, Trigger};
 use connector_host::{
-    Connection, ConnectorHost, Credential, Export, FieldMapping, HostOptions, NoProgress,
-    ProfileSource, RunOptions, RunReport, Secret,
+    Access, Actor, Connection, ConnectionRequest, ConnectorHost, Credential, Export, ExportRequest,
+    FieldMapping, HostOptions, MasterKey, NoProgress, ProfileSource, Role, RunOptions, RunReport,
+    Secret, State, Workspace,
 };
 use connector_tests::artifacts;
 use connector_tests::sample::GeneratedSource;
@@ -338,14 +340,16 @@ async fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let plugins = work.join("plugins");
     connector_tests::harness::install_connectors(&plugins)?;
-    let host = ConnectorHost::open(
-        &plugins,
-        HostOptions {
-            cache_dir: Some(work.join("cache")),
-            ..HostOptions::default()
-        },
-    )
-    .await?;
+    let host = std::sync::Arc::new(
+        ConnectorHost::open(
+            &plugins,
+            HostOptions {
+                cache_dir: Some(work.join("cache")),
+                ..HostOptions::default()
+            },
+        )
+        .await?,
+    );
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -492,5 +496,88 @@ async fn main() -> Result<()> {
         warm_time.as_secs_f64(),
         instantiate.as_secs_f64() * 1000.0
     );
+
+    println!(
+        "\n5. Checkpoints: {} profiles to Campaign Monitor as a saved export (each batch recorded in SQLite)",
+        args.profiles
+    );
+    let sim = SimProcess::start("campaign-monitor", 0)?;
+    let (_, plain, _) = run(&host, "campaign-monitor", &sim, &source, None).await?;
+    drop(sim);
+    let (saved, rss, db_mb) = saved_run(host.clone(), &work, &source).await?;
+    println!(
+        "   library run {:.2} s, saved run {:.2} s (ratio {:.3}), peak RSS {rss:.1} MB, state database {db_mb:.1} MB",
+        plain.as_secs_f64(),
+        saved.as_secs_f64(),
+        saved.as_secs_f64() / plain.as_secs_f64()
+    );
     Ok(())
+}
+
+/// Saves a connection and an export in a fresh state and runs it: the journal's cost.
+async fn saved_run(
+    host: std::sync::Arc<ConnectorHost>,
+    work: &Path,
+    source: &GeneratedSource,
+) -> Result<(Duration, f64, f64)> {
+    let sim = SimProcess::start("campaign-monitor", 0)?;
+    let db = work.join("state/state.db");
+    let workspace = Workspace::new(host, std::sync::Arc::new(State::open(&db)?))
+        .with_master_key(MasterKey::generate())?
+        .with_source(std::sync::Arc::new(source.clone()));
+    let admin = Actor {
+        name: "bench".into(),
+        role: Role::Administrator,
+    };
+    let (connection, export) = export_to(&sim, "campaign-monitor");
+    workspace
+        .add_connection(
+            &admin,
+            ConnectionRequest {
+                name: "bench".into(),
+                connector: connection.connector,
+                base_url: connection.base_url,
+                data_centre: None,
+                credential: StoredCredential {
+                    kind: CredentialKind::ApiKey,
+                    secret: Secret::new(sim.info.key.clone()),
+                    refresh: None,
+                },
+                token_expires_in: None,
+                access: Access::Administrators,
+                accept_privacy_notice: true,
+            },
+        )
+        .await?;
+    workspace
+        .add_export(
+            &admin,
+            ExportRequest {
+                name: "bench".into(),
+                connection: "bench".into(),
+                settings: export.settings,
+                mapping: vec![
+                    "email=email".into(),
+                    "first-name=first_name".into(),
+                    "last-name=last_name".into(),
+                ],
+                segments: export.segments,
+                schedule: None,
+            },
+        )
+        .await?;
+    reset_peak_rss();
+    let started = Instant::now();
+    let outcome = workspace
+        .run_export(&admin, "bench", Trigger::OnDemand, false, &NoProgress, None)
+        .await?;
+    let wall = started.elapsed();
+    if !outcome.report.succeeded() {
+        bail!("{}", outcome.report.summary());
+    }
+    let db_bytes: u64 = std::fs::read_dir(db.parent().unwrap())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    Ok((wall, peak_rss_mb(), db_bytes as f64 / 1e6))
 }
