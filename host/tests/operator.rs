@@ -386,6 +386,21 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
         "{runs}"
     );
     assert!(runs.contains("succeeded"), "{runs}");
+    let export = op.ok(&["export", "show", "weekly"]);
+    assert_eq!(field(&export, "connection"), "acme (campaign-monitor)");
+    assert_eq!(field(&export, "setting"), format!("list-id = {list}"));
+    assert_eq!(
+        field(&export, "mapping"),
+        "email=email, first-name=first_name, last-name=last_name"
+    );
+    assert!(
+        field(&export, "schedule").starts_with("0 6 * * 1 (UTC): "),
+        "{export}"
+    );
+    assert!(
+        export.contains(&format!("run #{id:<6} succeeded")),
+        "{export}"
+    );
     let show = op.ok(&["runs", "show", &id]);
     assert_eq!(field(&show, "status"), "succeeded");
     assert_eq!(field(&show, "profiles"), expected.profiles.to_string());
@@ -520,13 +535,21 @@ async fn credentials_need_the_right_master_key() {
     )
     .unwrap();
 
-    // Listing needs no key; a contributor may use a connection opened to contributors.
-    let out = op
-        .command(&["connection", "list"])
-        .env_remove("CONNECTOR_HOST_MASTER_KEY_FILE")
-        .env("HOME", other.path())
-        .output()
-        .unwrap();
+    // Without any key, credentials stay out of reach, but listing needs none.
+    let keyless = |args: &[&str]| {
+        op.command(args)
+            .env_remove("CONNECTOR_HOST_MASTER_KEY_FILE")
+            .env("HOME", other.path())
+            .output()
+            .unwrap()
+    };
+    let out = keyless(&["connection", "test", "acme"]);
+    assert!(
+        text(&out.stderr).contains("no master key: set CONNECTOR_HOST_MASTER_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keyless(&["connection", "list"]);
     assert!(
         text(&out.stdout).contains("administrators, contributors"),
         "{}",
