@@ -291,71 +291,36 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     );
 
     // Saving an export validates everything and sends nothing.
-    let err = op.fails(&[
-        "export",
-        "add",
-        "weekly",
-        "--connection",
-        "acme",
-        "--setting",
-        &format!("list-id={list}"),
-        "--map",
-        "email=email",
-        "--segment",
-        "newsletter",
-        "--schedule",
-        "every monday",
-    ]);
+    let refused_export = |prefix: &[&str], list_id: &str, segment: &str, extra: &[&str]| {
+        let setting = format!("list-id={list_id}");
+        let add = [
+            "export",
+            "add",
+            "weekly",
+            "--connection",
+            "acme",
+            "--setting",
+            &setting,
+            "--map",
+            "email=email",
+            "--segment",
+            segment,
+        ];
+        op.fails(&[prefix, &add, extra].concat())
+    };
+    let err = refused_export(&[], &list, "newsletter", &["--schedule", "every monday"]);
     assert!(
         err.contains("the schedule `every monday` is not a cron expression"),
         "{err}"
     );
-    let err = op.fails(&[
-        "export",
-        "add",
-        "weekly",
-        "--connection",
-        "acme",
-        "--setting",
-        &format!("list-id={list}"),
-        "--map",
-        "email=email",
-        "--segment",
-        "nope",
-    ]);
+    let err = refused_export(&[], &list, "nope", &[]);
     assert!(err.contains("segment `nope` does not exist"), "{err}");
-    let err = op.fails(&[
-        "export",
-        "add",
-        "weekly",
-        "--connection",
-        "acme",
-        "--setting",
-        "list-id=0123456789abcdef0123456789abcdef",
-        "--map",
-        "email=email",
-        "--segment",
-        "newsletter",
-    ]);
+    let err = refused_export(&[], "0123456789abcdef0123456789abcdef", "newsletter", &[]);
     assert!(
         err.contains("the export did not validate") && err.contains("Invalid ListID"),
         "{err}"
     );
-    let err = op.fails(&[
-        "--as",
-        "contributor",
-        "export",
-        "add",
-        "weekly",
-        "--connection",
-        "acme",
-        "--setting",
-        &format!("list-id={list}"),
-        "--map",
-        "email=email",
-        "--segment",
-        "newsletter",
-    ]);
+    let err = refused_export(&["--as", "contributor"], &list, "newsletter", &[]);
     assert!(
         err.contains(
             "dana acts as a contributor, and connection `acme` is open to administrators only"

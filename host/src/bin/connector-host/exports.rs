@@ -110,6 +110,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                         .runs(Some(&e.name), 1)
                         .ok()
                         .and_then(|r| r.into_iter().next())
+                        // A removed export of the same name had its own runs.
+                        .filter(|r| r.export_id == e.id)
                         .map(|r| format!("#{} {} {}", r.id, r.status, r.started_at))
                         .unwrap_or_else(|| "never run".into());
                     vec![
@@ -148,7 +150,11 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 None => println!("  schedule     none (on demand)"),
             }
             println!("  created      {} by {}", e.created_at, e.created_by);
-            for r in state.runs(Some(name), 5)? {
+            for r in state
+                .runs(Some(name), 5)?
+                .into_iter()
+                .filter(|r| r.export_id == e.id)
+            {
                 println!(
                     "  run #{:<6} {:<11} {}  sent {}, rejected {}",
                     r.id, r.status, r.started_at, r.sent, r.rejected
