@@ -712,7 +712,7 @@ impl State {
             .optional()?)
     }
 
-    /// Marks a run as started again, and opens its journal.
+    /// Marks a run as started again (its journal keeps the batches it settled).
     pub fn resume_run(&self, run_id: i64) -> Result<()> {
         self.db().execute(
             "UPDATE runs SET status = 'running', attempts = attempts + 1, error = NULL,
@@ -877,13 +877,6 @@ pub struct RunLedger {
     state: std::sync::Arc<State>,
     run_id: i64,
     settled: HashMap<u64, (Vec<u8>, BatchTally)>,
-}
-
-impl RunLedger {
-    /// Batches settled by earlier attempts.
-    pub fn settled_batches(&self) -> usize {
-        self.settled.len()
-    }
 }
 
 impl RunJournal for RunLedger {
