@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ConnectorHost;
 use crate::broker::{
-    AllowedHost, Broker, BrokerPolicy, RequestObserver, VendorLimits, is_loopback,
+    AllowList, Broker, BrokerPolicy, BrokerSetup, RequestObserver, VendorLimits,
+    check_default_base_url,
 };
 use crate::contract::{self, Contact, ExportConfig};
 use crate::mapping::{FieldMapping, ResolvedMapping};
@@ -21,15 +22,17 @@ use crate::report::{IssueKind, RunIssue, RunReport, RunStatus};
 use crate::sandbox::Sandbox;
 use crate::secret::Secret;
 use crate::source::{Profile, ProfileSource, hash128};
+use crate::text::{self, MAX_LABEL_CHARS, MAX_MESSAGE_CHARS};
 
 /// A vendor account to export to.
 #[derive(Debug, Clone)]
 pub struct Connection {
     /// The connector that talks to this vendor.
     pub connector: String,
-    /// The API base URL, when not the connector's production one (e.g. a simulator on
-    /// loopback). Must be one of the connector's hosts or a loopback address. May contain
-    /// `{dc}`, like the connector's own.
+    /// The API base URL an administrator chose, when not the connector's production one:
+    /// one of the connector's declared hosts over https, or a loopback simulator (the only
+    /// way plain http or a loopback address is ever reached). May contain `{dc}`, like the
+    /// connector's own. A connector can never choose where the credential goes.
     pub base_url: Option<String>,
     /// The account's data centre (e.g. `us21`), for connectors whose base URL contains `{dc}`.
     /// When unset, it is taken from an API key's suffix (`<key>-us21`).
@@ -295,8 +298,15 @@ impl ConnectorHost {
         let stats = prepared.broker.stats();
         report.requests = stats.requests();
         report.retries = stats.retries();
-        report.refused_hosts = stats.refused_hosts();
-        if let Some(error) = failure {
+        report.refusals = stats.refusals();
+        if let Some(mut error) = failure {
+            // Whatever the connector made of a refusal, the operator reads the host's words.
+            if !report.refusals.is_empty() {
+                error.push_str(&format!(
+                    "; the host refused {}",
+                    report.refusals.join("; ")
+                ));
+            }
             report.status = RunStatus::Failed(error);
         } else if !read_all {
             report.status = RunStatus::Interrupted;
@@ -366,7 +376,8 @@ impl ConnectorHost {
     }
 
     /// The vendor URL and the broker for a connection: the data centre filled in, the base URL
-    /// checked against the connector's hosts, the credential handed to the broker.
+    /// checked (the connector's own must be https on its declared hosts; the administrator's
+    /// may also be a loopback simulator), the credential handed to the broker.
     fn connect(
         &self,
         plugin: &Plugin,
@@ -396,41 +407,38 @@ impl ConnectorHost {
         } else {
             template.to_string()
         };
+        let shown = text::clean(&base_url, MAX_MESSAGE_CHARS);
         let uri: http::Uri = base_url
             .parse()
-            .with_context(|| format!("the connection's base URL `{base_url}` is not a URL"))?;
-        let host = uri.host().unwrap_or_default();
-        let declared: Vec<AllowedHost> = info.hosts.iter().map(|h| AllowedHost::https(h)).collect();
-        let target = AllowedHost::from_url(&uri)
-            .with_context(|| format!("the connection's base URL `{base_url}` is not usable"))?;
-        let allowed = if is_loopback(host) {
-            vec![target]
-        } else if declared.iter().any(|d| d.permits(&target)) {
-            declared
-        } else {
-            bail!(
-                "the connection's base URL `{base_url}` is outside the hosts connector `{}` may reach ({})",
-                info.id,
-                info.hosts.join(", ")
-            );
+            .with_context(|| format!("the base URL `{shown}` is not a URL"))?;
+        let allowed = match &connection.base_url {
+            Some(_) => AllowList::for_base_url(&uri, &info.hosts)
+                .with_context(|| format!("the connection's base URL `{shown}` cannot be used"))?,
+            None => {
+                check_default_base_url(&base_url, &info.hosts).map_err(|why| {
+                    anyhow::anyhow!("connector `{}`'s base URL `{shown}` {why}", info.id)
+                })?;
+                AllowList::declared(&info.hosts)
+            }
         };
-        let broker = Broker::new(
-            &info.id,
+        let setup = BrokerSetup {
+            connector: &info.id,
             allowed,
-            &info.auth,
-            Some(&connection.credential),
-            VendorLimits {
+            auth: &info.auth,
+            credential: Some(&connection.credential),
+            vendor: VendorLimits {
                 max_concurrent_requests: info.max_concurrent_requests,
                 max_requests_per_second: info.max_requests_per_second,
             },
-            options.broker.clone(),
-        )?
-        .with_observer(options.observer.clone())
-        .with_connection_label(format!(
-            "{} at {}",
-            info.id,
-            uri.authority().map(|a| a.as_str()).unwrap_or("")
-        ));
+            policy: options.broker.clone(),
+        };
+        let broker = Broker::over_network(setup, &self.network)?
+            .with_observer(options.observer.clone())
+            .with_connection_label(format!(
+                "{} at {}",
+                info.id,
+                uri.authority().map(|a| a.as_str()).unwrap_or("")
+            ));
         Ok((base_url, broker))
     }
 
@@ -465,6 +473,7 @@ impl ConnectorHost {
             .call(
                 &prepared.plugin.pre,
                 prepared.broker.clone(),
+                self.sandbox.limits().call_timeout,
                 async |c, store| {
                     c.cdp_connector_export_destination()
                         .call_validate(store, config)
@@ -478,8 +487,13 @@ impl ConnectorHost {
                     prepared.plugin.info.id
                 )
             })?;
-        outcome
-            .map_err(|e| anyhow::anyhow!("{refused} ({}): {}; nothing was sent", e.kind, e.message))
+        outcome.map_err(|e| {
+            anyhow::anyhow!(
+                "{refused} ({}): {}; nothing was sent",
+                e.kind,
+                text::clean(&e.message, MAX_MESSAGE_CHARS)
+            )
+        })
     }
 }
 
@@ -602,8 +616,8 @@ fn settle(
                     contract::IssueKind::Suppressed => IssueKind::Suppressed,
                     contract::IssueKind::Rejected => IssueKind::Rejected,
                 },
-                code: issue.code,
-                message: issue.message,
+                code: text::clean(&issue.code, MAX_LABEL_CHARS),
+                message: text::clean(&issue.message, MAX_MESSAGE_CHARS),
             });
         }
     }
@@ -646,19 +660,30 @@ impl BatchCall {
         loop {
             let config = &self.config;
             let contacts = &batch.contacts;
+            let deadline = self.sandbox.limits().call_timeout;
             let outcome = self
                 .sandbox
-                .call(&self.plugin.pre, self.broker.clone(), async |c, store| {
-                    c.cdp_connector_export_destination()
-                        .call_export_batch(store, config, contacts)
-                        .await
-                })
+                .call(
+                    &self.plugin.pre,
+                    self.broker.clone(),
+                    deadline,
+                    async |c, store| {
+                        c.cdp_connector_export_destination()
+                            .call_export_batch(store, config, contacts)
+                            .await
+                    },
+                )
                 .await;
             let result = match outcome {
                 Err(e) => Err(e.context(format!("connector `{}` failed", self.plugin.info.id))),
                 Ok(Err(e)) if e.retryable && attempt < self.retries => {
                     attempt += 1;
-                    tracing::warn!(connector = %self.plugin.info.id, attempt, "retrying batch: {}", e.message);
+                    tracing::warn!(
+                        connector = %self.plugin.info.id,
+                        attempt,
+                        "retrying batch: {}",
+                        text::clean(&e.message, MAX_MESSAGE_CHARS)
+                    );
                     tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                     continue;
                 }
@@ -666,7 +691,7 @@ impl BatchCall {
                     "{} ({}): {}",
                     self.plugin.info.display_name,
                     e.kind,
-                    e.message
+                    text::clean(&e.message, MAX_MESSAGE_CHARS)
                 )),
                 Ok(Ok(report)) => check_report(&self.plugin.info.id, &report, batch.contacts.len())
                     .map(|()| report),

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod approval;
 pub mod broker;
 pub mod contract;
 pub mod export;
@@ -35,6 +36,7 @@ pub mod schedule;
 pub mod secret;
 pub mod source;
 pub mod state;
+pub mod text;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +44,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use broker::{BrokerPolicy, RequestObserver, RequestRecord};
+pub use approval::{Approval, ApprovalStatus};
+pub use broker::{
+    BrokerPolicy, NetworkOptions, RequestObserver, RequestRecord, Resolve, StaticResolver,
+};
 pub use export::{
     BatchTally, Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunJournal,
     RunOptions, SettledBatch,
@@ -65,11 +70,14 @@ pub struct HostOptions {
     pub limits: Limits,
     /// Where compiled connectors are cached, so later starts skip compilation.
     pub cache_dir: Option<PathBuf>,
+    /// How vendors are reached (the resolver, the cap on open sockets).
+    pub network: NetworkOptions,
 }
 
 /// A host with the connectors of one plugin directory loaded.
 pub struct ConnectorHost {
     sandbox: Arc<sandbox::Sandbox>,
+    network: broker::Network,
     plugins: Plugins,
 }
 
@@ -79,7 +87,11 @@ impl ConnectorHost {
     pub async fn open(plugin_dir: &Path, options: HostOptions) -> Result<ConnectorHost> {
         let sandbox = Arc::new(sandbox::Sandbox::new(options.limits, options.cache_dir)?);
         let plugins = Plugins::load_dir(&sandbox, plugin_dir).await?;
-        Ok(ConnectorHost { sandbox, plugins })
+        Ok(ConnectorHost {
+            sandbox,
+            network: broker::Network::new(&options.network),
+            plugins,
+        })
     }
 
     /// The connectors loaded, and the files skipped.
@@ -87,13 +99,19 @@ impl ConnectorHost {
         &self.plugins
     }
 
+    /// How the host reaches vendors.
+    pub(crate) fn network(&self) -> &broker::Network {
+        &self.network
+    }
+
     /// Asks a connector to describe itself from a fresh instance, as every call starts (useful
     /// to check a plugin, and to measure what setting up a call costs).
     pub async fn describe(&self, connector: &str) -> Result<contract::ConnectorInfo> {
         let plugin = self.plugins.require(connector)?;
         let offline = Arc::new(broker::Broker::offline(connector));
+        let deadline = self.sandbox.limits().describe_timeout;
         self.sandbox
-            .call(&plugin.pre, offline, async |c, store| {
+            .call(&plugin.pre, offline, deadline, async |c, store| {
                 c.cdp_connector_export_destination()
                     .call_describe(store)
                     .await

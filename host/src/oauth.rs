@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
-use wasmtime_wasi_http::RequestOptions;
 
-use crate::broker::is_loopback;
+use crate::broker::{DialPolicy, Network, SendError, Transport, is_loopback_name};
 use crate::secret::Secret;
 use crate::state::TokenRefresh;
+use crate::text;
 
 /// What the token endpoint gave back.
 pub struct Tokens {
@@ -32,19 +32,29 @@ struct TokenAnswer {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Exchanges the refresh token for a new access token.
-pub async fn refresh(refresh: &TokenRefresh) -> Result<Tokens> {
+/// Exchanges the refresh token for a new access token, over the host's network (so the
+/// token endpoint's addresses are checked like a vendor's). The token URL is the one an
+/// administrator saved: https, or a loopback simulator.
+pub async fn refresh(network: &Network, refresh: &TokenRefresh) -> Result<Tokens> {
+    let shown = text::clean(&refresh.token_url, text::MAX_MESSAGE_CHARS);
     let uri: http::Uri = refresh
         .token_url
         .parse()
-        .with_context(|| format!("the token URL `{}` is not a URL", refresh.token_url))?;
+        .with_context(|| format!("the token URL `{shown}` is not a URL"))?;
     let secure = uri.scheme_str() == Some("https");
-    if !secure && !is_loopback(uri.host().unwrap_or_default()) {
-        bail!(
-            "the token URL `{}` is not https; refresh tokens are only sent over TLS",
-            refresh.token_url
-        );
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = is_loopback_name(host);
+    if !secure && !loopback {
+        bail!("the token URL `{shown}` is not https; refresh tokens are only sent over TLS");
     }
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let dial = DialPolicy {
+        loopback: loopback.then(|| (host.to_ascii_lowercase(), port)),
+    };
     let body = format!(
         "grant_type=refresh_token&refresh_token={}",
         form_encode(refresh.refresh_token.expose())
@@ -55,22 +65,16 @@ pub async fn refresh(refresh: &TokenRefresh) -> Result<Tokens> {
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )?;
-    let options = RequestOptions {
-        connect_timeout: Some(TIMEOUT),
-        first_byte_timeout: Some(TIMEOUT),
-        between_bytes_timeout: Some(TIMEOUT),
+        .body(Bytes::from(body))?;
+    let response = match network.transport(dial, 0).send(request, TIMEOUT).await {
+        Ok(response) => response,
+        Err(SendError::Refused(why)) => bail!("the host refused {why}"),
+        Err(SendError::Failed(e)) => bail!("the token endpoint could not be reached: {e}"),
     };
-    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options))
-        .await
-        .map_err(|e| anyhow::anyhow!("the token endpoint could not be reached: {e:?}"))?;
     let (head, body) = response.into_parts();
-    // The body only arrives while the connection is driven, so read both together.
-    let (collected, _) = tokio::join!(Limited::new(body, 64 << 10).collect(), io);
+    let collected = tokio::time::timeout(TIMEOUT, Limited::new(body, 64 << 10).collect())
+        .await
+        .context("the token endpoint's answer did not arrive in time")?;
     let bytes = collected
         .map_err(|e| anyhow::anyhow!("reading the token endpoint's answer failed: {e}"))?
         .to_bytes();
@@ -89,8 +93,11 @@ pub async fn refresh(refresh: &TokenRefresh) -> Result<Tokens> {
         _ => bail!(
             "the token endpoint refused the refresh (HTTP {}): {} {}",
             head.status,
-            answer.error.unwrap_or_default(),
-            answer.error_description.unwrap_or_default()
+            text::clean(&answer.error.unwrap_or_default(), text::MAX_LABEL_CHARS),
+            text::clean(
+                &answer.error_description.unwrap_or_default(),
+                text::MAX_MESSAGE_CHARS
+            )
         ),
     }
 }

@@ -1,33 +1,53 @@
-//! The plugin directory: every `.wasm` component in it that speaks the contract becomes a usable
-//! connector; every other file is reported with the reason and skipped, and the rest still load.
+//! The plugin directory: every `.wasm` component in it that speaks the contract becomes a
+//! connector; every other entry is reported with the reason and skipped, and the rest still
+//! load. Everything about a plugin is untrusted: only regular files under a size cap are read
+//! (checked before reading), compiling and `describe()` each have a deadline, what `describe()`
+//! says is validated and cleaned, and two files claiming one id are both set aside.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, check_declared_host, check_default_base_url};
 use crate::contract::{self, ConnectorInfo, ConnectorPre};
 use crate::sandbox::{PluginState, Sandbox};
+use crate::text::{self, MAX_LABEL_CHARS, MAX_MESSAGE_CHARS};
 
 /// A connector loaded from the plugin directory, ready to run.
 pub struct Plugin {
-    /// What the connector said about itself.
+    /// What the connector said about itself (validated, its texts cleaned).
     pub info: ConnectorInfo,
     /// The contract version the component was built against.
     pub contract_version: semver::Version,
     /// The file it came from.
     pub path: PathBuf,
+    /// SHA-256 of the component's bytes, in hex: what an administrator approves.
+    pub digest: String,
     pub(crate) pre: ConnectorPre<PluginState>,
 }
 
-/// A file of the plugin directory that did not load, and why.
+/// An entry of the plugin directory that did not load, and why.
 #[derive(Debug, Clone)]
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+}
+
+impl Skipped {
+    /// The entry's file name and reason, safe to print.
+    pub fn describe(&self) -> String {
+        format!("{}: {}", display_path(&self.path), self.reason)
+    }
+}
+
+/// A path as it may be printed: control characters and escapes written out.
+pub fn display_path(path: &Path) -> String {
+    text::clean(&path.display().to_string(), MAX_MESSAGE_CHARS)
 }
 
 /// The connectors of a plugin directory.
@@ -52,52 +72,88 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/terminal-",
 ];
 
+/// The largest batch a connector may declare; no email vendor takes more in one call.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
 impl Plugins {
-    /// Loads every component in `dir`, in file-name order.
-    pub async fn load_dir(sandbox: &Sandbox, dir: &Path) -> Result<Plugins> {
+    /// Loads every component in `dir`, concurrently; the result lists them by file name.
+    pub async fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<Plugins> {
         let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
+            .with_context(|| format!("cannot read the plugin directory {}", display_path(dir)))?;
+        let root = std::fs::canonicalize(dir).with_context(|| {
+            format!("cannot resolve the plugin directory {}", display_path(dir))
+        })?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
-        let mut plugins = Plugins {
-            loaded: vec![],
-            skipped: vec![],
-        };
+        let mut skipped = vec![];
+        let mut loading = tokio::task::JoinSet::new();
         for path in paths {
-            let loaded = if path.extension().is_some_and(|e| e == "wasm") {
-                load(sandbox, &path).await
-            } else {
-                Err(anyhow::anyhow!("not a .wasm file"))
-            };
-            match loaded {
-                Ok(plugin) => {
-                    if let Some(other) = plugins.get(&plugin.info.id) {
-                        plugins.skipped.push(Skipped {
-                            reason: format!(
-                                "connector id `{}` is already provided by {}",
-                                plugin.info.id,
-                                other.path.display()
-                            ),
-                            path,
-                        });
-                    } else {
-                        tracing::info!(connector = %plugin.info.id, path = %path.display(), "loaded connector");
-                        plugins.loaded.push(Arc::new(plugin));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "skipped plugin: {e:#}");
-                    plugins.skipped.push(Skipped {
-                        path,
-                        reason: format!("{e:#}"),
+            match admit(&root, &path, sandbox.limits().max_plugin_bytes) {
+                Ok(real) => {
+                    let sandbox = sandbox.clone();
+                    loading.spawn(async move {
+                        let loaded = load(&sandbox, &path, &real).await;
+                        (path, loaded)
                     });
                 }
+                Err(reason) => skipped.push(Skipped { path, reason }),
             }
         }
+        let mut loaded = vec![];
+        while let Some(done) = loading.join_next().await {
+            let (path, outcome) = done.context("a plugin loader panicked")?;
+            match outcome {
+                Ok(plugin) => loaded.push(plugin),
+                Err(e) => skipped.push(Skipped {
+                    reason: text::clean(&format!("{e:#}"), MAX_MESSAGE_CHARS),
+                    path,
+                }),
+            }
+        }
+        loaded.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut plugins = Plugins {
+            loaded: vec![],
+            skipped,
+        };
+        plugins.keep_unique(loaded);
+        plugins.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        for s in &plugins.skipped {
+            tracing::warn!("skipped plugin {}", s.describe());
+        }
+        for p in &plugins.loaded {
+            tracing::info!(connector = %p.info.id, path = %display_path(&p.path), "loaded connector");
+        }
         Ok(plugins)
+    }
+
+    /// Keeps the plugins whose id no other file claims; files sharing an id are all set aside,
+    /// since picking one would be a guess.
+    fn keep_unique(&mut self, loaded: Vec<Plugin>) {
+        let mut by_id: BTreeMap<String, Vec<Plugin>> = BTreeMap::new();
+        for plugin in loaded {
+            by_id
+                .entry(plugin.info.id.clone())
+                .or_default()
+                .push(plugin);
+        }
+        for (id, claimants) in by_id {
+            if claimants.len() == 1 {
+                self.loaded.extend(claimants.into_iter().map(Arc::new));
+                continue;
+            }
+            let files: Vec<String> = claimants.iter().map(|p| display_path(&p.path)).collect();
+            for plugin in claimants {
+                self.skipped.push(Skipped {
+                    reason: format!(
+                        "claims connector id `{id}`, as do {} files in all ({}); neither is used until all but one are removed",
+                        files.len(),
+                        files.join(", ")
+                    ),
+                    path: plugin.path,
+                });
+            }
+        }
+        self.loaded.sort_by(|a, b| a.path.cmp(&b.path));
     }
 
     /// The connector with this id.
@@ -111,7 +167,8 @@ impl Plugins {
         self.get(id).with_context(|| {
             let ids: Vec<&str> = self.loaded.iter().map(|p| p.info.id.as_str()).collect();
             let mut message = format!(
-                "no connector `{id}` in the plugin directory (loaded: {})",
+                "no connector `{}` in the plugin directory (loaded: {})",
+                text::clean(id, MAX_LABEL_CHARS),
                 if ids.is_empty() {
                     "none".to_string()
                 } else {
@@ -119,34 +176,130 @@ impl Plugins {
                 }
             );
             for s in &self.skipped {
-                message.push_str(&format!("; skipped {}: {}", s.path.display(), s.reason));
+                message.push_str(&format!("; skipped {}", s.describe()));
             }
             message
         })
     }
 }
 
-/// Loads one component: compile (or fetch from cache), check the contract, call `describe`.
-async fn load(sandbox: &Sandbox, path: &Path) -> Result<Plugin> {
+/// Checks a directory entry without reading it: a `.wasm` regular file (or a symlink to one
+/// inside the plugin directory) no larger than `cap`. Returns the path to read.
+fn admit(root: &Path, path: &Path, cap: u64) -> Result<PathBuf, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let real = if meta.file_type().is_symlink() {
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| format!("is a symlink that leads nowhere ({e})"))?;
+        if !real.starts_with(root) {
+            return Err("is a symlink leading outside the plugin directory".into());
+        }
+        real
+    } else {
+        path.to_path_buf()
+    };
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot be read: {e}"))?;
+    let kind = kind_of(&meta);
+    if kind != "a regular file" {
+        return Err(format!("is {kind}, not a component file"));
+    }
+    if path.extension().is_none_or(|e| e != "wasm") {
+        return Err("not a .wasm file".into());
+    }
+    if meta.len() > cap {
+        return Err(too_large(meta.len(), cap));
+    }
+    Ok(real)
+}
+
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn too_large(size: u64, cap: u64) -> String {
+    format!(
+        "is {:.1} MiB, over the {} MiB limit on plugin files",
+        size as f64 / (1 << 20) as f64,
+        cap >> 20
+    )
+}
+
+/// Reads a component file that [`admit`] accepted, checking again on the open file (it may
+/// have been swapped meanwhile): never blocking on a FIFO, never reading past the cap.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| anyhow!("cannot be read: {e}"))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("is {}, not a component file", kind_of(&meta));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(cap) as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > cap {
+        bail!("{}", too_large(bytes.len() as u64, cap));
+    }
+    Ok(bytes)
+}
+
+/// Loads one component: read, compile (or fetch from cache), check the contract, call
+/// `describe`, check what it said.
+async fn load(sandbox: &Sandbox, path: &Path, real: &Path) -> Result<Plugin> {
+    let cap = sandbox.limits().max_plugin_bytes;
+    let file = real.to_path_buf();
+    let bytes = tokio::task::spawn_blocking(move || read_capped(&file, cap))
+        .await
+        .context("the plugin reader panicked")??;
+    let digest = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
     let component = sandbox
-        .compile(path)
+        .compile(bytes)
+        .await
         .context("not a WebAssembly component this host can compile")?;
     let contract_version = check_contract(sandbox, &component)?;
     let pre = sandbox.prepare(&component)?;
     let offline = Arc::new(Broker::offline("describe"));
     let info = sandbox
-        .call(&pre, offline, async |c, store| {
-            c.cdp_connector_export_destination()
-                .call_describe(store)
-                .await
-        })
+        .call(
+            &pre,
+            offline,
+            sandbox.limits().describe_timeout,
+            async |c, store| {
+                c.cdp_connector_export_destination()
+                    .call_describe(store)
+                    .await
+            },
+        )
         .await
         .context("describe failed")?;
-    check_info(&info)?;
     Ok(Plugin {
-        info,
+        info: check_info(info)?,
         contract_version,
         path: path.to_path_buf(),
+        digest,
         pre,
     })
 }
@@ -195,27 +348,80 @@ fn check_contract(sandbox: &Sandbox, component: &Component) -> Result<semver::Ve
     Ok(version)
 }
 
-/// Checks what `describe` returned is usable.
-fn check_info(info: &ConnectorInfo) -> Result<()> {
+/// Checks what `describe` returned is usable and safe, and cleans its texts: the id, the
+/// field keys and the hosts must be well formed; labels and help are shown to operators.
+fn check_info(mut info: ConnectorInfo) -> Result<ConnectorInfo> {
     let valid_id = !info.id.is_empty()
+        && info.id.len() <= 64
         && info
             .id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !valid_id {
         bail!(
-            "connector id `{}` must be lowercase letters, digits and dashes",
-            info.id
+            "connector id `{}` must be 1 to 64 lowercase letters, digits and dashes",
+            text::clean(&info.id, MAX_LABEL_CHARS)
         );
     }
-    if info.max_batch_size == 0 {
-        bail!("connector `{}` declares a max batch size of 0", info.id);
+    let id = info.id.clone();
+    info.display_name = text::clean(&info.display_name, MAX_LABEL_CHARS);
+    info.version = text::clean(&info.version, MAX_LABEL_CHARS);
+    if info.hosts.is_empty() {
+        bail!("connector `{id}` declares no hosts to reach");
+    }
+    if info.hosts.len() > 20 {
+        bail!(
+            "connector `{id}` declares {} hosts; at most 20 are allowed",
+            info.hosts.len()
+        );
+    }
+    for host in &info.hosts {
+        if let Err(why) = check_declared_host(host) {
+            bail!(
+                "connector `{id}` declares the host `{}`, which {why}; declared hosts must be DNS names of the vendor's API",
+                text::clean(host, MAX_LABEL_CHARS)
+            );
+        }
+    }
+    if let Err(why) = check_default_base_url(&info.default_base_url, &info.hosts) {
+        bail!(
+            "connector `{id}`'s default base URL `{}` {why}; a connector's own base URL must be https on one of its declared hosts (only an administrator may point a connection elsewhere)",
+            text::clean(&info.default_base_url, MAX_MESSAGE_CHARS)
+        );
+    }
+    for key in info
+        .config_fields
+        .iter()
+        .map(|f| &f.key)
+        .chain(info.contact_fields.iter().map(|f| &f.key))
+    {
+        let valid = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !valid {
+            bail!(
+                "connector `{id}` declares the field key `{}`; keys are 1 to 64 letters, digits, -, _, . or :",
+                text::clean(key, MAX_LABEL_CHARS)
+            );
+        }
+    }
+    for field in &mut info.config_fields {
+        field.label = text::clean(&field.label, MAX_LABEL_CHARS);
+        field.help = text::clean(&field.help, MAX_MESSAGE_CHARS);
+    }
+    for field in &mut info.contact_fields {
+        field.label = text::clean(&field.label, MAX_LABEL_CHARS);
+    }
+    if info.max_batch_size == 0 || info.max_batch_size > MAX_BATCH_SIZE {
+        bail!(
+            "connector `{id}` declares a max batch size of {}; it must be between 1 and {MAX_BATCH_SIZE}",
+            info.max_batch_size
+        );
     }
     if !info.contact_fields.iter().any(|f| f.key == "email") {
-        bail!("connector `{}` does not accept an `email` field", info.id);
+        bail!("connector `{id}` does not accept an `email` field");
     }
-    if info.hosts.is_empty() {
-        bail!("connector `{}` declares no hosts to reach", info.id);
-    }
-    Ok(())
+    Ok(info)
 }

@@ -63,8 +63,9 @@ pub struct RunReport {
     /// HTTP requests made (each attempt counts) and how many were retries.
     pub requests: u64,
     pub retries: u64,
-    /// Hosts the broker refused to let the connector reach.
-    pub refused_hosts: Vec<String>,
+    /// What the host refused the connector (a host off its allow-list, a forbidden address, a
+    /// body over a cap...), in words, each once.
+    pub refusals: Vec<String>,
     pub issues: Vec<RunIssue>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
@@ -91,7 +92,7 @@ impl RunReport {
             resumed_batches: 0,
             requests: 0,
             retries: 0,
-            refused_hosts: vec![],
+            refusals: vec![],
             issues: vec![],
             duration: Duration::ZERO,
         }
@@ -115,7 +116,10 @@ impl RunReport {
     }
 
     /// A human summary: counts, time, and the reasons contacts were not delivered, grouped.
+    /// Every text that came from a connector or a profile is cleaned, so no line of the
+    /// summary can be forged or hidden.
     pub fn summary(&self) -> String {
+        use crate::text::{MAX_LABEL_CHARS, MAX_MESSAGE_CHARS, clean};
         let mut out = String::new();
         let secs = self.duration.as_secs_f64();
         let rate = if secs > 0.0 {
@@ -125,14 +129,14 @@ impl RunReport {
         };
         let status = match &self.status {
             RunStatus::Succeeded => "succeeded".to_string(),
-            RunStatus::Failed(e) => format!("FAILED: {e}"),
+            RunStatus::Failed(e) => format!("FAILED: {}", clean(e, 4 * MAX_MESSAGE_CHARS)),
             RunStatus::Interrupted => "interrupted before the end".to_string(),
         };
         let _ = writeln!(
             out,
             "Export to {} ({}): {status}",
             self.connector,
-            self.segments.join(", ")
+            clean(&self.segments.join(", "), MAX_MESSAGE_CHARS)
         );
         let _ = writeln!(out, "  profiles in segment  {:>9}", self.profiles);
         let _ = writeln!(out, "  sent                 {:>9}", self.sent);
@@ -153,8 +157,12 @@ impl RunReport {
                 self.resumed_batches
             );
         }
-        if !self.refused_hosts.is_empty() {
-            let _ = writeln!(out, "  refused hosts: {}", self.refused_hosts.join(", "));
+        for refusal in &self.refusals {
+            let _ = writeln!(
+                out,
+                "  refused by the host: {}",
+                clean(refusal, MAX_MESSAGE_CHARS)
+            );
         }
         let _ = writeln!(out, "  time {secs:.2} s ({rate:.0} profiles/s)");
         let mut reasons: BTreeMap<(IssueKind, &str, &str), (u64, Vec<String>)> = BTreeMap::new();
@@ -165,8 +173,8 @@ impl RunReport {
             entry.0 += 1;
             if entry.1.len() < 3 {
                 entry.1.push(match issue.email.as_str() {
-                    "" => format!("profile {}", issue.profile_id),
-                    email => email.to_string(),
+                    "" => format!("profile {}", clean(&issue.profile_id, MAX_LABEL_CHARS)),
+                    email => clean(email, MAX_LABEL_CHARS),
                 });
             }
         }
@@ -176,7 +184,9 @@ impl RunReport {
                 let kind = format!("{kind:?}").to_lowercase();
                 let _ = writeln!(
                     out,
-                    "    {count:>7} {kind} [{code}] {message} (e.g. {})",
+                    "    {count:>7} {kind} [{}] {} (e.g. {})",
+                    clean(code, MAX_LABEL_CHARS),
+                    clean(message, MAX_MESSAGE_CHARS),
                     examples.join(", ")
                 );
             }

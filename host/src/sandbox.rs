@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -33,6 +33,15 @@ pub struct Limits {
     pub cpu_time: Option<Duration>,
     /// Largest value a call may hand back (strings and lists of its result, in bytes).
     pub max_return_bytes: usize,
+    /// Host resources (requests, headers, streams, timers) one call may hold at once, so a
+    /// connector cannot make the host allocate without bound.
+    pub max_resources: usize,
+    /// Wall-clock time `describe` may take when a plugin loads.
+    pub describe_timeout: Duration,
+    /// Time compiling one component may take when a plugin loads.
+    pub compile_timeout: Duration,
+    /// Largest component file loaded from the plugin directory (checked before reading).
+    pub max_plugin_bytes: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +52,10 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(300),
             cpu_time: Some(Duration::from_secs(30)),
             max_return_bytes: 4 << 20,
+            max_resources: 1_000,
+            describe_timeout: Duration::from_secs(5),
+            compile_timeout: Duration::from_secs(30),
+            max_plugin_bytes: 32 << 20,
         }
     }
 }
@@ -92,48 +105,27 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles a component, or loads it from the cache when this exact file was compiled
-    /// before by a compatible engine.
-    pub(crate) fn compile(&self, path: &Path) -> Result<Component> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let Some(cache_dir) = &self.cache_dir else {
-            return Ok(Component::new(&self.engine, &bytes)?);
-        };
-        let cached = cache_dir.join(format!("{}.cwasm", self.cache_key(&bytes)));
-        if cached.is_file() {
-            // SAFETY: files in the cache directory are written only by `precompile_component`
-            // below, under a name that binds them to these exact bytes and this engine build.
-            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                return Ok(component);
-            }
+    /// Compiles a component (or loads it from the cache when these exact bytes were compiled
+    /// before by a compatible engine), giving up after the compile deadline. Compilation cannot
+    /// be interrupted, so a component past the deadline finishes on its own thread and is
+    /// thrown away.
+    pub(crate) async fn compile(&self, wasm: Vec<u8>) -> Result<Component> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (engine, cache_dir) = (self.engine.clone(), self.cache_dir.clone());
+        std::thread::Builder::new()
+            .name("compile-component".into())
+            .spawn(move || {
+                let _ = tx.send(compile_cached(&engine, cache_dir.as_deref(), &wasm));
+            })
+            .context("cannot start a compiler thread")?;
+        match tokio::time::timeout(self.limits.compile_timeout, rx).await {
+            Ok(Ok(compiled)) => compiled,
+            Ok(Err(_)) => bail!("the compiler thread ended without an answer"),
+            Err(_) => bail!(
+                "did not compile within the {} s deadline (an unusually large or complex component)",
+                self.limits.compile_timeout.as_secs_f64()
+            ),
         }
-        let compiled = self.engine.precompile_component(&bytes)?;
-        std::fs::create_dir_all(cache_dir).with_context(|| {
-            format!("cannot create the cache directory {}", cache_dir.display())
-        })?;
-        // Write then rename, so a concurrent start never reads half a file.
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = cached.with_extension(format!("tmp{}-{n}", std::process::id()));
-        std::fs::write(&tmp, &compiled)?;
-        std::fs::rename(&tmp, &cached)?;
-        // SAFETY: produced just above by this engine.
-        Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)
-    }
-
-    fn cache_key(&self, wasm: &[u8]) -> String {
-        use sha2::{Digest, Sha256};
-        use std::hash::{Hash, Hasher};
-        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut engine_hash);
-        let digest = Sha256::new()
-            .chain_update(wasm)
-            .chain_update(engine_hash.finish().to_le_bytes())
-            .finalize();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Links a compiled component against the sandbox's imports, ready to instantiate cheaply.
@@ -143,21 +135,27 @@ impl Sandbox {
     }
 
     /// Runs `call` against a fresh instance whose requests go through `broker`, under the
-    /// sandbox's limits. Any trap, limit or deadline fails only this call.
+    /// sandbox's limits and `deadline` (wall-clock; [`Limits::call_timeout`] for calls of a
+    /// run). Any trap, limit or deadline fails only this call.
     pub(crate) async fn call<R: ReturnSize>(
         &self,
         pre: &ConnectorPre<PluginState>,
         broker: Arc<Broker>,
+        deadline: Duration,
         call: impl AsyncFnOnce(&Connector, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
         // What the connector prints goes to a small buffer, quoted when it crashes (a panic
         // message), and never to the host's own output.
         let stderr = MemoryOutputPipe::new(STDERR_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.limits.max_resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELD_SIZE_LIMIT);
         let state = PluginState {
             wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
             cpu_ticks: 0,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: BrokerHooks(broker),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
@@ -185,7 +183,7 @@ impl Sandbox {
             let instance = pre.instantiate_async(&mut store).await?;
             call(&instance, &mut store).await
         };
-        let value = match tokio::time::timeout(self.limits.call_timeout, run).await {
+        let value = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(value)) => value,
             Ok(Err(e)) => {
                 let mut text = describe_trap(e, &self.limits);
@@ -196,19 +194,20 @@ impl Sandbox {
                     let tail: String = printed
                         .chars()
                         .rev()
-                        .take(400)
+                        .take(STDERR_QUOTED)
                         .collect::<Vec<_>>()
                         .into_iter()
                         .rev()
                         .collect();
+                    let tail = crate::text::clean(&tail, STDERR_QUOTED);
                     text.push_str(&format!("; it printed: {tail}"));
                 }
                 return Err(anyhow!(text));
             }
             Err(_) => {
                 return Err(anyhow!(
-                    "the connector did not finish within the {:?} call deadline",
-                    self.limits.call_timeout
+                    "the connector did not finish within the {} s call deadline",
+                    deadline.as_secs_f64()
                 ));
             }
         };
@@ -280,8 +279,12 @@ impl<T: ReturnSize, E: ReturnSize> ReturnSize for Result<T, E> {
     }
 }
 
-/// How much of a connector's stderr is kept.
+/// How much of a connector's stderr is kept, and how much of it is quoted.
 const STDERR_BYTES: usize = 16 << 10;
+const STDERR_QUOTED: usize = 400;
+/// Largest set of headers a connector may build (roughly bytes in memory; requests need far
+/// less than 8 KiB on the wire).
+const FIELD_SIZE_LIMIT: usize = 32 << 10;
 const CPU_BUDGET_SPENT: &str = "CPU budget spent";
 
 /// Words a wasmtime error the way an operator needs it: what the connector did wrong, without
@@ -292,6 +295,12 @@ fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
         return format!(
             "the connector used more than its CPU budget of {:?} for one call (endless loop?)",
             limits.cpu_time.unwrap_or_default()
+        );
+    }
+    if text.contains("resource table has no free keys") {
+        return format!(
+            "the connector held more than {} host resources (requests, headers, streams) at once",
+            limits.max_resources
         );
     }
     if text.contains("forcing trap when growing memory") {
@@ -314,6 +323,47 @@ fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
         _ => "the connector trapped",
     };
     format!("{what}: {trap}")
+}
+
+/// Compiles `wasm`, through the cache when there is one: compiled components are stored
+/// under a digest of their bytes and of the engine's settings.
+fn compile_cached(engine: &Engine, cache_dir: Option<&Path>, wasm: &[u8]) -> Result<Component> {
+    let Some(cache_dir) = cache_dir else {
+        return Ok(Component::new(engine, wasm)?);
+    };
+    let cached = cache_dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+    if cached.is_file() {
+        // SAFETY: files in the cache directory are written only below, under a name that binds
+        // them to these exact bytes and this engine build.
+        if let Ok(component) = unsafe { Component::deserialize_file(engine, &cached) } {
+            return Ok(component);
+        }
+    }
+    let compiled = engine.precompile_component(wasm)?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
+    // Write then rename, so a concurrent start never reads half a file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cached.with_extension(format!("tmp{}-{n}", std::process::id()));
+    std::fs::write(&tmp, &compiled)?;
+    std::fs::rename(&tmp, &cached)?;
+    // SAFETY: produced just above by this engine.
+    Ok(unsafe { Component::deserialize(engine, &compiled) }?)
+}
+
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::hash::{Hash, Hasher};
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let digest = Sha256::new()
+        .chain_update(wasm)
+        .chain_update(engine_hash.finish().to_le_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Advances the engine's epoch for as long as the engine lives.

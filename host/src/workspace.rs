@@ -10,10 +10,12 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::approval::{self, Approval, ApprovalStatus};
 use crate::export::{
     Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunOptions,
 };
 use crate::mapping::FieldMapping;
+use crate::plugins::Plugin;
 use crate::report::{RunReport, RunStatus};
 use crate::schedule::Schedule;
 use crate::source::ProfileSource;
@@ -66,7 +68,7 @@ pub struct RunOutcome {
 
 /// Saved connections and exports over a connector host and a profile source.
 pub struct Workspace {
-    host: Arc<ConnectorHost>,
+    host: Option<Arc<ConnectorHost>>,
     state: Arc<State>,
     key: Option<MasterKey>,
     source: Option<Arc<dyn ProfileSource>>,
@@ -82,16 +84,23 @@ fn scheduler() -> Actor {
 }
 
 impl Workspace {
-    /// A workspace over `state`. Add the master key to reach credentials and a profile source
-    /// to save or run exports.
-    pub fn new(host: Arc<ConnectorHost>, state: Arc<State>) -> Workspace {
+    /// A workspace over `state`. Add the connector host to use connectors, the master key to
+    /// reach credentials and a profile source to save or run exports; what needs none of them
+    /// (listing, removing) works without.
+    pub fn new(state: Arc<State>) -> Workspace {
         Workspace {
-            host,
+            host: None,
             state,
             key: None,
             source: None,
             options: RunOptions::default(),
         }
+    }
+
+    /// The connectors of this host are the ones connections may use, once approved.
+    pub fn with_host(mut self, host: Arc<ConnectorHost>) -> Workspace {
+        self.host = Some(host);
+        self
     }
 
     /// Unlocks the stored credentials; refuses a key other than the state's.
@@ -120,8 +129,10 @@ impl Workspace {
     }
 
     /// The connector host.
-    pub fn host(&self) -> &ConnectorHost {
-        &self.host
+    pub fn host(&self) -> Result<&Arc<ConnectorHost>> {
+        self.host
+            .as_ref()
+            .context("no connector host: this needs the plugin directory loaded")
     }
 
     fn key(&self) -> Result<&MasterKey> {
@@ -146,6 +157,50 @@ impl Workspace {
         }
     }
 
+    // ---- connectors ----
+
+    /// The connectors loaded, each with where it stands with its approval.
+    pub fn connectors(&self) -> Result<Vec<(Arc<Plugin>, ApprovalStatus)>> {
+        let approvals = self.state.approvals()?;
+        Ok(self
+            .host()?
+            .plugins()
+            .loaded
+            .iter()
+            .map(|p| {
+                let approval = approvals.iter().find(|a| a.connector == p.info.id);
+                (p.clone(), ApprovalStatus::of(p, approval))
+            })
+            .collect())
+    }
+
+    /// Approves a loaded connector as it is now: its content digest and its hosts.
+    /// Administrators only.
+    pub fn approve_connector(&self, actor: &Actor, id: &str) -> Result<Approval> {
+        require_administrator(actor, "approve connectors")?;
+        let plugin = self.host()?.plugins().require(id)?;
+        let approval = Approval::of(plugin, &actor.name, crate::state::now());
+        self.state.approve_connector(&approval)?;
+        Ok(approval)
+    }
+
+    /// Withdraws a connector's approval: its connections and exports stop working until it is
+    /// approved again. Administrators only.
+    pub fn revoke_connector(&self, actor: &Actor, id: &str) -> Result<()> {
+        require_administrator(actor, "revoke connectors")?;
+        if !self.state.revoke_connector(id)? {
+            bail!("connector `{id}` has no approval to revoke");
+        }
+        Ok(())
+    }
+
+    /// The connector with this id, if an administrator approved it as it is loaded now.
+    pub fn approved_connector(&self, id: &str) -> Result<Arc<Plugin>> {
+        let plugin = self.host()?.plugins().require(id)?;
+        approval::require(plugin, self.state.approval(id)?.as_ref())?;
+        Ok(plugin.clone())
+    }
+
     // ---- connections ----
 
     /// Checks the credential with the vendor, then saves the connection with the credential
@@ -155,12 +210,7 @@ impl Workspace {
         actor: &Actor,
         request: ConnectionRequest,
     ) -> Result<(ConnectionRecord, CredentialCheck)> {
-        if actor.role != Role::Administrator {
-            bail!(
-                "{} acts as a contributor; only administrators may add connections",
-                actor.name
-            );
-        }
+        require_administrator(actor, "add connections")?;
         check_name("connection", &request.name)?;
         if !request.accept_privacy_notice {
             bail!(
@@ -169,7 +219,7 @@ impl Workspace {
             );
         }
         let key = self.key()?;
-        self.host.plugins().require(&request.connector)?;
+        self.approved_connector(&request.connector)?;
         if self.state.connection(&request.name).is_ok() {
             bail!("a connection named `{}` already exists", request.name);
         }
@@ -180,7 +230,7 @@ impl Workspace {
             credential: library_credential(&request.credential),
         };
         let check = self
-            .host
+            .host()?
             .check_connection(&connection)
             .await
             .with_context(|| format!("connection `{}` was not saved", request.name))?;
@@ -205,8 +255,9 @@ impl Workspace {
     pub async fn test_connection(&self, actor: &Actor, name: &str) -> Result<CredentialCheck> {
         let record = self.state.connection(name)?;
         permit(actor, &record)?;
+        self.approved_connector(&record.connector)?;
         let connection = self.connection(&record).await?;
-        let check = self.host.check_connection(&connection).await?;
+        let check = self.host()?.check_connection(&connection).await?;
         if check == CredentialCheck::Accepted {
             self.state.mark_checked(record.id)?;
         }
@@ -215,12 +266,7 @@ impl Workspace {
 
     /// Removes a connection and the exports over it; history stays. Administrators only.
     pub fn remove_connection(&self, actor: &Actor, name: &str) -> Result<Vec<String>> {
-        if actor.role != Role::Administrator {
-            bail!(
-                "{} acts as a contributor; only administrators may remove connections",
-                actor.name
-            );
-        }
+        require_administrator(actor, "remove connections")?;
         self.state.remove_connection(name, actor)
     }
 
@@ -237,9 +283,11 @@ impl Workspace {
                     record.token_expires_at.as_deref().unwrap_or("?")
                 );
             };
-            let tokens = oauth::refresh(&refresh).await.with_context(|| {
-                format!("renewing the OAuth token of connection `{}`", record.name)
-            })?;
+            let tokens = oauth::refresh(self.host()?.network(), &refresh)
+                .await
+                .with_context(|| {
+                    format!("renewing the OAuth token of connection `{}`", record.name)
+                })?;
             stored = StoredCredential {
                 kind: CredentialKind::OAuth,
                 secret: tokens.access_token,
@@ -283,8 +331,9 @@ impl Workspace {
             mapping: FieldMapping::parse(&request.mapping)?,
             segments: request.segments.clone(),
         };
+        self.approved_connector(&connection.connector)?;
         let library_connection = self.connection(&connection).await?;
-        self.host
+        self.host()?
             .check_export(&library_connection, &export, self.source()?)
             .await
             .with_context(|| format!("export `{}` was not saved", request.name))?;
@@ -324,7 +373,18 @@ impl Workspace {
         let export = self.state.export(name)?;
         let record = self.state.connection_by_id(export.connection_id)?;
         permit(actor, &record)?;
-        let _lock = self.state.lock_export(&export)?;
+        let _lock = match self.state.lock_export(&export) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => bail!("export `{name}` is already running (one run at a time per export)"),
+            Err(e) => {
+                // The run was asked for and cannot start: the history says why.
+                let why = format!("the run could not start: {e:#}");
+                let run_id = self
+                    .state
+                    .record_refused_run(&export, trigger, actor, &why)?;
+                return Err(e.context(format!("run {run_id} of export `{name}` could not start")));
+            }
+        };
 
         let unfinished = self.state.unfinished_run(&export)?;
         let (run_id, resumed) = match unfinished {
@@ -381,6 +441,7 @@ impl Workspace {
         stop: Option<CancellationToken>,
     ) -> Result<RunReport> {
         let source = self.source()?;
+        self.approved_connector(&record.connector)?;
         let connection = self.connection(record).await?;
         let spec = Export {
             settings: export.settings.clone(),
@@ -393,7 +454,7 @@ impl Workspace {
             stop,
             ..self.options.clone()
         };
-        self.host
+        self.host()?
             .run_export(&connection, &spec, source, &options, progress)
             .await
     }
@@ -405,6 +466,7 @@ impl Workspace {
     pub async fn serve(self: Arc<Self>, stop: CancellationToken, poll: Duration) -> Result<()> {
         self.key()?;
         self.source()?;
+        self.host()?;
         let mut due: HashMap<i64, (String, chrono::DateTime<Utc>)> = HashMap::new();
         let mut running: HashMap<i64, String> = HashMap::new();
         let mut runs: JoinSet<(i64, String, Result<RunOutcome>)> = JoinSet::new();
@@ -503,6 +565,17 @@ fn log_run(
         }
         Err(e) => tracing::error!("a scheduled run panicked: {e}"),
     }
+}
+
+/// Refuses anyone but an administrator `to` do something.
+fn require_administrator(actor: &Actor, to: &str) -> Result<()> {
+    if actor.role != Role::Administrator {
+        bail!(
+            "{} acts as a contributor; only administrators may {to}",
+            actor.name
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a role the connection is not open to.

@@ -27,10 +27,11 @@ fn binary() -> PathBuf {
     path
 }
 
-async fn run(args: Vec<String>, secret: Option<&str>) -> Output {
+async fn run(args: Vec<String>, secret: Option<&str>, state: &std::path::Path) -> Output {
     let mut cmd = Command::new(binary());
     cmd.args(args)
         .env_remove("CONNECTOR_SECRET")
+        .env("CONNECTOR_HOST_STATE", state)
         .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
         // Every brokered request is traced at debug level; the traces must not leak the key.
         .env("RUST_LOG", "connector_host=debug");
@@ -51,10 +52,13 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     let plugins = plugin_dir(&[("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR)]);
     std::fs::write(plugins.path().join("notes.md"), "hello").unwrap();
     let dir = plugins.path().to_string_lossy().into_owned();
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
 
     let out = run(
         vec!["--plugins".into(), dir.clone(), "plugins".into()],
         None,
+        state,
     )
     .await;
     let stdout = text(&out.stdout);
@@ -65,6 +69,7 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     );
     assert!(stdout.contains("setting:   list-id (required)"), "{stdout}");
     assert!(stdout.contains("notes.md: not a .wasm file"), "{stdout}");
+    assert!(stdout.contains("approval:  NOT APPROVED"), "{stdout}");
 
     let sim = CampaignMonitorSim::start(0).await.unwrap();
     let client = sim.add_client("Acme", API_KEY);
@@ -101,7 +106,30 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
         args
     };
 
-    let out = run(args(&[]), None).await;
+    // Nothing is sent through a connector no administrator approved.
+    let out = run(args(&[]), Some(API_KEY), state).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("connector `campaign-monitor` has not been approved"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(sim.requests().is_empty());
+    let approve = vec![
+        "--plugins".into(),
+        dir.clone(),
+        "plugins".into(),
+        "approve".into(),
+        "campaign-monitor".into(),
+    ];
+    let out = run(approve, None, state).await;
+    assert!(
+        text(&out.stdout).contains("approved connector `campaign-monitor` 0.1.0 (sha256:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(args(&[]), None, state).await;
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("no credential: set the environment variable CONNECTOR_SECRET"),
@@ -113,6 +141,7 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     let out = run(
         args(&["--rejections-csv", &rejections.to_string_lossy()]),
         Some(API_KEY),
+        state,
     )
     .await;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -145,7 +174,7 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
         assert!(!output.contains(API_KEY), "the credential was printed");
     }
 
-    let out = run(args(&["--json"]), Some("not-the-key")).await;
+    let out = run(args(&["--json"]), Some("not-the-key"), state).await;
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(

@@ -35,6 +35,9 @@ impl Operator {
             let path = op.root.path().join("data").join(file);
             op.ok(&["settings", "set", key, &path.to_string_lossy()]);
         }
+        for connector in ["campaign-monitor", "mailchimp"] {
+            op.ok(&["plugins", "approve", connector]);
+        }
         op
     }
 
@@ -709,7 +712,8 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
         seed: 65,
         count: 1_000_001,
     };
-    let workspace = Workspace::new(host, state.clone())
+    let workspace = Workspace::new(state.clone())
+        .with_host(host)
         .with_master_key(MasterKey::generate())
         .unwrap()
         .with_source(Arc::new(source));
@@ -718,6 +722,9 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
         name: "platform".into(),
         role: Role::Administrator,
     };
+    workspace
+        .approve_connector(&admin, "campaign-monitor")
+        .unwrap();
     workspace
         .add_connection(
             &admin,

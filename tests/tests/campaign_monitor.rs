@@ -389,7 +389,9 @@ async fn bad_export_settings_are_refused_with_the_problem_named() {
         .await
         .unwrap_err();
     assert!(
-        format!("{err:#}").contains("outside the hosts connector `campaign-monitor` may reach"),
+        format!("{err:#}").contains(
+            "base URL `https://attacker.example.net/api/v3.3` cannot be used: it is outside the hosts the connector may reach (api.createsend.com)"
+        ),
         "{err:#}"
     );
 }

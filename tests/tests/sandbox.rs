@@ -41,6 +41,7 @@ async fn world() -> World {
         HostOptions {
             limits,
             cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+            ..HostOptions::default()
         },
     )
     .await
@@ -183,7 +184,10 @@ async fn a_request_to_a_forbidden_host_is_refused_and_reported() {
     let w = world().await;
     let report = hostile_beside_healthy(&w, "forbidden-host", RunOptions::default()).await;
     assert!(failure(&report).contains("request to https://exfiltrate.example.net/steal?data=contacts failed: refused by the host"), "{}", failure(&report));
-    assert_eq!(report.refused_hosts, ["exfiltrate.example.net"]);
+    assert_eq!(
+        report.refusals,
+        ["a request to https://exfiltrate.example.net:443, outside the connection's allowed hosts"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
 
+use crate::approval::Approval;
 use crate::export::{BatchTally, RunJournal, SettledBatch};
 use crate::report::RunIssue;
 use crate::secret::Secret;
@@ -108,6 +109,19 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX run_issues_by_run ON run_issues(run_id, batch);
+    "#,
+    // 2: administrators' approvals of connectors; what the host refused each run.
+    r#"
+    CREATE TABLE connector_approvals (
+        connector TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        hosts TEXT NOT NULL,
+        default_base_url TEXT NOT NULL,
+        version TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        approved_at TEXT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]';
     "#,
 ];
 
@@ -312,6 +326,8 @@ pub struct RunRecord {
     pub requests: u64,
     pub retries: u64,
     pub seconds: f64,
+    /// What the host refused the connector during the run, in words.
+    pub refusals: Vec<String>,
 }
 
 /// Held while a run of an export is under way; another process or task cannot start one.
@@ -414,6 +430,56 @@ impl State {
         let db = self.db();
         let mut q = db.prepare("SELECT key, value FROM settings ORDER BY key")?;
         let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- connector approvals ----
+
+    /// Records an administrator's approval of a connector, replacing an earlier one.
+    pub fn approve_connector(&self, approval: &Approval) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO connector_approvals (connector, digest, hosts,
+                 default_base_url, version, approved_by, approved_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                approval.connector,
+                approval.digest,
+                serde_json::to_string(&approval.hosts)?,
+                approval.default_base_url,
+                approval.version,
+                approval.approved_by,
+                approval.approved_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Withdraws a connector's approval; whether it had one.
+    pub fn revoke_connector(&self, connector: &str) -> Result<bool> {
+        let removed = self.db().execute(
+            "DELETE FROM connector_approvals WHERE connector = ?1",
+            [connector],
+        )?;
+        Ok(removed > 0)
+    }
+
+    /// The approval of a connector, if it has one.
+    pub fn approval(&self, connector: &str) -> Result<Option<Approval>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("{APPROVAL_COLUMNS} WHERE connector = ?1"),
+                [connector],
+                approval_row,
+            )
+            .optional()?)
+    }
+
+    /// Every approval, by connector id.
+    pub fn approvals(&self) -> Result<Vec<Approval>> {
+        let db = self.db();
+        let mut q = db.prepare(&format!("{APPROVAL_COLUMNS} ORDER BY connector"))?;
+        let rows = q.query_map([], approval_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -648,8 +714,8 @@ impl State {
         Ok(())
     }
 
-    /// Takes the run lock of an export, or says that a run is already under way.
-    pub fn lock_export(&self, export: &ExportRecord) -> Result<ExportLock> {
+    /// Takes the run lock of an export; `None` when a run is already under way.
+    pub fn lock_export(&self, export: &ExportRecord) -> Result<Option<ExportLock>> {
         let path = self.lock_path(export.id);
         let file = File::options()
             .create(true)
@@ -658,11 +724,8 @@ impl State {
             .open(&path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(ExportLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "export `{}` is already running (one run at a time per export)",
-                export.name
-            ),
+            Ok(()) => Ok(Some(ExportLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", path.display()))
             }
@@ -783,10 +846,22 @@ impl State {
                 )
             })
             .unwrap_or_default();
-        self.db().execute(
+        let db = self.db();
+        // Refusals of every attempt of the run, each once.
+        let known: String =
+            db.query_row("SELECT refusals FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get(0)
+            })?;
+        let mut refusals: Vec<String> = serde_json::from_str(&known).unwrap_or_default();
+        for refusal in report.map(|r| r.refusals.as_slice()).unwrap_or_default() {
+            if !refusals.contains(refusal) {
+                refusals.push(refusal.clone());
+            }
+        }
+        db.execute(
             "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4,
                  requests = requests + ?5, retries = retries + ?6, resumed_batches = ?7,
-                 seconds = seconds + ?8
+                 seconds = seconds + ?8, refusals = ?9
              WHERE id = ?1",
             params![
                 run_id,
@@ -797,9 +872,24 @@ impl State {
                 retries,
                 resumed,
                 seconds,
+                serde_json::to_string(&refusals)?,
             ],
         )?;
         Ok(())
+    }
+
+    /// Records a run that was asked for but could not start (its connector unapproved, its
+    /// lock file unavailable...), so that the history says why nothing happened.
+    pub fn record_refused_run(
+        &self,
+        export: &ExportRecord,
+        trigger: Trigger,
+        actor: &Actor,
+        why: &str,
+    ) -> Result<i64> {
+        let run_id = self.start_run(export, trigger, actor)?;
+        self.finish_run(run_id, RunState::Failed, Some(why), None)?;
+        Ok(run_id)
     }
 
     /// One run.
@@ -943,6 +1033,21 @@ impl RunJournal for RunLedger {
     }
 }
 
+const APPROVAL_COLUMNS: &str = "SELECT connector, digest, hosts, default_base_url, version,
+    approved_by, approved_at FROM connector_approvals";
+
+fn approval_row(r: &Row) -> rusqlite::Result<Approval> {
+    Ok(Approval {
+        connector: r.get(0)?,
+        digest: r.get(1)?,
+        hosts: json_column(r, 2)?,
+        default_base_url: r.get(3)?,
+        version: r.get(4)?,
+        approved_by: r.get(5)?,
+        approved_at: r.get(6)?,
+    })
+}
+
 const CONNECTION_COLUMNS: &str = "SELECT id, name, connector, base_url, data_centre,
     credential_kind, fingerprint, token_expires_at, access, privacy_accepted_by,
     privacy_accepted_at, created_by, created_at, checked_at, removed_at FROM connections";
@@ -991,7 +1096,7 @@ fn export_row(r: &Row) -> rusqlite::Result<ExportRecord> {
 const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trigger,
     r.started_by, r.status, r.error, r.started_at, r.finished_at, r.attempts, r.profiles,
     r.sent, r.created, r.updated, r.suppressed, r.rejected, r.duplicates, r.batches,
-    r.resumed_batches, r.requests, r.retries, r.seconds
+    r.resumed_batches, r.requests, r.retries, r.seconds, r.refusals
     FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id";
 
 fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
@@ -1019,6 +1124,7 @@ fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
         requests: r.get(20)?,
         retries: r.get(21)?,
         seconds: r.get(22)?,
+        refusals: json_column(r, 23)?,
     })
 }
 

@@ -434,6 +434,7 @@ async fn main() -> Result<()> {
                 ..Default::default()
             },
             cache_dir: Some(work.join("cache")),
+            ..HostOptions::default()
         },
     )
     .await?;
@@ -522,7 +523,8 @@ async fn saved_run(
 ) -> Result<(Duration, f64, f64)> {
     let sim = SimProcess::start("campaign-monitor", 0)?;
     let db = work.join("state/state.db");
-    let workspace = Workspace::new(host, std::sync::Arc::new(State::open(&db)?))
+    let workspace = Workspace::new(std::sync::Arc::new(State::open(&db)?))
+        .with_host(host)
         .with_master_key(MasterKey::generate())?
         .with_source(std::sync::Arc::new(source.clone()));
     let admin = Actor {
@@ -530,6 +532,7 @@ async fn saved_run(
         role: Role::Administrator,
     };
     let (connection, export) = export_to(&sim, "campaign-monitor");
+    workspace.approve_connector(&admin, "campaign-monitor")?;
     workspace
         .add_connection(
             &admin,

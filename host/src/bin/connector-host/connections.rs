@@ -78,7 +78,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             contributors,
             accept_privacy_notice,
         } => {
-            let workspace = session.workspace(true)?;
+            let workspace = session.workspace_with_host().await?;
             let what = if *oauth {
                 "the OAuth access token"
             } else {
@@ -204,7 +204,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             );
         }
         ConnectionCommand::Test { name } => {
-            let workspace = session.workspace(true)?;
+            let workspace = session.workspace_with_host().await?;
             match workspace.test_connection(&actor, name).await? {
                 CredentialCheck::Accepted => {
                     println!("connection `{name}`: the vendor accepted the credential")

@@ -75,7 +75,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             segments,
             schedule,
         } => {
-            let workspace = session.workspace(true)?;
+            let workspace = session.workspace_with_host().await?;
             let record = workspace
                 .add_export(
                     &actor,
@@ -172,12 +172,14 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             concurrency,
             json,
         } => {
-            let workspace = session
-                .workspace(true)?
-                .with_run_options(connector_host::RunOptions {
-                    concurrency: *concurrency,
-                    ..Default::default()
-                });
+            let workspace =
+                session
+                    .workspace_with_host()
+                    .await?
+                    .with_run_options(connector_host::RunOptions {
+                        concurrency: *concurrency,
+                        ..Default::default()
+                    });
             let progress = ConsoleProgress::new(name);
             let outcome = workspace
                 .run_export(

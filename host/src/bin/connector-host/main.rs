@@ -5,6 +5,7 @@ mod exports;
 mod history;
 mod input;
 mod output;
+mod plugins;
 mod run_once;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 use connector_host::{
     Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, Role, State, Workspace,
 };
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -52,6 +54,12 @@ struct Cli {
     /// Wall-clock time one connector call may take, in seconds.
     #[arg(long, global = true, default_value_t = 300.0)]
     call_timeout_seconds: f64,
+    /// Time compiling one connector may take when the plugin directory loads, in seconds.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    compile_timeout_seconds: f64,
+    /// Largest connector file loaded from the plugin directory, in MiB.
+    #[arg(long, global = true, default_value_t = 32)]
+    max_plugin_mib: u64,
     /// Directory of the saved state (connections, exports, run history) [default: $XDG_STATE_HOME/connector-host or ~/.local/state/connector-host].
     #[arg(long, global = true, env = "CONNECTOR_HOST_STATE")]
     state: Option<PathBuf>,
@@ -71,8 +79,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the connectors in the plugin directory and the files that did not load.
-    Plugins,
+    /// The connectors in the plugin directory: what each asks for, and approving them.
+    Plugins(plugins::PluginsArgs),
     /// Export segments once, with the connection and export given on the command line
     /// (nothing saved).
     Run(Box<run_once::RunArgs>),
@@ -119,6 +127,9 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 fn main() -> ExitCode {
+    // Connectors' sockets are capped at half the descriptors the process may open; raising
+    // the soft limit to the hard one gives them, and the host's own files, room.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -131,7 +142,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote connectors and files: printed cleaned, on one line.
+            eprintln!(
+                "error: {}",
+                connector_host::text::clean(&format!("{e:#}"), 8_000)
+            );
             ExitCode::FAILURE
         }
     }
@@ -143,6 +158,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         cpu_time: Some(Duration::try_from_secs_f64(cli.cpu_seconds).context("--cpu-seconds")?),
         call_timeout: Duration::try_from_secs_f64(cli.call_timeout_seconds)
             .context("--call-timeout-seconds")?,
+        compile_timeout: Duration::try_from_secs_f64(cli.compile_timeout_seconds)
+            .context("--compile-timeout-seconds")?,
+        max_plugin_bytes: cli.max_plugin_mib << 20,
         ..Limits::default()
     };
     let options = HostOptions {
@@ -152,6 +170,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cli.cache_dir.clone().or_else(default_cache_dir)
         },
         limits,
+        ..HostOptions::default()
     };
     if let Command::Key(KeyCommand::Generate { file }) = &cli.command {
         let path = file
@@ -168,24 +187,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         println!("keep a copy somewhere safe: without it the saved credentials cannot be read");
         return Ok(ExitCode::SUCCESS);
     }
-    let host = Arc::new(ConnectorHost::open(&cli.plugins, options).await?);
+    // The plugin directory is loaded only by the commands that use a connector.
     let context = Session {
         cli: &cli,
-        host: host.clone(),
+        options,
+        host: OnceCell::new(),
     };
     match &cli.command {
-        Command::Plugins => {
-            list_plugins(&host);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run(args) => run_once::run_once(&host, args).await,
+        Command::Plugins(args) => plugins::run(&context, args).await,
+        Command::Run(args) => run_once::run_once(&context, args).await,
         Command::Connection(command) => connections::run(&context, command).await,
         Command::Export(command) => exports::run(&context, command).await,
         Command::Settings(command) => exports::settings(&context, command),
         Command::Runs(args) => history::run(&context, args),
         Command::Serve { poll_seconds } => {
             let poll = Duration::try_from_secs_f64(*poll_seconds).context("--poll-seconds")?;
-            let workspace = Arc::new(context.workspace(true)?);
+            let workspace = Arc::new(context.workspace_with_host().await?);
             let stop = stop_on_signals();
             workspace.serve(stop, poll).await?;
             Ok(ExitCode::SUCCESS)
@@ -194,10 +211,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// What every saved-state command needs.
+/// What every command may need, each part made when first asked for.
 pub struct Session<'a> {
     cli: &'a Cli,
-    host: Arc<ConnectorHost>,
+    options: HostOptions,
+    host: OnceCell<Arc<ConnectorHost>>,
 }
 
 impl Session<'_> {
@@ -225,12 +243,27 @@ impl Session<'_> {
         Ok(Arc::new(State::open(&dir.join("state.db"))?))
     }
 
+    /// The connectors of the plugin directory, loaded on first use.
+    pub async fn host(&self) -> Result<&Arc<ConnectorHost>> {
+        self.host
+            .get_or_try_init(|| async {
+                let host = ConnectorHost::open(&self.cli.plugins, self.options.clone()).await?;
+                Ok(Arc::new(host))
+            })
+            .await
+    }
+
+    /// The workspace with the master key and the connectors, for commands that reach vendors.
+    pub async fn workspace_with_host(&self) -> Result<Workspace> {
+        Ok(self.workspace(true)?.with_host(self.host().await?.clone()))
+    }
+
     /// The workspace, with the master key when `with_key` and the profile source when the
-    /// settings name one.
+    /// settings name one, without the connectors.
     pub fn workspace(&self, with_key: bool) -> Result<Workspace> {
         let state = self.state()?;
         let source = profile_source(&state)?;
-        let mut workspace = Workspace::new(self.host.clone(), state);
+        let mut workspace = Workspace::new(state);
         if let Some(source) = source {
             workspace = workspace.with_source(Arc::new(source));
         }
@@ -315,45 +348,4 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("connector-host"))
-}
-
-fn list_plugins(host: &ConnectorHost) {
-    let plugins = host.plugins();
-    for p in &plugins.loaded {
-        let info = &p.info;
-        println!(
-            "{} {} ({}), contract {}",
-            info.id, info.version, info.display_name, p.contract_version
-        );
-        println!("  file:      {}", p.path.display());
-        println!("  hosts:     {}", info.hosts.join(", "));
-        println!("  batch:     up to {} contacts", info.max_batch_size);
-        for f in &info.config_fields {
-            println!(
-                "  setting:   {}{} ({}): {}",
-                f.key,
-                if f.required { " (required)" } else { "" },
-                f.label,
-                f.help
-            );
-        }
-        let fields: Vec<String> = info
-            .contact_fields
-            .iter()
-            .map(|f| {
-                if f.required {
-                    format!("{} (required)", f.key)
-                } else {
-                    f.key.clone()
-                }
-            })
-            .collect();
-        println!("  fields:    {}", fields.join(", "));
-    }
-    for s in &plugins.skipped {
-        println!("skipped {}: {}", s.path.display(), s.reason);
-    }
-    if plugins.loaded.is_empty() {
-        println!("no connectors loaded");
-    }
 }

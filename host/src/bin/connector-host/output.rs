@@ -4,9 +4,10 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use connector_host::RunIssue;
+use connector_host::text::{MAX_MESSAGE_CHARS, clean, csv_cell};
 
 /// Writes contacts that were not delivered, with reasons, as CSV: profile_id, email, kind,
-/// code, message.
+/// code, message. No cell can start a spreadsheet formula.
 pub struct IssueCsv<W: Write> {
     writer: csv::Writer<W>,
     count: u64,
@@ -32,13 +33,15 @@ impl<W: Write> IssueCsv<W> {
     /// One row.
     pub fn write(&mut self, i: &RunIssue) -> Result<()> {
         let kind = serde_json::to_value(i.kind)?;
-        self.writer.write_record([
+        let cells = [
             &i.profile_id,
             &i.email,
             kind.as_str().unwrap_or(""),
             &i.code,
             &i.message,
-        ])?;
+        ];
+        self.writer
+            .write_record(cells.iter().map(|c| csv_cell(c).into_owned()))?;
         self.count += 1;
         Ok(())
     }
@@ -50,8 +53,14 @@ impl<W: Write> IssueCsv<W> {
     }
 }
 
-/// Prints rows as columns padded to their widest cell.
+/// Prints rows as columns padded to their widest cell; every cell is cleaned first, so no
+/// cell can move the cursor or forge a line.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| clean(c, MAX_MESSAGE_CHARS)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

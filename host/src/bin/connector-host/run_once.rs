@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use connector_host::{
-    BrokerPolicy, Connection, ConnectorHost, ConsoleProgress, Credential, Export, FieldMapping,
-    FileSource, RunOptions,
+    BrokerPolicy, Connection, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
+    RunOptions,
 };
 
+use crate::Session;
 use crate::input::{parse_settings, read_secret};
 use crate::output::IssueCsv;
 
@@ -70,7 +71,12 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-pub async fn run_once(host: &ConnectorHost, args: &RunArgs) -> Result<ExitCode> {
+pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode> {
+    // Nothing is saved, but the connector must be one an administrator approved.
+    let host = session.host().await?;
+    let plugin = host.plugins().require(&args.connector)?;
+    let approval = session.state()?.approval(&args.connector)?;
+    connector_host::approval::require(plugin, approval.as_ref())?;
     let secret = read_secret(&args.secret_env, "the vendor API key")?;
     let settings = parse_settings(&args.settings)?;
     let connection = Connection {
