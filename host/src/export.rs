@@ -488,8 +488,13 @@ impl ConnectorHost {
                 )
             })?;
         outcome.map_err(|e| {
+            let refusals = prepared.broker.stats().refusals();
+            let host_words = match refusals.is_empty() {
+                true => String::new(),
+                false => format!("; the host refused {}", refusals.join("; ")),
+            };
             anyhow::anyhow!(
-                "{refused} ({}): {}; nothing was sent",
+                "{refused} ({}): {}{host_words}; nothing was sent",
                 e.kind,
                 text::clean(&e.message, MAX_MESSAGE_CHARS)
             )

@@ -31,6 +31,17 @@ pub struct Plugin {
     pub(crate) pre: ConnectorPre<PluginState>,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("id", &self.info.id)
+            .field("version", &self.info.version)
+            .field("path", &self.path)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
 /// An entry of the plugin directory that did not load, and why.
 #[derive(Debug, Clone)]
 pub struct Skipped {

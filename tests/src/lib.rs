@@ -7,5 +7,6 @@ pub mod artifacts {
 }
 
 pub mod harness;
+pub mod hostile;
 pub mod sample;
 pub mod sim;

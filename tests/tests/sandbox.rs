@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use connector_host::broker::DEFAULT_MAX_IN_FLIGHT;
 use connector_host::{
     BrokerPolicy, Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource,
-    HostOptions, Limits, NoProgress, RunOptions, RunReport, RunStatus, Secret,
+    HostOptions, Limits, NetworkOptions, NoProgress, RunOptions, RunReport, RunStatus, Secret,
+    StaticResolver,
 };
 use connector_tests::artifacts;
 use connector_tests::harness::plugin_dir;
+use connector_tests::hostile::{FloodVendor, variant};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 
@@ -83,10 +88,16 @@ fn export(w: &World, mode: Option<&str>) -> Export {
 /// Runs the hostile connector in `mode` and a healthy export side by side; returns the hostile
 /// run's report after checking the healthy one delivered.
 async fn hostile_beside_healthy(w: &World, mode: &str, options: RunOptions) -> RunReport {
+    hostile_at(w, &w.sim.base_url(), mode, options).await
+}
+
+/// [`hostile_beside_healthy`], with the hostile connection's base URL at `base_url`.
+async fn hostile_at(w: &World, base_url: &str, mode: &str, options: RunOptions) -> RunReport {
     let healthy_export = export(w, None);
     let hostile_export = export(w, Some(mode));
-    let (hostile_connection, healthy_connection) =
-        (connection(w, "hostile"), connection(w, "campaign-monitor"));
+    let mut hostile_connection = connection(w, "hostile");
+    hostile_connection.base_url = Some(base_url.to_string());
+    let healthy_connection = connection(w, "campaign-monitor");
     let defaults = RunOptions::default();
     let (hostile, healthy) = tokio::join!(
         w.host.run_export(
@@ -110,7 +121,7 @@ async fn hostile_beside_healthy(w: &World, mode: &str, options: RunOptions) -> R
         "the healthy run next to `{mode}` failed: {}",
         healthy.summary()
     );
-    assert!(healthy.created > 0);
+    assert!(healthy.created + healthy.updated > 0);
     let hostile = hostile.unwrap();
     eprintln!("hostile `{mode}`: {:?}", hostile.status);
     hostile
@@ -326,4 +337,191 @@ async fn components_outside_the_contract_are_refused_at_load_with_the_reason() {
     let again = ConnectorHost::open(dir.path(), options).await.unwrap();
     assert_eq!(again.plugins().loaded.len(), 1);
     assert_eq!(cached(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_loopback_ports_than_the_administrators_are_refused() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "other-loopback-port", RunOptions::default()).await;
+    let port = w
+        .sim
+        .base_url()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let error = failure(&report);
+    assert!(
+        error.contains(&format!(
+            "the host refused a request to http://127.0.0.1:{}, outside the connection's allowed hosts",
+            port + 1
+        )),
+        "{error}"
+    );
+    assert_eq!(report.created, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_connector_never_finishes_times_out() {
+    let w = world().await;
+    let options = RunOptions {
+        broker: BrokerPolicy {
+            request_timeout: Duration::from_secs(1),
+            ..BrokerPolicy::default()
+        },
+        ..RunOptions::default()
+    };
+    let report = hostile_beside_healthy(&w, "stalled-body", options).await;
+    let error = failure(&report);
+    assert!(
+        error.contains(
+            "the host refused a request body the connector did not finish sending within 1 s"
+        ),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_held_to_the_default_cap_on_requests_in_flight() {
+    let w = world().await;
+    let vendor = FloodVendor::start(Duration::from_millis(50)).await;
+    let report = hostile_at(
+        &w,
+        &vendor.base_url(),
+        "connection-flood",
+        RunOptions::default(),
+    )
+    .await;
+    assert!(report.succeeded(), "{}", report.summary());
+    // 200 requests at once per batch, several batches in flight: never more than the cap.
+    assert!(vendor.requests() >= 400, "{}", vendor.requests());
+    let peak = vendor.peak();
+    assert!((2..=DEFAULT_MAX_IN_FLIGHT).contains(&peak), "peak {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_hoarding_host_resources_is_stopped() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "resource-flood", RunOptions::default()).await;
+    assert!(
+        failure(&report).contains(
+            "the connector held more than 1000 host resources (requests, headers, streams) at once"
+        ),
+        "{}",
+        failure(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasons_from_a_connector_cannot_forge_or_hide_lines() {
+    let w = world().await;
+    let report = hostile_beside_healthy(&w, "forged-report", RunOptions::default()).await;
+    assert!(report.succeeded(), "{}", report.summary());
+    assert!(report.rejected > 0);
+    for issue in &report.issues {
+        for text in [&issue.code, &issue.message] {
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(!text.contains('\u{202e}'), "{text:?}");
+        }
+    }
+    let summary = report.summary();
+    let starts = summary
+        .lines()
+        .filter(|l| l.starts_with("Export to"))
+        .count();
+    assert_eq!(starts, 1, "a forged summary line: {summary}");
+    assert!(
+        summary.contains(
+            "\\x1b[2J\\x1b[H\\x1b[1;32mExport to campaign-monitor (newsletter): succeeded\\r\\n"
+        ),
+        "{summary}"
+    );
+    assert!(!summary.contains('\u{1b}') && !summary.contains('\r'));
+
+    let report = hostile_beside_healthy(&w, "forged-error", RunOptions::default()).await;
+    let error = failure(&report);
+    assert!(!error.chars().any(char::is_control), "{error:?}");
+    assert!(
+        error.contains("more characters]"),
+        "a 5,000-character message was not cut"
+    );
+    assert!(error.len() < 2_000, "{}", error.len());
+
+    let report = hostile_beside_healthy(&w, "huge-reason", RunOptions::default()).await;
+    let longest = report.issues.iter().map(|i| i.message.len()).max().unwrap();
+    assert!(
+        longest < 1_100,
+        "a 3 MiB reason was kept whole ({longest} bytes)"
+    );
+    assert!(report.summary().len() < 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_name_resolving_to_a_private_address_is_refused_before_dialling() {
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    variant(
+        dir.path(),
+        "rebinding.wasm",
+        serde_json::json!({
+            "id": "rebinding",
+            "hosts": ["api.rebinding-vendor.com"],
+            "default_base_url": "https://api.rebinding-vendor.com/api",
+        }),
+    );
+    for (address, words) in [
+        ("127.0.0.1", "a loopback address"),
+        ("10.1.2.3", "a private address"),
+        ("169.254.169.254", "a link-local address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+    ] {
+        let resolver = StaticResolver {
+            names: [(
+                "api.rebinding-vendor.com".to_string(),
+                vec![address.parse().unwrap()],
+            )]
+            .into(),
+        };
+        let host = ConnectorHost::open(
+            dir.path(),
+            HostOptions {
+                cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+                network: NetworkOptions {
+                    resolver: Some(Arc::new(resolver)),
+                    ..NetworkOptions::default()
+                },
+                ..HostOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let connection = Connection {
+            connector: "rebinding".into(),
+            base_url: None,
+            data_centre: None,
+            credential: Credential::ApiKey(Secret::new(API_KEY.into())),
+        };
+        let err = host
+            .run_export(
+                &connection,
+                &export(&w, Some("flood")),
+                &w.source,
+                &RunOptions::default(),
+                &NoProgress,
+            )
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(&format!(
+                "the host refused a connection to api.rebinding-vendor.com resolves to {address}, {words}"
+            )),
+            "{err}"
+        );
+        assert!(err.ends_with("nothing was sent"), "{err}");
+    }
 }

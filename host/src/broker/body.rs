@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -27,10 +29,30 @@ pub enum BodyError {
     Failed(HttpError),
 }
 
-/// A body read whole, with the share of the byte budget it holds.
+/// A body read whole, as the pieces it arrived in (never copied), with the share of the byte
+/// budget it holds.
 pub struct HeldBytes {
-    pub bytes: Bytes,
-    pub budget: Option<OwnedSemaphorePermit>,
+    chunks: VecDeque<Bytes>,
+    budget: Option<OwnedSemaphorePermit>,
+}
+
+impl HeldBytes {
+    /// The body in one piece (a request body, sent again on each attempt), and its share of
+    /// the budget, to hold for as long as the body is kept.
+    pub fn into_bytes(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        let whole = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks[0].clone(),
+            _ => {
+                let mut whole = BytesMut::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+                for chunk in &self.chunks {
+                    whole.extend_from_slice(chunk);
+                }
+                whole.freeze()
+            }
+        };
+        (whole, self.budget)
+    }
 }
 
 /// Reads `body` whole, refusing it once it exceeds `limit` or the budget, or when `deadline`
@@ -49,7 +71,7 @@ where
     }
     let mut body = body;
     let mut held = None;
-    let mut buffer = BytesMut::new();
+    let (mut chunks, mut len) = (VecDeque::new(), 0);
     loop {
         let frame = match tokio::time::timeout(deadline, body.frame()).await {
             Err(_) => return Err(BodyError::Stalled(deadline)),
@@ -60,7 +82,7 @@ where
         let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing the broker keeps
         };
-        if buffer.len() + data.len() > limit {
+        if len + data.len() > limit {
             return Err(BodyError::TooLarge { limit });
         }
         if !budget.take(data.len(), &mut held) {
@@ -68,10 +90,13 @@ where
                 budget: budget.limit(),
             });
         }
-        buffer.extend_from_slice(&data);
+        len += data.len();
+        if !data.is_empty() {
+            chunks.push_back(data);
+        }
     }
     Ok(HeldBytes {
-        bytes: buffer.freeze(),
+        chunks,
         budget: held,
     })
 }
@@ -80,15 +105,16 @@ where
 /// connector has read it (or dropped it).
 #[derive(Debug)]
 pub struct HeldBody {
-    data: Option<Bytes>,
-    _budget: Option<OwnedSemaphorePermit>,
+    chunks: VecDeque<Bytes>,
+    /// Given back as the connector reads the last piece.
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl HeldBody {
     pub fn new(held: HeldBytes) -> HeldBody {
         HeldBody {
-            data: Some(held.bytes).filter(|b| !b.is_empty()),
-            _budget: held.budget,
+            chunks: held.chunks,
+            budget: held.budget,
         }
     }
 }
@@ -101,15 +127,19 @@ impl Body for HeldBody {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        let next = self.chunks.pop_front();
+        if self.chunks.is_empty() {
+            self.budget = None;
+        }
+        Poll::Ready(next.map(|d| Ok(Frame::data(d))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.chunks.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
     }
 }
 
@@ -128,7 +158,7 @@ mod tests {
         let held = read(full(b"hello"), 8, &budget, Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(held.bytes, "hello");
+        assert_eq!(held.chunks, ["hello"]);
         assert!(matches!(
             read(full(b"hello world"), 8, &budget, Duration::from_secs(1)).await,
             Err(BodyError::TooLarge { limit: 8 })

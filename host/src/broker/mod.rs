@@ -334,8 +334,9 @@ impl Broker {
         let waits = Waits::new(&self.policy, options);
         let to = &record.authority;
         let limit = self.policy.max_request_bytes;
-        let request_body = match body::read(body, limit, &self.budget, waits.body).await {
-            Ok(held) => held,
+        // Kept whole for retries, holding its share of the budget until the last attempt.
+        let (request_body, _held) = match body::read(body, limit, &self.budget, waits.body).await {
+            Ok(held) => held.into_bytes(),
             Err(e) => {
                 return Err(match e {
                     BodyError::TooLarge { limit } => self.refuse(
@@ -361,8 +362,7 @@ impl Broker {
                 // Held for the whole attempt: the vendor counts a request until it answered.
                 let _slot = self.limits.admit().await;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                self.attempt(parts, request_body.bytes.clone(), &waits)
-                    .await
+                self.attempt(parts, request_body.clone(), &waits).await
             };
             let retry_hint = match &attempt {
                 Ok(answer) if retry::is_retryable_status(answer.status()) => {
