@@ -136,6 +136,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,connector_host::workspace=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
