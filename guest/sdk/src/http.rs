@@ -169,7 +169,19 @@ fn transport(url: &str, code: &ErrorCode) -> ConnectorError {
     let (retryable, what) = match code {
         ErrorCode::HttpRequestDenied => (
             false,
-            "refused by the host (not on the allow-list)".to_string(),
+            "refused by the host (not on the connection's allowed hosts)".to_string(),
+        ),
+        ErrorCode::DestinationIpProhibited => (
+            false,
+            "refused by the host (the name resolves to an address vendors never use)".to_string(),
+        ),
+        ErrorCode::HttpRequestBodySize(_) => (
+            false,
+            "refused by the host (the request body is over its limit)".to_string(),
+        ),
+        ErrorCode::HttpResponseBodySize(_) => (
+            false,
+            "refused by the host (the answer is over its limit)".to_string(),
         ),
         ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
             (true, "timed out".to_string())

@@ -176,7 +176,13 @@ async fn main() -> Result<()> {
     println!(
         "Campaign Monitor list now holds {cm_active} active subscribers; Mailchimp audience {mc_subscribed} subscribed members."
     );
-    println!("\nthe same Campaign Monitor export from the command line:");
+    println!(
+        "\nthe same Campaign Monitor export from the command line (an administrator approves the connector once):"
+    );
+    println!(
+        "  connector-host --plugins {} plugins approve campaign-monitor",
+        plugins.display()
+    );
     println!(
         "  CONNECTOR_SECRET=<api key> connector-host --plugins {} run --connector campaign-monitor --base-url {} \\\n    --setting list-id={cm_list} --map email=email --map first-name=first_name --map last-name=last_name \\\n    --segment {} --profiles {} --memberships {}",
         plugins.display(),
