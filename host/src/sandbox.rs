@@ -54,7 +54,7 @@ impl Default for Limits {
             max_return_bytes: 4 << 20,
             max_resources: 1_000,
             describe_timeout: Duration::from_secs(5),
-            compile_timeout: Duration::from_secs(30),
+            compile_timeout: Duration::from_secs(10),
             max_plugin_bytes: 32 << 20,
         }
     }

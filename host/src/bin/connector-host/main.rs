@@ -54,8 +54,9 @@ struct Cli {
     /// Wall-clock time one connector call may take, in seconds.
     #[arg(long, global = true, default_value_t = 300.0)]
     call_timeout_seconds: f64,
-    /// Time compiling one connector may take when the plugin directory loads, in seconds.
-    #[arg(long, global = true, default_value_t = 30.0)]
+    /// Time compiling one connector may take when the plugin directory loads, in seconds
+    /// (compiled connectors are cached, so this is paid once per file).
+    #[arg(long, global = true, default_value_t = 10.0)]
     compile_timeout_seconds: f64,
     /// Largest connector file loaded from the plugin directory, in MiB.
     #[arg(long, global = true, default_value_t = 32)]
