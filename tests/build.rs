@@ -26,9 +26,14 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ),
     ("not-a-connector", "not-a-connector.wasm", "NOT_A_CONNECTOR"),
     (
-        "contract-v0-2-connector",
-        "contract_v0_2_connector.wasm",
-        "CONTRACT_V0_2",
+        "contract-v0-1-connector",
+        "contract_v0_1_connector.wasm",
+        "CONTRACT_V0_1",
+    ),
+    (
+        "contract-future-connector",
+        "contract_future_connector.wasm",
+        "CONTRACT_FUTURE",
     ),
 ];
 

@@ -16,6 +16,7 @@
 //!     settings: vec![("list-id".into(), "a58ee1d3039b8bec838e6d1482a8a965".into())],
 //!     mapping: FieldMapping::parse(&["email=email", "first-name=first_name"])?,
 //!     segments: vec!["newsletter".into()],
+//!     leave_action: None,
 //! };
 //! let report = host.run_export(&connection, &export, &source, &RunOptions::default(), &NoProgress).await?;
 //! println!("{}", report.summary());
@@ -25,12 +26,12 @@
 pub mod approval;
 pub mod broker;
 pub mod contract;
-pub mod export;
+pub mod email;
 pub mod mapping;
 pub mod oauth;
 pub mod plugins;
 pub mod progress;
-pub mod report;
+pub mod run;
 pub mod sandbox;
 pub mod schedule;
 pub mod secret;
@@ -48,20 +49,19 @@ pub use approval::{Approval, ApprovalStatus};
 pub use broker::{
     BrokerPolicy, NetworkOptions, RequestObserver, RequestRecord, Resolve, StaticResolver,
 };
-pub use export::{
-    BatchTally, Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunJournal,
-    RunOptions, SettledBatch,
-};
 pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
 pub use progress::ConsoleProgress;
-pub use report::{IssueKind, RunIssue, RunReport, RunStatus};
+pub use run::{
+    Connection, Credential, CredentialCheck, Export, IssueKind, NoProgress, Progress, RunCounts,
+    RunIssue, RunJournal, RunMode, RunOptions, RunPlan, RunReport, RunStatus, Stage,
+};
 pub use sandbox::Limits;
 pub use schedule::Schedule;
 pub use secret::Secret;
 pub use source::{FileSource, Profile, ProfileSource, ProfileStream};
 pub use state::{Access, Actor, MasterKey, Role, State};
-pub use workspace::{ConnectionRequest, ExportRequest, RunOutcome, Workspace};
+pub use workspace::{ConnectionRequest, ExportRequest, RunOutcome, RunRequest, Workspace};
 
 /// How to set up a host.
 #[derive(Debug, Clone, Default)]
@@ -112,9 +112,7 @@ impl ConnectorHost {
         let deadline = self.sandbox.limits().describe_timeout;
         self.sandbox
             .call(&plugin.pre, offline, deadline, async |c, store| {
-                c.cdp_connector_export_destination()
-                    .call_describe(store)
-                    .await
+                c.describe(store).await
             })
             .await
     }

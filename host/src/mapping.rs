@@ -31,8 +31,17 @@ impl FieldMapping {
         Ok(FieldMapping(mapping))
     }
 
+    /// The contact fields mapped, `email` first, as the contract's `export-config.fields` says.
+    pub fn fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = self.0.iter().map(|(f, _)| f.clone()).collect();
+        fields.sort_by_key(|f| f != "email");
+        fields
+    }
+
     /// Checks the mapping against the connector's fields and the source's columns and resolves
-    /// column positions once for the whole run.
+    /// column positions once for the whole run. A field the connector does not declare is one
+    /// of the vendor list's own fields, if the connector takes those (it checks them against
+    /// the list when the export is validated).
     pub(crate) fn resolve(
         &self,
         info: &ConnectorInfo,
@@ -49,13 +58,23 @@ impl FieldMapping {
         }
         let mut resolved = ResolvedMapping::default();
         for (field, column) in &self.0 {
-            if !info.contact_fields.iter().any(|f| f.key == *field) {
+            let declared = info.contact_fields.iter().any(|f| f.key == *field);
+            if !declared && !info.custom_fields {
                 let offered: Vec<&str> =
                     info.contact_fields.iter().map(|f| f.key.as_str()).collect();
                 bail!(
                     "connector `{}` has no contact field `{field}` (it offers: {})",
                     info.id,
                     offered.join(", ")
+                );
+            }
+            let valid = field.len() <= 64
+                && field
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:[] ".contains(&b));
+            if !valid {
+                bail!(
+                    "`{field}` is not a usable field name: up to 64 letters, digits, spaces and - _ . : [ ]"
                 );
             }
             let Some(index) = columns.iter().position(|c| c == column) else {

@@ -15,7 +15,7 @@ use wasmtime::component::types::ComponentItem;
 
 use crate::broker::{Broker, check_declared_host, check_default_base_url};
 use crate::contract::{self, ConnectorInfo, ConnectorPre};
-use crate::sandbox::{PluginState, Sandbox};
+use crate::sandbox::Sandbox;
 use crate::text::{self, MAX_LABEL_CHARS, MAX_MESSAGE_CHARS};
 
 /// A connector loaded from the plugin directory, ready to run.
@@ -28,7 +28,7 @@ pub struct Plugin {
     pub path: PathBuf,
     /// SHA-256 of the component's bytes, in hex: what an administrator approves.
     pub digest: String,
-    pub(crate) pre: ConnectorPre<PluginState>,
+    pub(crate) pre: ConnectorPre,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -291,18 +291,14 @@ async fn load(sandbox: &Sandbox, path: &Path, real: &Path) -> Result<Plugin> {
         .await
         .context("not a WebAssembly component this host can compile")?;
     let contract_version = check_contract(sandbox, &component)?;
-    let pre = sandbox.prepare(&component)?;
+    let pre = sandbox.prepare(&component, &contract_version)?;
     let offline = Arc::new(Broker::offline("describe"));
     let info = sandbox
         .call(
             &pre,
             offline,
             sandbox.limits().describe_timeout,
-            async |c, store| {
-                c.cdp_connector_export_destination()
-                    .call_describe(store)
-                    .await
-            },
+            async |c, store| c.describe(store).await,
         )
         .await
         .context("describe failed")?;
@@ -433,6 +429,29 @@ fn check_info(mut info: ConnectorInfo) -> Result<ConnectorInfo> {
     }
     if !info.contact_fields.iter().any(|f| f.key == "email") {
         bail!("connector `{id}` does not accept an `email` field");
+    }
+    if info.leave_actions.len() > 20 {
+        bail!(
+            "connector `{id}` declares {} leave actions; at most 20 are allowed",
+            info.leave_actions.len()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for action in &mut info.leave_actions {
+        let valid = !action.id.is_empty()
+            && action.id.len() <= 64
+            && action
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid || action.id == "none" || !seen.insert(action.id.clone()) {
+            bail!(
+                "connector `{id}` declares the leave action `{}`; ids are unique, 1 to 64 lowercase letters, digits and dashes, and not `none`",
+                text::clean(&action.id, MAX_LABEL_CHARS)
+            );
+        }
+        action.label = text::clean(&action.label, MAX_LABEL_CHARS);
+        action.help = text::clean(&action.help, MAX_MESSAGE_CHARS);
     }
     Ok(info)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::export::Progress;
+use crate::run::Progress;
 
 /// Shows a run's progress on stderr.
 pub struct ConsoleProgress {

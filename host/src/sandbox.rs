@@ -128,10 +128,15 @@ impl Sandbox {
         }
     }
 
-    /// Links a compiled component against the sandbox's imports, ready to instantiate cheaply.
-    pub(crate) fn prepare(&self, component: &Component) -> Result<ConnectorPre<PluginState>> {
+    /// Links a compiled component against the sandbox's imports, ready to instantiate cheaply,
+    /// with the bindings of the contract `version` it was built for.
+    pub(crate) fn prepare(
+        &self,
+        component: &Component,
+        version: &semver::Version,
+    ) -> Result<ConnectorPre> {
         let pre = self.linker.instantiate_pre(component)?;
-        Ok(ConnectorPre::new(pre)?)
+        ConnectorPre::new(version, pre)
     }
 
     /// Runs `call` against a fresh instance whose requests go through `broker`, under the
@@ -139,7 +144,7 @@ impl Sandbox {
     /// run). Any trap, limit or deadline fails only this call.
     pub(crate) async fn call<R: ReturnSize>(
         &self,
-        pre: &ConnectorPre<PluginState>,
+        pre: &ConnectorPre,
         broker: Arc<Broker>,
         deadline: Duration,
         call: impl AsyncFnOnce(&Connector, &mut Store<PluginState>) -> wasmtime::Result<R>,
@@ -180,7 +185,7 @@ impl Sandbox {
             });
         }
         let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate(&mut store).await?;
             call(&instance, &mut store).await
         };
         let value = match tokio::time::timeout(deadline, run).await {
@@ -236,6 +241,11 @@ impl ReturnSize for ConnectorInfo {
             + self.version.len()
             + self.default_base_url.len()
             + strings(&self.hosts)
+            + self
+                .leave_actions
+                .iter()
+                .map(|a| a.id.len() + a.label.len() + a.help.len() + 8)
+                .sum::<usize>()
             + self
                 .config_fields
                 .iter()

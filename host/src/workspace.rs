@@ -11,17 +11,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::approval::{self, Approval, ApprovalStatus};
-use crate::export::{
-    Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunOptions,
-};
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
-use crate::report::{RunReport, RunStatus};
+use crate::run::{
+    Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunOptions, RunPlan,
+    RunReport, RunStatus,
+};
 use crate::schedule::Schedule;
 use crate::source::ProfileSource;
 use crate::state::{
     Access, Actor, ConnectionRecord, CredentialKind, ExportRecord, MasterKey, NewConnection,
-    NewExport, Role, RunState, State, StoredCredential, Trigger,
+    NewExport, Role, RunState, State, StoredCredential, SyncBasis, Trigger,
 };
 use crate::{ConnectorHost, oauth};
 
@@ -56,6 +56,32 @@ pub struct ExportRequest {
     pub segments: Vec<String>,
     /// A cron expression (UTC).
     pub schedule: Option<String>,
+    /// What happens to contacts sent before that leave the segment: one of the connector's
+    /// leave actions, or none.
+    pub leave_action: Option<String>,
+    /// The person saving the export confirms an irreversible leave action (unsubscribing,
+    /// deleting): without it such an export is not saved.
+    pub confirm_irreversible: bool,
+}
+
+/// How to run a saved export.
+#[derive(Debug, Clone, Copy)]
+pub struct RunRequest {
+    pub trigger: Trigger,
+    /// Start a new run instead of continuing one cut short or failed.
+    pub fresh: bool,
+    /// Send every contact, not only what changed.
+    pub full: bool,
+}
+
+impl Default for RunRequest {
+    fn default() -> Self {
+        RunRequest {
+            trigger: Trigger::OnDemand,
+            fresh: false,
+            full: false,
+        }
+    }
 }
 
 /// What a run of a saved export came to.
@@ -330,8 +356,20 @@ impl Workspace {
             settings: request.settings.clone(),
             mapping: FieldMapping::parse(&request.mapping)?,
             segments: request.segments.clone(),
+            leave_action: request.leave_action.clone(),
         };
-        self.approved_connector(&connection.connector)?;
+        let plugin = self.approved_connector(&connection.connector)?;
+        if let Some(id) = &request.leave_action
+            && let Some(action) = plugin.info.leave_actions.iter().find(|a| a.id == *id)
+            && !action.reversible
+            && !request.confirm_irreversible
+        {
+            bail!(
+                "export `{}` was not saved: its leave action `{id}` is irreversible ({}); confirm it (--confirm-irreversible) to save the export",
+                request.name,
+                action.help
+            );
+        }
         let library_connection = self.connection(&connection).await?;
         self.host()?
             .check_export(&library_connection, &export, self.source()?)
@@ -345,6 +383,7 @@ impl Workspace {
                 mapping: &request.mapping,
                 segments: &request.segments,
                 schedule: request.schedule.as_deref(),
+                leave_action: request.leave_action.as_deref(),
             },
             actor,
         )
@@ -359,17 +398,23 @@ impl Workspace {
 
     // ---- runs ----
 
-    /// Runs a saved export: resumes its run cut short if there is one (unless `fresh`), else
-    /// starts a new one. Every settled batch is checkpointed; `stop` ends the run cleanly.
+    /// Runs a saved export: continues its run cut short or failed if there is one (unless
+    /// `fresh`), else starts a new one. Only what changed is sent (everything with `full`, or
+    /// when the mapping, settings or connector version changed since the last completed run);
+    /// every settled piece is recorded; `stop` ends the run cleanly.
     pub async fn run_export(
         &self,
         actor: &Actor,
         name: &str,
-        trigger: Trigger,
-        fresh: bool,
+        how: RunRequest,
         progress: &dyn Progress,
         stop: Option<CancellationToken>,
     ) -> Result<RunOutcome> {
+        let RunRequest {
+            trigger,
+            fresh,
+            full,
+        } = how;
         let export = self.state.export(name)?;
         let record = self.state.connection_by_id(export.connection_id)?;
         permit(actor, &record)?;
@@ -401,10 +446,13 @@ impl Workspace {
             }
         };
         let attempt = self
-            .attempt_run(&export, &record, run_id, progress, stop)
+            .attempt_run(&export, &record, run_id, full, progress, stop)
             .await;
         match attempt {
-            Ok(report) => {
+            Ok((report, basis)) => {
+                if report.succeeded() {
+                    self.state.complete_sync(&export, run_id, &basis)?;
+                }
                 let (state, error) = match &report.status {
                     RunStatus::Succeeded => (RunState::Succeeded, None),
                     RunStatus::Failed(e) => (RunState::Failed, Some(e.as_str())),
@@ -437,26 +485,71 @@ impl Workspace {
         export: &ExportRecord,
         record: &ConnectionRecord,
         run_id: i64,
+        full: bool,
         progress: &dyn Progress,
         stop: Option<CancellationToken>,
-    ) -> Result<RunReport> {
+    ) -> Result<(RunReport, SyncBasis)> {
         let source = self.source()?;
-        self.approved_connector(&record.connector)?;
+        let plugin = self.approved_connector(&record.connector)?;
+        let (basis, full) = self.sync_mode(export, &plugin, full)?;
         let connection = self.connection(record).await?;
-        let spec = Export {
-            settings: export.settings.clone(),
-            mapping: FieldMapping::parse(&export.mapping)?,
-            segments: export.segments.clone(),
-        };
         let options = RunOptions {
             max_profiles: self.max_profiles()?,
-            journal: Some(Arc::new(self.state.journal(run_id)?)),
+            journal: Some(Arc::new(self.state.journal(export, run_id))),
+            full,
             stop,
             ..self.options.clone()
         };
+        let report = self
+            .host()?
+            .run_export(&connection, &saved(export)?, source, &options, progress)
+            .await?;
+        Ok((report, basis))
+    }
+
+    /// What the next run of a saved export would do, without sending anything or changing any
+    /// state (a dry run). `full` plans a full run.
+    pub async fn plan_export(&self, actor: &Actor, name: &str, full: bool) -> Result<RunPlan> {
+        let export = self.state.export(name)?;
+        let record = self.state.connection_by_id(export.connection_id)?;
+        permit(actor, &record)?;
+        let plugin = self.approved_connector(&record.connector)?;
+        let (_, full) = self.sync_mode(&export, &plugin, full)?;
+        let options = RunOptions {
+            journal: Some(Arc::new(self.state.sync_reader(&export))),
+            full,
+            ..self.options.clone()
+        };
         self.host()?
-            .run_export(&connection, &spec, source, &options, progress)
+            .plan_export(
+                &record.connector,
+                &saved(&export)?,
+                self.source()?,
+                &options,
+            )
             .await
+    }
+
+    /// What a run syncs with, and why it must be full, if it must: asked for, or the mapping,
+    /// settings or connector version changed since the last completed run.
+    fn sync_mode(
+        &self,
+        export: &ExportRecord,
+        plugin: &Plugin,
+        asked: bool,
+    ) -> Result<(SyncBasis, Option<String>)> {
+        let basis = SyncBasis {
+            connector: plugin.info.id.clone(),
+            connector_version: plugin.info.version.clone(),
+            mapping: export.mapping.clone(),
+            settings: export.settings.clone(),
+        };
+        if asked {
+            return Ok((basis, Some("a full run was asked for".into())));
+        }
+        let before = self.state.sync_basis(export)?;
+        let why = before.and_then(|before| basis.full_because(&before));
+        Ok((basis, why))
     }
 
     /// Runs due exports by their schedules until `stop` is cancelled, one run at a time per
@@ -507,15 +600,12 @@ impl Workspace {
                 let (id, name, stop) = (export.id, export.name.clone(), stop.child_token());
                 tracing::info!(export = %name, "scheduled run starting");
                 runs.spawn(async move {
+                    let how = RunRequest {
+                        trigger: Trigger::Schedule,
+                        ..RunRequest::default()
+                    };
                     let outcome = workspace
-                        .run_export(
-                            &scheduler(),
-                            &name,
-                            Trigger::Schedule,
-                            false,
-                            &NoProgress,
-                            Some(stop),
-                        )
+                        .run_export(&scheduler(), &name, how, &NoProgress, Some(stop))
                         .await;
                     (id, name, outcome)
                 });
@@ -556,8 +646,8 @@ fn log_run(
                     export = %name,
                     run = o.run_id,
                     status = ?o.report.status,
-                    profiles = o.report.profiles,
-                    sent = o.report.sent,
+                    profiles = o.report.counts.profiles,
+                    sent = o.report.counts.sent(),
                     "scheduled run ended"
                 ),
                 Err(e) => tracing::warn!(export = %name, "scheduled run refused: {e:#}"),
@@ -565,6 +655,16 @@ fn log_run(
         }
         Err(e) => tracing::error!("a scheduled run panicked: {e}"),
     }
+}
+
+/// A saved export as the library runs it.
+fn saved(export: &ExportRecord) -> Result<Export> {
+    Ok(Export {
+        settings: export.settings.clone(),
+        mapping: FieldMapping::parse(&export.mapping)?,
+        segments: export.segments.clone(),
+        leave_action: export.leave_action.clone(),
+    })
 }
 
 /// Refuses anyone but an administrator `to` do something.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use connector_tests::artifacts;
-use connector_tests::harness::plugin_dir;
+use connector_tests::harness::{CLI_COMPILE_TIMEOUT, plugin_dir};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 
@@ -32,6 +32,7 @@ async fn run(args: Vec<String>, secret: Option<&str>, state: &std::path::Path) -
     cmd.args(args)
         .env_remove("CONNECTOR_SECRET")
         .env("CONNECTOR_HOST_STATE", state)
+        .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
         .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
         // Every brokered request is traced at debug level; the traces must not leak the key.
         .env("RUST_LOG", "connector_host=debug");
@@ -64,10 +65,14 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        stdout.contains("campaign-monitor 0.1.0 (Campaign Monitor), contract 0.1.1"),
+        stdout.contains("campaign-monitor 0.1.0 (Campaign Monitor), contract 0.2.0"),
         "{stdout}"
     );
     assert!(stdout.contains("setting:   list-id (required)"), "{stdout}");
+    assert!(
+        stdout.contains("leave:     unsubscribe (Unsubscribe, IRREVERSIBLE)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("notes.md: not a .wasm file"), "{stdout}");
     assert!(stdout.contains("approval:  NOT APPROVED"), "{stdout}");
 
@@ -153,17 +158,19 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     assert!(stdout.contains("Invalid Email Address"), "{stdout}");
     let active = sim.subscribers(&list).len();
     assert!(
-        stdout.contains(&format!("created            {active:>9}")),
+        stdout
+            .lines()
+            .any(|l| l.trim().starts_with("created") && l.trim().ends_with(&active.to_string())),
         "{stdout}"
     );
     let csv = std::fs::read_to_string(&rejections).unwrap();
     assert!(
-        csv.starts_with("profile_id,email,kind,code,message\n"),
+        csv.starts_with("profile_id,email,kind,stage,code,message,since\n"),
         "{csv}"
     );
     assert!(
         csv.lines()
-            .any(|l| l.contains(",rejected,1,Invalid Email Address")),
+            .any(|l| l.contains(",rejected,sent,1,Invalid Email Address,")),
         "{csv}"
     );
     assert!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use connector_host::{ConnectorHost, HostOptions};
+use connector_host::{ConnectorHost, HostOptions, Limits};
 use tempfile::TempDir;
 
 use crate::artifacts;
@@ -32,10 +32,24 @@ pub fn install_connectors(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The default limits, with deadlines for compiling and `describe` long enough for a debug
+/// build on a loaded two-core machine, where a cold cache compiles every component at once.
+pub fn test_limits() -> Limits {
+    Limits {
+        compile_timeout: std::time::Duration::from_secs(600),
+        describe_timeout: std::time::Duration::from_secs(60),
+        ..Limits::default()
+    }
+}
+
+/// What the CLI's tests put in its environment for the same reason.
+pub const CLI_COMPILE_TIMEOUT: (&str, &str) = ("CONNECTOR_HOST_COMPILE_TIMEOUT", "600");
+
 /// A host loaded from `dir`, sharing the compile cache with the other tests.
 pub async fn open_host(dir: &Path) -> ConnectorHost {
     let options = HostOptions {
         cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+        limits: test_limits(),
         ..HostOptions::default()
     };
     ConnectorHost::open(dir, options).await.expect("open host")

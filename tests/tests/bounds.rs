@@ -12,7 +12,7 @@ use connector_host::{
     NoProgress, RunOptions, RunReport, RunStatus, Secret,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::plugin_dir;
+use connector_tests::harness::{plugin_dir, test_limits};
 use connector_tests::hostile::{BIG_ANSWER, FloodVendor, RssSampler, resident_bytes};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
@@ -31,6 +31,7 @@ async fn body_and_answer_floods_fail_their_own_run_and_memory_stays_bounded() {
     ]);
     let options = HostOptions {
         cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+        limits: test_limits(),
         ..HostOptions::default()
     };
     let host = ConnectorHost::open(plugins.path(), options).await.unwrap();
@@ -50,6 +51,7 @@ async fn body_and_answer_floods_fail_their_own_run_and_memory_stays_bounded() {
             settings,
             mapping: FieldMapping::parse(&["email=email"]).unwrap(),
             segments: vec!["newsletter".into()],
+            leave_action: None,
         }
     };
     let healthy = connection("campaign-monitor", sim.base_url());
@@ -67,7 +69,7 @@ async fn body_and_answer_floods_fail_their_own_run_and_memory_stays_bounded() {
             "the healthy run beside `{mode}` failed: {}",
             good.summary()
         );
-        assert!(good.created + good.updated > 0);
+        assert!(good.counts.created + good.counts.updated > 0);
         bad.unwrap()
     };
 

@@ -68,6 +68,7 @@ fn export(list: &str, segment: &str) -> Export {
         ])
         .unwrap(),
         segments: vec![segment.into()],
+        leave_action: None,
     }
 }
 
@@ -179,16 +180,14 @@ async fn exports_exactly_the_segments_valid_deduplicated_contacts() {
 
     // The report's counts and reasons match.
     let delivered = expected.delivered.len() as u64;
-    assert_eq!(report.profiles, expected.profiles);
-    assert_eq!(report.sent, expected.sent());
-    assert_eq!(report.created, delivered - 2);
-    assert_eq!(report.updated, 1);
-    assert_eq!(report.suppressed, 1);
-    assert_eq!(
-        report.rejected,
-        expected.invalid.len() as u64 + expected.missing_email
-    );
-    assert_eq!(report.duplicates, expected.duplicates);
+    assert_eq!(report.counts.profiles, expected.profiles);
+    assert_eq!(report.counts.sent(), expected.sent());
+    assert_eq!(report.counts.created, delivered - 2);
+    assert_eq!(report.counts.updated, 1);
+    assert_eq!(report.counts.suppressed, 1);
+    assert_eq!(report.counts.rejected, expected.invalid.len() as u64);
+    assert_eq!(report.counts.invalid, expected.missing_email);
+    assert_eq!(report.counts.duplicates, expected.duplicates);
     let suppressed: Vec<_> = report
         .issues
         .iter()
@@ -227,8 +226,8 @@ async fn exports_exactly_the_segments_valid_deduplicated_contacts() {
             .count() as u64,
         expected.missing_email
     );
-    assert_eq!(report.batches, expected.sent().div_ceil(1000));
-    assert_eq!(imports(&w.sim), report.batches as usize);
+    assert_eq!(report.counts.batches, expected.sent().div_ceil(1000));
+    assert_eq!(imports(&w.sim), report.counts.batches as usize);
 
     // The vendor saw the credential on every request; the component never set one.
     let basic = format!(
@@ -274,7 +273,7 @@ async fn json_lines_profiles_export_like_csv() {
         .unwrap();
     let expected = Expected::for_segment(SEED, PROFILES, "vip");
     assert!(report.succeeded(), "{}", report.summary());
-    assert_eq!(report.created, expected.delivered.len() as u64);
+    assert_eq!(report.counts.created, expected.delivered.len() as u64);
     assert_eq!(w.sim.subscribers(&w.list).len(), expected.delivered.len());
 }
 

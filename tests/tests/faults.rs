@@ -63,6 +63,7 @@ async fn run(w: &World, faults: Faults, broker: BrokerPolicy) -> RunReport {
         ])
         .unwrap(),
         segments: vec!["newsletter".into()],
+        leave_action: None,
     };
     let options = RunOptions {
         broker,
@@ -89,7 +90,7 @@ fn assert_every_contact_once(w: &World, report: &RunReport, resends_allowed: boo
         "contacts lost or added"
     );
     assert_eq!(
-        report.created + report.updated,
+        report.counts.created + report.counts.updated,
         expected.delivered.len() as u64
     );
     if !resends_allowed {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use connector_host::{Connection, ConnectorHost, Credential, HostOptions, Limits, Plugins, Secret};
 use connector_tests::artifacts;
+use connector_tests::harness::test_limits;
 use connector_tests::hostile::{Tripwire, variant};
 use serde_json::json;
 
@@ -65,7 +66,7 @@ async fn a_connector_cannot_choose_where_the_credential_goes() {
     ] {
         variant(dir.path(), file, json!({"id": id, "default_base_url": url}));
     }
-    let host = open(dir.path(), Limits::default()).await;
+    let host = open(dir.path(), test_limits()).await;
     let plugins = host.plugins();
     assert!(loaded(plugins).is_empty(), "{:?}", loaded(plugins));
     let tail = "a connector's own base URL must be https on one of its declared hosts (only an administrator may point a connection elsewhere)";
@@ -134,7 +135,7 @@ async fn declared_hosts_that_are_not_vendor_dns_names_are_refused_at_load() {
             json!({"id": id, "hosts": [host], "default_base_url": format!("https://{host}/api")}),
         );
     }
-    let host = open(dir.path(), Limits::default()).await;
+    let host = open(dir.path(), test_limits()).await;
     let plugins = host.plugins();
     assert!(loaded(plugins).is_empty(), "{:?}", loaded(plugins));
     for (file, words) in [
@@ -180,7 +181,7 @@ async fn two_files_claiming_one_id_are_both_set_aside_and_reported() {
         "twin-b.wasm",
         json!({"id": "twin", "display_name": "Twin B"}),
     );
-    let host = open(dir.path(), Limits::default()).await;
+    let host = open(dir.path(), test_limits()).await;
     let plugins = host.plugins();
     assert!(loaded(plugins).is_empty(), "{:?}", loaded(plugins));
     for file in ["cm.wasm", "impostor.wasm"] {
@@ -235,7 +236,7 @@ async fn only_regular_files_under_the_size_cap_are_read() {
     std::fs::copy(artifacts::CAMPAIGN_MONITOR, d.join("real.bin")).unwrap();
     std::os::unix::fs::symlink(d.join("real.bin"), d.join("campaign-monitor.wasm")).unwrap();
 
-    let host = open(d, Limits::default()).await;
+    let host = open(d, test_limits()).await;
     let plugins = host.plugins();
     assert_eq!(loaded(plugins), ["campaign-monitor"]);
     for (file, words) in [
@@ -277,7 +278,7 @@ async fn compiling_and_describe_have_deadlines() {
     let limits = Limits {
         describe_timeout: Duration::from_secs(1),
         cpu_time: Some(Duration::from_millis(500)),
-        ..Limits::default()
+        ..test_limits()
     };
     let host = open(dir.path(), limits).await;
     let plugins = host.plugins();
@@ -326,7 +327,7 @@ async fn what_describe_says_is_cleaned_before_anyone_reads_it() {
     );
     // A file name is connector-supplied text too.
     std::fs::write(dir.path().join("\u{1b}[31mevil.txt"), b"x").unwrap();
-    let host = open(dir.path(), Limits::default()).await;
+    let host = open(dir.path(), test_limits()).await;
     let plugins = host.plugins();
     let info = &plugins.require("shouty").unwrap().info;
     assert_eq!(

@@ -12,7 +12,7 @@ use connector_host::{
     StaticResolver,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::plugin_dir;
+use connector_tests::harness::{plugin_dir, test_limits};
 use connector_tests::hostile::{FloodVendor, variant};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
@@ -39,7 +39,7 @@ async fn world() -> World {
         memory_bytes: 64 << 20,
         cpu_time: Some(Duration::from_secs(1)),
         call_timeout: Duration::from_secs(30),
-        ..Limits::default()
+        ..test_limits()
     };
     let host = ConnectorHost::open(
         plugins.path(),
@@ -82,6 +82,7 @@ fn export(w: &World, mode: Option<&str>) -> Export {
         settings,
         mapping: FieldMapping::parse(&["email=email"]).unwrap(),
         segments: vec!["newsletter".into()],
+        leave_action: None,
     }
 }
 
@@ -121,7 +122,7 @@ async fn hostile_at(w: &World, base_url: &str, mode: &str, options: RunOptions) 
         "the healthy run next to `{mode}` failed: {}",
         healthy.summary()
     );
-    assert!(healthy.created + healthy.updated > 0);
+    assert!(healthy.counts.created + healthy.counts.updated > 0);
     let hostile = hostile.unwrap();
     eprintln!("hostile `{mode}`: {:?}", hostile.status);
     hostile
@@ -238,7 +239,11 @@ async fn a_request_flood_is_paced_not_failed() {
         .skip(started)
         .filter(|r| r.path.starts_with("/api/v3.3/lists/"))
         .collect();
-    assert!(flood.len() as u64 > report.batches * 30, "{}", flood.len());
+    assert!(
+        flood.len() as u64 > report.counts.batches * 30,
+        "{}",
+        flood.len()
+    );
     let span = flood
         .last()
         .unwrap()
@@ -263,7 +268,7 @@ async fn a_report_claiming_more_contacts_than_sent_is_a_contract_violation() {
         "{}",
         failure(&report)
     );
-    assert_eq!(report.created, 0, "a refused report was counted");
+    assert_eq!(report.counts.created, 0, "a refused report was counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +288,7 @@ async fn components_outside_the_contract_are_refused_at_load_with_the_reason() {
         ("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR),
         ("file-reader.wasm", artifacts::FILE_READER),
         ("not-a-connector.wasm", artifacts::NOT_A_CONNECTOR),
-        ("future.wasm", artifacts::CONTRACT_V0_2),
+        ("future.wasm", artifacts::CONTRACT_FUTURE),
     ]);
     let cache = tempfile::tempdir().unwrap();
     let options = HostOptions {
@@ -328,7 +333,7 @@ async fn components_outside_the_contract_are_refused_at_load_with_the_reason() {
     );
     assert_eq!(
         reason("future.wasm"),
-        "built for cdp:connector@0.2.0, which this host does not support; it supports cdp:connector@0.1.x"
+        "built for cdp:connector@0.3.0, which this host does not support; it supports cdp:connector@0.1.x and cdp:connector@0.2.x"
     );
 
     // Every component that compiled is in the cache; a second start loads from it.
@@ -362,7 +367,7 @@ async fn other_loopback_ports_than_the_administrators_are_refused() {
         )),
         "{error}"
     );
-    assert_eq!(report.created, 0);
+    assert_eq!(report.counts.created, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +426,7 @@ async fn reasons_from_a_connector_cannot_forge_or_hide_lines() {
     let w = world().await;
     let report = hostile_beside_healthy(&w, "forged-report", RunOptions::default()).await;
     assert!(report.succeeded(), "{}", report.summary());
-    assert!(report.rejected > 0);
+    assert!(report.counts.rejected > 0);
     for issue in &report.issues {
         for text in [&issue.code, &issue.message] {
             assert!(!text.chars().any(char::is_control), "{text:?}");
@@ -490,11 +495,11 @@ async fn a_declared_name_resolving_to_a_private_address_is_refused_before_dialli
             dir.path(),
             HostOptions {
                 cache_dir: Some(artifacts::COMPILE_CACHE.into()),
+                limits: test_limits(),
                 network: NetworkOptions {
                     resolver: Some(Arc::new(resolver)),
                     ..NetworkOptions::default()
                 },
-                ..HostOptions::default()
             },
         )
         .await

@@ -1,11 +1,27 @@
 //! Campaign Monitor (createsend API v3.3) export connector.
 //!
 //! Sends contacts with the bulk import endpoint (`POST /subscribers/{list}/import.json`, at most
-//! 1,000 a call), joins first and last name into the subscriber name, always sends
+//! 1,000 a call), joins first and last name into the subscriber name, sends the list's own custom
+//! fields an export maps (clearing those a contact has no value for), always sends
 //! `Resubscribe: false` so people who left stay out, and turns the vendor's partial-failure answer
 //! (HTTP 400, Code 210, `ResultData`) into per-contact outcomes. Contract: shared/vendors/campaign-monitor.md.
+//!
+//! Leave actions. Campaign Monitor has two subscriber-level ways to stop mailing someone, and
+//! under this product's rule of never resubscribing (`Resubscribe: false`) neither can be undone:
+//! - `unsubscribe`: `POST /subscribers/{list}/unsubscribe.json` with the address (createsend-python
+//!   `Subscriber.unsubscribe`). Unsubscribed people are only re-activated by an import with
+//!   `Resubscribe: true` (vendor contract section 6, [S16]); an import without it reports them
+//!   with Code 206 and leaves them out.
+//! - `delete`: `DELETE /subscribers/{list}.json?email=` "moves this subscriber to the deleted state"
+//!   (createsend-python `Subscriber.delete`); deleted people likewise come back only with
+//!   `Resubscribe: true` (Code 205 otherwise).
+//!
+//! Campaign Monitor has no archive or tag that would make a reversible action. Both actions
+//! first read the subscriber (`GET /subscribers/{list}.json?email=`) and touch only an `Active`
+//! one: anyone unsubscribed, deleted, bounced or unconfirmed is reported suppressed, untouched,
+//! and an address the list no longer has (Code 203) needs nothing more.
 
-use cdp_connector_sdk::http::{self, Response};
+use cdp_connector_sdk::http::{self, Method, Request, Response};
 use cdp_connector_sdk::*;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +36,10 @@ const SUPPRESSED_CODES: [i64; 5] = [204, 205, 206, 207, 208];
 const INVALID_LIST_ID: i64 = 101;
 /// Error code of an import that partly failed; the good rows were imported.
 const IMPORT_HAD_FAILURES: i64 = 210;
+/// Error code of a subscriber lookup or removal for an address the list does not have.
+const NOT_IN_LIST: i64 = 203;
+/// Contact fields every export can map; any other mapped field is one of the list's custom fields.
+const DECLARED_FIELDS: [&str; 4] = ["email", "first-name", "last-name", "consent-to-track"];
 
 impl Connector for CampaignMonitor {
     fn describe() -> ConnectorInfo {
@@ -50,6 +70,21 @@ impl Connector for CampaignMonitor {
                 field("last-name", "Last name", false),
                 field("consent-to-track", "Consent to track (yes/no)", false),
             ],
+            custom_fields: true,
+            leave_actions: vec![
+                LeaveAction::new(
+                    "unsubscribe",
+                    "Unsubscribe",
+                    "Unsubscribes the contact from the list. Irreversible: Campaign Monitor re-activates unsubscribed people only when they subscribe again themselves.",
+                    false,
+                ),
+                LeaveAction::new(
+                    "delete",
+                    "Delete",
+                    "Moves the contact to the list's deleted state. Irreversible: a deleted contact cannot be added back by an export.",
+                    false,
+                ),
+            ],
             max_batch_size: MAX_BATCH,
             // Campaign Monitor publishes no concurrency or rate limit for imports (it throttles
             // with 429, which the host's broker rides out).
@@ -72,10 +107,36 @@ impl Connector for CampaignMonitor {
             "{}/lists/{}.json",
             config.base_url, settings.list_id
         ))?;
-        if response.is_success() {
+        if !response.is_success() {
+            return Err(vendor_error(&response, settings.list_id));
+        }
+        let custom: Vec<&str> = config.custom_fields(&DECLARED_FIELDS).collect();
+        if custom.is_empty() {
             return Ok(());
         }
-        Err(vendor_error(&response, settings.list_id))
+        let response = http::get(&format!(
+            "{}/lists/{}/customfields.json",
+            config.base_url, settings.list_id
+        ))?;
+        if !response.is_success() {
+            return Err(vendor_error(&response, settings.list_id));
+        }
+        let fields: Vec<CustomField> = response.json()?;
+        for wanted in custom {
+            if !fields.iter().any(|f| same_key(&f.key, wanted)) {
+                let known: Vec<&str> = fields.iter().map(|f| f.key.as_str()).collect();
+                return Err(ConnectorError::invalid_config(format!(
+                    "list `{}` has no custom field `{wanted}` (its custom fields: {})",
+                    settings.list_id,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn export_batch(
@@ -86,11 +147,29 @@ impl Connector for CampaignMonitor {
         if let Some(empty) = check_batch("Campaign Monitor", &contacts, MAX_BATCH)? {
             return Ok(empty);
         }
+        let maps_name = config.maps("first-name") || config.maps("last-name");
+        let custom: Vec<&str> = config.custom_fields(&DECLARED_FIELDS).collect();
         let subscribers = contacts
             .iter()
             .map(|c| Subscriber {
                 email_address: c.email.trim(),
-                name: c.full_name(),
+                // A mapped name the contact no longer has is cleared, not kept.
+                name: c.full_name().or_else(|| maps_name.then(String::new)),
+                custom_fields: custom
+                    .iter()
+                    .map(|key| match c.attribute(key) {
+                        Some(value) => CustomFieldValue {
+                            key: bare_key(key),
+                            value,
+                            clear: false,
+                        },
+                        None => CustomFieldValue {
+                            key: bare_key(key),
+                            value: "",
+                            clear: true,
+                        },
+                    })
+                    .collect(),
                 consent_to_track: c
                     .attribute("consent-to-track")
                     .map(consent_value)
@@ -122,6 +201,109 @@ impl Connector for CampaignMonitor {
         };
         report(&contacts, result)
     }
+
+    fn apply_leave_action(
+        config: ExportConfig,
+        action: String,
+        contacts: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        let settings = Settings::from(&config)?;
+        if let Some(empty) = check_batch("Campaign Monitor", &contacts, MAX_BATCH)? {
+            return Ok(empty);
+        }
+        let list_url = format!("{}/subscribers/{}", config.base_url, settings.list_id);
+        let remove = |email: &str| -> Result<Request, ConnectorError> {
+            let query = format!("email={}", http::encode_component(email));
+            match action.as_str() {
+                "unsubscribe" => Request::json(
+                    Method::Post,
+                    format!("{list_url}/unsubscribe.json"),
+                    &Unsubscribe {
+                        email_address: email,
+                    },
+                ),
+                "delete" => Ok(Request {
+                    method: Method::Delete,
+                    url: format!("{list_url}.json?{query}"),
+                    body: None,
+                }),
+                other => Err(ConnectorError::invalid_config(format!(
+                    "Campaign Monitor has no leave action `{other}` (it has: unsubscribe, delete)"
+                ))),
+            }
+        };
+        // Read each subscriber first: only an Active one is touched.
+        let lookups: Vec<Request> = contacts
+            .iter()
+            .map(|c| {
+                let query = http::encode_component(c.email.trim());
+                Request::get(format!("{list_url}.json?email={query}"))
+            })
+            .collect();
+        let mut report = ReportBuilder::new("Campaign Monitor", &contacts);
+        let (mut acted, mut to_remove) = (0u32, vec![]);
+        for (contact, answer) in contacts.iter().zip(http::send_all(&lookups)) {
+            let answer = answer?;
+            let email = contact.email.trim();
+            if answer.is_success() {
+                let details: SubscriberDetails = answer.json()?;
+                if details.state == "Active" {
+                    to_remove.push(email);
+                } else {
+                    report.issue(
+                        email,
+                        IssueKind::Suppressed,
+                        details.state.clone(),
+                        format!(
+                            "Subscriber is {}; left untouched",
+                            details.state.to_lowercase()
+                        ),
+                    )?;
+                }
+            } else if envelope_code(&answer) == Some(NOT_IN_LIST) {
+                acted += 1; // gone already: nothing to do
+            } else {
+                return Err(vendor_error(&answer, settings.list_id));
+            }
+        }
+        let removals: Vec<Request> = to_remove
+            .iter()
+            .map(|e| remove(e))
+            .collect::<Result<_, _>>()?;
+        for (email, answer) in to_remove.iter().zip(http::send_all(&removals)) {
+            let answer = answer?;
+            if answer.is_success() || envelope_code(&answer) == Some(NOT_IN_LIST) {
+                acted += 1;
+            } else if answer.status == 400 {
+                let error = vendor_error(&answer, settings.list_id);
+                report.issue(
+                    email,
+                    IssueKind::Rejected,
+                    error.vendor_code.clone().unwrap_or_default(),
+                    error.message,
+                )?;
+            } else {
+                return Err(vendor_error(&answer, settings.list_id));
+            }
+        }
+        report.finish(0, acted)
+    }
+}
+
+/// Whether a custom-field key as the list reports it (`[favouritecolour]`) names the field an
+/// export maps (`favouritecolour` or `[FavouriteColour]`).
+fn same_key(listed: &str, mapped: &str) -> bool {
+    bare_key(listed).eq_ignore_ascii_case(bare_key(mapped))
+}
+
+/// A custom-field key without its brackets, as imports send it.
+fn bare_key(key: &str) -> &str {
+    key.trim().trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The Code of a Campaign Monitor error envelope, if the answer is one.
+fn envelope_code(response: &Response) -> Option<i64> {
+    response.json::<Envelope>().ok().map(|e| e.code)
 }
 
 fn field(key: &str, label: &str, required: bool) -> ContactField {
@@ -190,7 +372,38 @@ struct Subscriber<'a> {
     email_address: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    custom_fields: Vec<CustomFieldValue<'a>>,
     consent_to_track: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CustomFieldValue<'a> {
+    key: &'a str,
+    value: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    clear: bool,
+}
+
+/// One of a list's custom fields, as `GET /lists/{id}/customfields.json` lists them.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CustomField {
+    key: String,
+}
+
+/// What `GET /subscribers/{list}.json?email=` says of a subscriber (the fields read here).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SubscriberDetails {
+    state: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Unsubscribe<'a> {
+    email_address: &'a str,
 }
 
 #[derive(Deserialize)]

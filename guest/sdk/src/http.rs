@@ -73,6 +73,86 @@ pub fn send_with_headers(
     extra: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Response, ConnectorError> {
+    start(method, url, extra, body)?.wait()
+}
+
+/// One request of [`send_all`].
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    /// A JSON body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Request {
+    /// `GET url`.
+    pub fn get(url: String) -> Request {
+        Request {
+            method: Method::Get,
+            url,
+            body: None,
+        }
+    }
+
+    /// `method url` with `body` serialised as JSON.
+    pub fn json<T: Serialize>(
+        method: Method,
+        url: String,
+        body: &T,
+    ) -> Result<Request, ConnectorError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ConnectorError::internal(format!("could not encode the request: {e}")))?;
+        Ok(Request {
+            method,
+            url,
+            body: Some(bytes),
+        })
+    }
+}
+
+/// Sends every request at once (the host's broker keeps to the vendor's limit on requests in
+/// flight) and returns each answer in the same order.
+pub fn send_all(requests: &[Request]) -> Vec<Result<Response, ConnectorError>> {
+    let started: Vec<Result<Pending, ConnectorError>> = requests
+        .iter()
+        .map(|r| start(clone_method(&r.method), &r.url, &[], r.body.as_deref()))
+        .collect();
+    started
+        .into_iter()
+        .map(|pending| pending.and_then(Pending::wait))
+        .collect()
+}
+
+fn clone_method(method: &Method) -> Method {
+    match method {
+        Method::Get => Method::Get,
+        Method::Head => Method::Head,
+        Method::Post => Method::Post,
+        Method::Put => Method::Put,
+        Method::Delete => Method::Delete,
+        Method::Connect => Method::Connect,
+        Method::Options => Method::Options,
+        Method::Trace => Method::Trace,
+        Method::Patch => Method::Patch,
+        Method::Other(m) => Method::Other(m.clone()),
+    }
+}
+
+/// A request sent, its answer not read yet.
+pub struct Pending {
+    url: String,
+    answer: outgoing_handler::FutureIncomingResponse,
+    written: std::io::Result<()>,
+    finished: Result<(), ErrorCode>,
+}
+
+/// Sends a request with its whole body, without waiting for the answer.
+pub fn start(
+    method: Method,
+    url: &str,
+    extra: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Pending, ConnectorError> {
     let target = Url::parse(url)?;
     let mut headers: Vec<(String, Vec<u8>)> = vec![("accept".into(), b"application/json".to_vec())];
     headers.extend(
@@ -103,11 +183,11 @@ pub fn send_with_headers(
     let outgoing_body = request
         .body()
         .map_err(|_| ConnectorError::internal("request body unavailable"))?;
-    let pending = outgoing_handler::handle(request, None).map_err(|e| transport(url, &e))?;
+    let answer = outgoing_handler::handle(request, None).map_err(|e| transport(url, &e))?;
 
     // Stream the body; without content-length it goes out chunked, which avoids a race where the
     // host closes the stream as soon as the declared length has arrived.
-    let write_result = (|| -> std::io::Result<()> {
+    let written = (|| -> std::io::Result<()> {
         let mut stream = outgoing_body
             .write()
             .map_err(|_| std::io::Error::other("body stream unavailable"))?;
@@ -117,52 +197,65 @@ pub fn send_with_headers(
         }
         Ok(())
     })();
-    let finish_result = OutgoingBody::finish(outgoing_body, None);
-
-    // The response future carries the real reason when the host refused the request, so look
-    // there before reporting a body write failure.
-    let response = loop {
-        match pending.get() {
-            Some(result) => break result,
-            None => pending.subscribe().block(),
-        }
-    };
-    let response = match response {
-        Ok(Ok(response)) => response,
-        Ok(Err(code)) => return Err(transport(url, &code)),
-        Err(()) => return Err(ConnectorError::internal("response already taken")),
-    };
-    if let Err(e) = write_result {
-        return Err(ConnectorError::new(
-            ErrorKind::Transport,
-            format!("sending to {url} failed: {e}"),
-        ));
-    }
-    if let Err(code) = finish_result {
-        return Err(transport(url, &code));
-    }
-
-    let status = response.status();
-    let incoming = response
-        .consume()
-        .map_err(|_| ConnectorError::internal("response body unavailable"))?;
-    let mut bytes = Vec::new();
-    {
-        let mut stream = incoming
-            .stream()
-            .map_err(|_| ConnectorError::internal("response body unavailable"))?;
-        stream.read_to_end(&mut bytes).map_err(|e| {
-            ConnectorError::new(
-                ErrorKind::Transport,
-                format!("reading the answer from {url} failed: {e}"),
-            )
-            .retryable(true)
-        })?;
-    }
-    Ok(Response {
-        status,
-        body: bytes,
+    let finished = OutgoingBody::finish(outgoing_body, None);
+    Ok(Pending {
+        url: url.to_string(),
+        answer,
+        written,
+        finished,
     })
+}
+
+impl Pending {
+    /// Waits for the answer and reads it whole. Transport failures (including a request the
+    /// host refused) become `transport` errors that say what happened.
+    pub fn wait(self) -> Result<Response, ConnectorError> {
+        let url = &self.url;
+        // The answer carries the real reason when the host refused the request, so look there
+        // before reporting a body write failure.
+        let response = loop {
+            match self.answer.get() {
+                Some(result) => break result,
+                None => self.answer.subscribe().block(),
+            }
+        };
+        let response = match response {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => return Err(transport(url, &code)),
+            Err(()) => return Err(ConnectorError::internal("response already taken")),
+        };
+        if let Err(e) = self.written {
+            return Err(ConnectorError::new(
+                ErrorKind::Transport,
+                format!("sending to {url} failed: {e}"),
+            ));
+        }
+        if let Err(code) = self.finished {
+            return Err(transport(url, &code));
+        }
+
+        let status = response.status();
+        let incoming = response
+            .consume()
+            .map_err(|_| ConnectorError::internal("response body unavailable"))?;
+        let mut bytes = Vec::new();
+        {
+            let mut stream = incoming
+                .stream()
+                .map_err(|_| ConnectorError::internal("response body unavailable"))?;
+            stream.read_to_end(&mut bytes).map_err(|e| {
+                ConnectorError::new(
+                    ErrorKind::Transport,
+                    format!("reading the answer from {url} failed: {e}"),
+                )
+                .retryable(true)
+            })?;
+        }
+        Ok(Response {
+            status,
+            body: bytes,
+        })
+    }
 }
 
 fn transport(url: &str, code: &ErrorCode) -> ConnectorError {

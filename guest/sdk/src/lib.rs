@@ -40,12 +40,12 @@ pub mod bindings {
 pub use bindings::export_connector;
 pub use bindings::exports::cdp::connector::export_destination::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
-    ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind,
+    ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind, LeaveAction,
 };
 pub use report::{ReportBuilder, check_batch};
 
 /// The contract version this SDK implements.
-pub const CONTRACT_VERSION: &str = "0.1.1";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 impl ExportConfig {
     /// The value of a setting, or an `invalid-config` error naming it.
@@ -63,6 +63,32 @@ impl ExportConfig {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the export maps this contact field (then a contact without a value for it means
+    /// the vendor's value should be cleared).
+    pub fn maps(&self, field: &str) -> bool {
+        self.fields.iter().any(|f| f == field)
+    }
+
+    /// The mapped fields that are not among `declared` (the list's own custom fields).
+    pub fn custom_fields<'a>(&'a self, declared: &'a [&str]) -> impl Iterator<Item = &'a str> {
+        self.fields
+            .iter()
+            .map(String::as_str)
+            .filter(move |f| !declared.contains(f))
+    }
+}
+
+impl LeaveAction {
+    /// A leave action to declare in `describe`.
+    pub fn new(id: &str, label: &str, help: &str, reversible: bool) -> LeaveAction {
+        LeaveAction {
+            id: id.into(),
+            label: label.into(),
+            help: help.into(),
+            reversible,
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub use limits::{DEFAULT_MAX_IN_FLIGHT, MAX_DECLARED_IN_FLIGHT};
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
 
 use crate::contract::AuthScheme;
-use crate::export::Credential;
+use crate::run::Credential;
 use crate::text;
 use body::{BodyError, HeldBody};
 

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use connector_host::state::{CredentialKind, StoredCredential, Trigger};
+use connector_host::state::{CredentialKind, StoredCredential};
 use connector_host::{
     Access, Actor, Connection, ConnectionRequest, ConnectorHost, Credential, Export, ExportRequest,
     FieldMapping, HostOptions, MasterKey, NoProgress, ProfileSource, Role, RunOptions, RunReport,
-    Secret, State, Workspace,
+    RunRequest, Secret, State, Workspace,
 };
 use connector_tests::artifacts;
 use connector_tests::sample::GeneratedSource;
@@ -193,6 +193,7 @@ fn export_to(sim: &SimProcess, connector: &str) -> (Connection, Export) {
             ])
             .unwrap(),
             segments: vec!["everyone".into()],
+            leave_action: None,
         },
     )
 }
@@ -377,10 +378,10 @@ async fn main() -> Result<()> {
             "   {:<18} {:>9.2} {:>12.0} {:>14.1} {:>9} {:>9}",
             connector,
             wall.as_secs_f64(),
-            report.profiles as f64 / wall.as_secs_f64(),
+            report.counts.profiles as f64 / wall.as_secs_f64(),
             rss,
             report.requests,
-            report.sent
+            report.counts.sent()
         );
     }
 
@@ -397,7 +398,7 @@ async fn main() -> Result<()> {
         let (report, wall, _) =
             run(&host, connector, &sim, &source, Some(args.concurrency)).await?;
         // Every call (validation included) waits the latency; `concurrency` of them at a time.
-        let ceiling = (report.batches as f64 / args.concurrency as f64).ceil()
+        let ceiling = (report.counts.batches as f64 / args.concurrency as f64).ceil()
             * args.latency_ms as f64
             / 1000.0
             + args.latency_ms as f64 / 1000.0;
@@ -405,7 +406,7 @@ async fn main() -> Result<()> {
             "   {:<18} {:>9.2} {:>9} {:>10.2} {:>7.3}",
             connector,
             wall.as_secs_f64(),
-            report.batches,
+            report.counts.batches,
             ceiling,
             wall.as_secs_f64() / ceiling
         );
@@ -566,13 +567,15 @@ async fn saved_run(
                 ],
                 segments: export.segments,
                 schedule: None,
+                leave_action: None,
+                confirm_irreversible: false,
             },
         )
         .await?;
     reset_peak_rss();
     let started = Instant::now();
     let outcome = workspace
-        .run_export(&admin, "bench", Trigger::OnDemand, false, &NoProgress, None)
+        .run_export(&admin, "bench", RunRequest::default(), &NoProgress, None)
         .await?;
     let wall = started.elapsed();
     if !outcome.report.succeeded() {

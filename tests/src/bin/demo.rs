@@ -126,6 +126,7 @@ async fn main() -> Result<()> {
                 settings: vec![("list-id".into(), cm_list.clone())],
                 mapping: mapping.clone(),
                 segments: vec![args.campaign_monitor_segment.clone()],
+                leave_action: None,
             },
         ),
         (
@@ -139,6 +140,7 @@ async fn main() -> Result<()> {
                 settings: vec![("audience-id".into(), mc_audience.clone())],
                 mapping,
                 segments: vec![args.mailchimp_segment.clone()],
+                leave_action: None,
             },
         ),
     ];

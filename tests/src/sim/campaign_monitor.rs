@@ -1,8 +1,12 @@
 //! A local Campaign Monitor (createsend API v3.3) that behaves like the real one as described in
-//! shared/vendors/campaign-monitor.md: Basic auth with the API key, list lookup, bulk import
-//! with its limits, consent rules, partial failures in the `Code 210` shape, and no
-//! resubscription, and OAuth bearer tokens that expire and are renewed at `/oauth/token` with a
-//! rotating refresh token. Every subscriber is kept in a ledger for tests to inspect.
+//! shared/vendors/campaign-monitor.md: Basic auth with the API key, list lookup and custom
+//! fields, bulk import with its limits, consent rules, custom-field values (bracketed or bare
+//! keys, `Clear`), partial failures in the `Code 210` shape and no resubscription; single add,
+//! unsubscribe (`POST /subscribers/{list}/unsubscribe.json`) and delete (`DELETE
+//! /subscribers/{list}.json?email=`, the deleted state) as createsend-python calls them; subscriber
+//! details with their documented fields; 404 for a route it does not have; and OAuth bearer
+//! tokens that expire and are renewed at `/oauth/token` with a rotating refresh token. Every
+//! subscriber is kept in a ledger for tests to inspect.
 //!
 //! Points the contract marks UNCONFIRMED are fields of [`Behaviour`], so they are easy to change.
 
@@ -74,9 +78,12 @@ pub struct Subscriber {
     pub email: String,
     pub name: String,
     pub state: SubscriberState,
+    /// By the field's key, without brackets (as subscriber details show them).
     pub custom_fields: BTreeMap<String, String>,
     /// How many import calls included this address.
     pub imports: u32,
+    /// When the subscriber joined the list.
+    pub joined: String,
 }
 
 #[derive(Debug)]
@@ -84,6 +91,8 @@ struct List {
     client_id: String,
     title: String,
     subscribers: BTreeMap<String, Subscriber>,
+    /// Custom fields: (name, key without brackets, data type).
+    custom_fields: Vec<(String, String, String)>,
 }
 
 #[derive(Debug)]
@@ -214,9 +223,19 @@ impl CampaignMonitorSim {
                 client_id: client_id.into(),
                 title: title.into(),
                 subscribers: BTreeMap::new(),
+                custom_fields: vec![],
             },
         );
         id
+    }
+
+    /// Adds a custom field to a list; its key is the name without spaces (as in CM's fixtures).
+    pub fn add_custom_field(&self, list_id: &str, name: &str, data_type: &str) {
+        let mut s = self.state.lock().unwrap();
+        let list = s.lists.get_mut(list_id).expect("known list");
+        let key: String = name.chars().filter(|c| !c.is_whitespace()).collect();
+        list.custom_fields
+            .push((name.into(), key, data_type.into()));
     }
 
     /// Puts a subscriber on a list directly (as if added long ago), in any state.
@@ -231,6 +250,7 @@ impl CampaignMonitorSim {
                 state,
                 custom_fields: BTreeMap::new(),
                 imports: 0,
+                joined: now_text(),
             },
         );
     }
@@ -410,7 +430,14 @@ fn route(
                 json!({"ListID": id, "Title": list.title, "UnsubscribePage": "", "UnsubscribeSetting": "AllClientLists", "ConfirmedOptIn": false, "ConfirmationSuccessPage": ""}),
             )
         }
-        ("GET", ["lists", id, "customfields"]) if list_of(s, id) => (StatusCode::OK, json!([])),
+        ("GET", ["lists", id, "customfields"]) if list_of(s, id) => {
+            let fields: Vec<Value> = s.lists[*id]
+                .custom_fields
+                .iter()
+                .map(|(name, key, data_type)| json!({"FieldName": name, "Key": format!("[{key}]"), "DataType": data_type, "FieldOptions": [], "VisibleInPreferenceCenter": true}))
+                .collect();
+            (StatusCode::OK, Value::Array(fields))
+        }
         ("GET", ["subscribers", id]) if list_of(s, id) => {
             let email = uri
                 .query()
@@ -429,20 +456,70 @@ fn route(
                         .unwrap_or_default();
                     (
                         StatusCode::OK,
-                        json!({"EmailAddress": sub.email, "Name": sub.name, "State": sub.state.as_str(),
+                        json!({"EmailAddress": sub.email, "Name": sub.name, "Date": sub.joined,
+                        "ListJoinedDate": sub.joined, "State": sub.state.as_str(),
                         "CustomFields": sub.custom_fields.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-                        "ConsentToTrack": consent}),
+                        "ReadsEmailWith": "", "ConsentToTrack": consent}),
                     )
                 }
-                None => error(
-                    StatusCode::BAD_REQUEST,
-                    203,
-                    "Subscriber not in list or has already been removed.",
-                ),
+                None => not_in_list(),
             }
         }
         ("POST", ["subscribers", id, "import"]) if list_of(s, id) => import(s, id, body),
-        (_, ["lists", ..] | ["subscribers", ..]) => unknown_list(s),
+        ("POST", ["subscribers", id]) if list_of(s, id) => add_one(s, id, body),
+        ("POST", ["subscribers", id, "unsubscribe"]) if list_of(s, id) => {
+            let email = prop(
+                &serde_json::from_slice::<Value>(body).unwrap_or_default(),
+                "EmailAddress",
+            )
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+            match s
+                .lists
+                .get_mut(*id)
+                .unwrap()
+                .subscribers
+                .get_mut(email.trim())
+            {
+                Some(sub) if sub.state != SubscriberState::Deleted => {
+                    sub.state = SubscriberState::Unsubscribed;
+                    (StatusCode::OK, Value::Null)
+                }
+                _ => not_in_list(),
+            }
+        }
+        ("DELETE", ["subscribers", id]) if list_of(s, id) => {
+            let email = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("email="))
+                .map(percent_decode)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            match s
+                .lists
+                .get_mut(*id)
+                .unwrap()
+                .subscribers
+                .get_mut(email.trim())
+            {
+                Some(sub) if sub.state != SubscriberState::Deleted => {
+                    sub.state = SubscriberState::Deleted;
+                    (StatusCode::OK, Value::Null)
+                }
+                _ => not_in_list(),
+            }
+        }
+        // Known routes with a list ID the caller does not own: Code 101.
+        ("GET", ["lists", id] | ["lists", id, "customfields"] | ["subscribers", id])
+        | ("POST", ["subscribers", id, "import" | "unsubscribe"] | ["subscribers", id])
+        | ("DELETE", ["subscribers", id])
+            if !list_of(s, id) =>
+        {
+            unknown_list(s)
+        }
         _ => error(StatusCode::NOT_FOUND, 404, "Not found"),
     }
 }
@@ -484,6 +561,51 @@ fn prop<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+fn not_in_list() -> Answer {
+    error(
+        StatusCode::BAD_REQUEST,
+        203,
+        "Subscriber not in list or has already been removed.",
+    )
+}
+
+/// The time as Campaign Monitor writes it (`2024-05-02 10:28:00`).
+fn now_text() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// `POST /subscribers/{list}.json`: one subscriber, through the same rules as an import; the
+/// answer is the address as a JSON string.
+fn add_one(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
+    let Ok(row) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            400,
+            "Failed to deserialize your request. Please check the documentation and try again.",
+        );
+    };
+    let resubscribe = prop(&row, "Resubscribe")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let request = json!({"Subscribers": [row], "Resubscribe": resubscribe});
+    let (status, answer) = import(s, list_id, request.to_string().as_bytes());
+    if !status.is_success() {
+        let failure = answer["ResultData"]["FailureDetails"][0].clone();
+        return match failure.get("Code").and_then(Value::as_i64) {
+            Some(code) => error(
+                StatusCode::BAD_REQUEST,
+                code,
+                failure["Message"].as_str().unwrap_or(""),
+            ),
+            None => (status, answer),
+        };
+    }
+    (
+        StatusCode::CREATED,
+        row.get("EmailAddress").cloned().unwrap_or(Value::Null),
+    )
 }
 
 fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
@@ -539,6 +661,7 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
     }
 
     let report_suppressed = s.behaviour.report_suppressed_rows;
+    let list_fields = s.lists[list_id].custom_fields.clone();
     let success_status = s.behaviour.import_success_status;
     let client_id = s.lists[list_id].client_id.clone();
     let mut seen = std::collections::HashSet::new();
@@ -612,6 +735,7 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
                     state: SubscriberState::Active,
                     custom_fields: BTreeMap::new(),
                     imports: 0,
+                    joined: now_text(),
                 })
             }
         };
@@ -628,12 +752,19 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
             let Some(k) = prop(field, "Key").and_then(Value::as_str) else {
                 continue;
             };
-            let k = k.trim_start_matches('[').trim_end_matches(']').to_string();
+            // Bracketed or bare keys, matched without regard to case; unknown keys are ignored.
+            let bare = k.trim_start_matches('[').trim_end_matches(']');
+            let Some((_, key, _)) = list_fields
+                .iter()
+                .find(|(_, key, _)| key.eq_ignore_ascii_case(bare))
+            else {
+                continue;
+            };
             if prop(field, "Clear").and_then(Value::as_bool) == Some(true) {
-                sub.custom_fields.remove(&k);
+                sub.custom_fields.remove(key);
             } else if let Some(v) = prop(field, "Value").and_then(Value::as_str) {
                 sub.custom_fields
-                    .insert(k, v.chars().take(MAX_FIELD_VALUE).collect());
+                    .insert(key.clone(), v.chars().take(MAX_FIELD_VALUE).collect());
             }
         }
     }

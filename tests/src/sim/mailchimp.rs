@@ -1,7 +1,11 @@
 //! A local Mailchimp Marketing API 3.0 that behaves like the real one as described in
 //! shared/vendors/mailchimp.md: API-key Basic auth and OAuth bearer tokens, the data-centre check,
-//! audience lookup, batch subscribe with its 500-member limit and per-member errors, member status
-//! rules (no resubscribing unsubscribed, cleaned or deleted contacts), problem+json errors, and at
+//! audience lookup and merge fields, batch subscribe with its 500-member limit and per-member
+//! errors, member status rules (no resubscribing unsubscribed, cleaned or deleted contacts, but
+//! `pending` accepted for an unsubscribed member, who is then mailed an opt-in request: section
+//! 11b), single-member lookup (by subscriber hash or URL-encoded email), PUT upsert with
+//! `status_if_new`, archive (`DELETE` member, reversible by adding the contact again), tags as
+//! static segments (bulk add and remove, 500 at a time, section 7), problem+json errors, and at
 //! most 10 simultaneous connections per account. Every member is kept in a ledger.
 //!
 //! On loopback there is no `<dc>.api.mailchimp.com` host name, so the data centre moves into the
@@ -55,6 +59,8 @@ pub enum Status {
     Cleaned,
     Pending,
     Transactional,
+    /// Archived (`DELETE` member): out of the audience until added again.
+    Archived,
 }
 
 impl Status {
@@ -65,6 +71,7 @@ impl Status {
             "cleaned" => Status::Cleaned,
             "pending" => Status::Pending,
             "transactional" => Status::Transactional,
+            "archived" => Status::Archived,
             _ => return None,
         })
     }
@@ -75,6 +82,7 @@ impl Status {
             Status::Cleaned => "cleaned",
             Status::Pending => "pending",
             Status::Transactional => "transactional",
+            Status::Archived => "archived",
         }
     }
 }
@@ -86,8 +94,10 @@ pub struct Member {
     pub status: Status,
     pub merge_fields: BTreeMap<String, String>,
     pub tags: BTreeSet<String>,
-    /// How many batch calls created or updated this member.
+    /// How many calls created or updated this member.
     pub writes: u32,
+    /// How many opt-in confirmation emails Mailchimp sent them (a member set to `pending`).
+    pub confirmation_emails: u32,
 }
 
 #[derive(Debug)]
@@ -108,7 +118,10 @@ struct Audience {
     members: BTreeMap<String, Member>,
     /// Lowercased emails that were permanently deleted.
     forgotten: HashSet<String>,
-    required_merge_fields: Vec<String>,
+    /// The audience's merge fields (tag, required), FNAME and LNAME to begin with.
+    merge_fields: Vec<(String, bool)>,
+    /// Static segment (tag) ids, by name.
+    tag_ids: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -284,22 +297,34 @@ impl MailchimpSim {
                 web_id,
                 members: BTreeMap::new(),
                 forgotten: HashSet::new(),
-                required_merge_fields: vec![],
+                merge_fields: vec![("FNAME".into(), false), ("LNAME".into(), false)],
+                tag_ids: BTreeMap::new(),
             },
         );
         id
     }
 
-    /// Makes a merge field required in an audience.
+    /// Makes a merge field required in an audience (adding it if new).
     pub fn require_merge_field(&self, audience: &str, tag: &str) {
-        self.state
-            .lock()
-            .unwrap()
+        self.set_merge_field(audience, tag, true);
+    }
+
+    /// Adds a merge field to an audience.
+    pub fn add_merge_field(&self, audience: &str, tag: &str) {
+        self.set_merge_field(audience, tag, false);
+    }
+
+    fn set_merge_field(&self, audience: &str, tag: &str, required: bool) {
+        let mut s = self.state.lock().unwrap();
+        let fields = &mut s
             .audiences
             .get_mut(audience)
             .expect("known audience")
-            .required_merge_fields
-            .push(tag.into());
+            .merge_fields;
+        match fields.iter_mut().find(|(t, _)| t == tag) {
+            Some(field) => field.1 = required,
+            None => fields.push((tag.into(), required)),
+        }
     }
 
     /// Puts a member in an audience directly (as if added long ago).
@@ -323,6 +348,7 @@ impl MailchimpSim {
                     .collect(),
                 tags: BTreeSet::new(),
                 writes: 0,
+                confirmation_emails: 0,
             },
         );
     }
@@ -475,23 +501,60 @@ async fn serve(
         }
         ("GET", ["lists", id]) if owned(&s, id) => Ok(ok(audience_json(id, &s.audiences[*id]))),
         ("GET", ["lists", id, "merge-fields"]) if owned(&s, id) => {
-            let required = &s.audiences[*id].required_merge_fields;
-            let fields: Vec<Value> = [("FNAME", "First Name", 1), ("LNAME", "Last Name", 2)]
+            let fields: Vec<Value> = s.audiences[*id]
+                .merge_fields
                 .iter()
-                .map(|(tag, name, merge_id)| json!({"merge_id": merge_id, "tag": tag, "name": name, "type": "text", "required": required.iter().any(|r| r == tag), "default_value": "", "public": true, "display_order": merge_id, "list_id": id}))
+                .enumerate()
+                .map(|(i, (tag, required))| json!({"merge_id": i + 1, "tag": tag, "name": tag, "type": "text", "required": required, "default_value": "", "public": true, "display_order": i + 1, "list_id": id}))
                 .collect();
+            let total = fields.len();
             Ok(ok(
-                json!({"merge_fields": fields, "list_id": id, "total_items": 2}),
+                json!({"merge_fields": fields, "list_id": id, "total_items": total}),
             ))
         }
         ("GET", ["lists", id, "members", who]) if owned(&s, id) => {
-            let hash = if who.contains('@') {
-                subscriber_hash(&percent_decode(who))
-            } else {
-                who.to_string()
-            };
-            let member = s.audiences[*id].members.get(&hash).ok_or_else(not_found)?;
+            let member = s.audiences[*id]
+                .members
+                .get(&member_hash(who))
+                .ok_or_else(not_found)?;
             Ok(ok(member_json(id, member)))
+        }
+        ("PUT", ["lists", id, "members", who]) if owned(&s, id) => {
+            put_member(&mut s, id, &member_hash(who), body).map(ok)
+        }
+        ("DELETE", ["lists", id, "members", who]) if owned(&s, id) => {
+            let audience = s.audiences.get_mut(*id).unwrap();
+            let member = audience
+                .members
+                .get_mut(&member_hash(who))
+                .ok_or_else(not_found)?;
+            member.status = Status::Archived;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("POST", ["lists", id, "members", who, "tags"]) if owned(&s, id) => {
+            member_tags(&mut s, id, &member_hash(who), body)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("GET", ["lists", id, "segments"]) if owned(&s, id) => {
+            let audience = &s.audiences[*id];
+            let segments: Vec<Value> = audience
+                .tag_ids
+                .iter()
+                .map(|(name, sid)| {
+                    let count = audience.members.values().filter(|m| m.tags.contains(name)).count();
+                    json!({"id": sid, "name": name, "member_count": count, "type": "static", "list_id": id})
+                })
+                .collect();
+            let total = segments.len();
+            Ok(ok(
+                json!({"segments": segments, "list_id": id, "total_items": total}),
+            ))
+        }
+        ("POST", ["lists", id, "segments"]) if owned(&s, id) => {
+            create_segment(&mut s, id, body).map(ok)
+        }
+        ("POST", ["lists", id, "segments", sid]) if owned(&s, id) => {
+            change_segment(&mut s, id, sid, body).map(ok)
         }
         ("POST", ["lists", id]) if owned(&s, id) => batch(&mut s, id, uri, body).map(ok),
         (_, ["lists", id, ..]) if !owned(&s, id) => Err(not_found()),
@@ -658,12 +721,81 @@ fn member_error(email: &str, error: String, code: &str) -> Value {
     json!({"email_address": email, "error": error, "error_code": code})
 }
 
+/// A `true` query flag, whatever its case (`skip_merge_validation=TRUE` counts).
+fn flag(uri: &Uri, name: &str) -> bool {
+    uri.query().unwrap_or("").split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == name && v.eq_ignore_ascii_case("true"))
+    })
+}
+
+/// The subscriber hash a member path names: the hash itself, or the (URL-encoded) address.
+fn member_hash(who: &str) -> String {
+    let who = percent_decode(who);
+    if who.contains('@') {
+        subscriber_hash(&who)
+    } else {
+        who.to_lowercase()
+    }
+}
+
+/// The known merge fields of a member object's `merge_fields` (unknown tags are ignored).
+fn merge_fields_of(audience: &Audience, m: &Value) -> BTreeMap<String, String> {
+    m.get("merge_fields")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let tag = audience
+                .merge_fields
+                .iter()
+                .find(|(t, _)| t.eq_ignore_ascii_case(k))?;
+            Some((tag.0.clone(), v.as_str()?.to_string()))
+        })
+        .collect()
+}
+
+/// What a write may not do to a member in this status (compliance rules, section 5 and 11b).
+fn refusal(
+    email: &str,
+    member: Option<&Member>,
+    forgotten: bool,
+    status: Status,
+) -> Option<(String, &'static str)> {
+    let wants_in = matches!(status, Status::Subscribed | Status::Pending);
+    if forgotten && wants_in && member.is_none() {
+        return Some((
+            format!(
+                "{email} was permanently deleted and cannot be re-imported. The contact must re-subscribe to get back on the list."
+            ),
+            "Forgotten Email Not Subscribed",
+        ));
+    }
+    let current = member.map(|m| m.status)?;
+    let compliance = match (current, status) {
+        (Status::Cleaned, s) if wants_in || s == Status::Transactional => true,
+        // An unsubscribed member may be asked back (`pending` mails them an opt-in request) but
+        // never subscribed directly.
+        (Status::Unsubscribed, Status::Subscribed) => true,
+        _ => false,
+    };
+    compliance.then(|| (format!("{email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed."), "Member In Compliance State"))
+}
+
+/// Sets a member's status, counting the opt-in email a move to `pending` sends.
+fn set_status(member: &mut Member, status: Status) {
+    if status == Status::Pending && member.status != Status::Pending {
+        member.confirmation_emails += 1;
+    }
+    member.status = status;
+}
+
 /// `POST /lists/{id}`: batch subscribe or update members.
 fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer, Problem> {
-    let query = uri.query().unwrap_or("");
-    let flag = |name: &str| query.split('&').any(|kv| kv == format!("{name}=true"));
-    let (skip_merge_validation, skip_duplicate_check) =
-        (flag("skip_merge_validation"), flag("skip_duplicate_check"));
+    let (skip_merge_validation, skip_duplicate_check) = (
+        flag(uri, "skip_merge_validation"),
+        flag(uri, "skip_duplicate_check"),
+    );
     let request: Value = serde_json::from_slice(body).map_err(|_| {
         problem(
             StatusCode::BAD_REQUEST,
@@ -731,30 +863,23 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
             ));
             continue;
         }
-        let Some(status) = m
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(Status::parse)
-        else {
-            errors.push(member_error(
-                &email,
-                "Please provide a valid status.".into(),
-                "ERROR_GENERIC",
-            ));
-            continue;
+        // A status is needed to create a member; an update without one keeps the member's own
+        // (shared/vendors/mailchimp.md marks the batch's per-item requirement UNCONFIRMED).
+        let status = match m.get("status").and_then(Value::as_str) {
+            None => None,
+            Some(text) => match Status::parse(text) {
+                Some(status) => Some(status),
+                None => {
+                    errors.push(member_error(
+                        &email,
+                        "Please provide a valid status.".into(),
+                        "ERROR_GENERIC",
+                    ));
+                    continue;
+                }
+            },
         };
-        let wants_in = matches!(status, Status::Subscribed | Status::Pending);
-        if audience.forgotten.contains(&lower) && wants_in {
-            errors.push(member_error(&email, format!("{email} was permanently deleted and cannot be re-imported. The contact must re-subscribe to get back on the list."), "ERROR_GENERIC"));
-            continue;
-        }
-        let merge_fields: BTreeMap<String, String> = m
-            .get("merge_fields")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-            .collect();
+        let merge_fields = merge_fields_of(audience, m);
         let tags: Vec<String> = m
             .get("tags")
             .and_then(Value::as_array)
@@ -762,46 +887,84 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
             .flatten()
             .filter_map(|t| t.as_str().map(str::to_string))
             .collect();
+        for tag in &tags {
+            let next = 1 + audience.tag_ids.values().max().copied().unwrap_or(1000);
+            audience.tag_ids.entry(tag.clone()).or_insert(next);
+        }
         let hash = subscriber_hash(&email);
+        let forgotten = audience.forgotten.contains(&lower);
+        let existing = audience
+            .members
+            .get(&hash)
+            .filter(|m| m.status != Status::Archived);
+        if let Some(status) = status
+            && let Some((error, _)) = refusal(&email, existing, forgotten, status)
+        {
+            errors.push(member_error(&email, error, "ERROR_GENERIC"));
+            continue;
+        }
         match audience.members.get_mut(&hash) {
-            Some(_) if !update_existing => {
-                errors.push(member_error(&email, format!("{email} is already a list member, do you want to update? please provide update_existing:true in the request body"), "ERROR_CONTACT_EXISTS"));
-            }
-            Some(existing)
-                if wants_in
-                    && matches!(existing.status, Status::Unsubscribed | Status::Cleaned) =>
-            {
-                errors.push(member_error(&email, format!("{email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed."), "ERROR_GENERIC"));
-            }
-            Some(existing) => {
-                existing.status = status;
-                existing.merge_fields.extend(merge_fields);
-                if sync_tags {
-                    existing.tags.clear();
+            Some(member) if member.status != Status::Archived => {
+                if !update_existing {
+                    errors.push(member_error(&email, format!("{email} is already a list member, do you want to update? please provide update_existing:true in the request body"), "ERROR_CONTACT_EXISTS"));
+                    continue;
                 }
-                existing.tags.extend(tags);
-                existing.writes += 1;
-                updated.push(member_json(id, existing));
+                if let Some(status) = status {
+                    set_status(member, status);
+                }
+                member.merge_fields.extend(merge_fields);
+                if sync_tags {
+                    member.tags.clear();
+                }
+                member.tags.extend(tags);
+                member.writes += 1;
+                updated.push(member_json(id, member));
             }
-            None => {
+            archived => {
+                // New, or archived and added back (archiving is reversible, section 11b).
+                let Some(status) = status else {
+                    errors.push(member_error(
+                        &email,
+                        "Please provide a valid status.".into(),
+                        "ERROR_GENERIC",
+                    ));
+                    continue;
+                };
                 let missing: Vec<&String> = audience
-                    .required_merge_fields
+                    .merge_fields
                     .iter()
-                    .filter(|f| !merge_fields.contains_key(*f))
+                    .filter(|(tag, required)| {
+                        *required && merge_fields.get(tag).is_none_or(|v| v.is_empty())
+                    })
+                    .map(|(tag, _)| tag)
                     .collect();
                 if !missing.is_empty() && !skip_merge_validation {
                     errors.push(json!({"email_address": email, "error": "Your merge fields were invalid.", "error_code": "ERROR_GENERIC", "field": missing[0], "field_message": "Please enter a value"}));
                     continue;
                 }
-                let member = Member {
-                    email: email.clone(),
-                    status,
-                    merge_fields,
-                    tags: tags.into_iter().collect(),
-                    writes: 1,
+                let member = match archived {
+                    Some(member) => {
+                        member.merge_fields.extend(merge_fields);
+                        member.tags.extend(tags);
+                        member.writes += 1;
+                        set_status(member, status);
+                        member.clone()
+                    }
+                    None => {
+                        let mut member = Member {
+                            email: email.clone(),
+                            status: Status::Subscribed,
+                            merge_fields,
+                            tags: tags.into_iter().collect(),
+                            writes: 1,
+                            confirmation_emails: 0,
+                        };
+                        set_status(&mut member, status);
+                        audience.members.insert(hash, member.clone());
+                        member
+                    }
                 };
                 created.push(member_json(id, &member));
-                audience.members.insert(hash, member);
             }
         }
     }
@@ -814,6 +977,232 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
         errors,
         _links: [],
     })
+}
+
+/// `PUT /lists/{id}/members/{hash}`: add or update one member; `status_if_new` applies only to
+/// a new member, `status` (if sent) changes an existing one (section 5).
+fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<MemberView, Problem> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse Error",
+            "We encountered an unspecified JSON parsing error.",
+        )
+    })?;
+    let email = request
+        .get("email_address")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if !is_valid_email(&email) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid Resource",
+            "Please provide a valid email address.",
+        ));
+    }
+    if subscriber_hash(&email) != hash {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Member Exists",
+            format!("{email} is already a list member. Use PUT to insert or update list members."),
+        ));
+    }
+    let status = request
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(Status::parse);
+    let status_if_new = request
+        .get("status_if_new")
+        .and_then(Value::as_str)
+        .and_then(Status::parse);
+    let audience = s.audiences.get_mut(id).unwrap();
+    let merge_fields = merge_fields_of(audience, &request);
+    let forgotten = audience.forgotten.contains(&email.to_lowercase());
+    let existing = audience
+        .members
+        .get(hash)
+        .filter(|m| m.status != Status::Archived);
+    let wanted = if existing.is_some() {
+        status
+    } else {
+        status.or(status_if_new)
+    };
+    if existing.is_none() && wanted.is_none() {
+        return Err(invalid_resource(
+            json!([{"field": "status_if_new", "message": "This value should not be blank."}]),
+        ));
+    }
+    if let Some(wanted) = wanted
+        && let Some((detail, title)) = refusal(&email, existing, forgotten, wanted)
+    {
+        return Err(problem(StatusCode::BAD_REQUEST, title, detail));
+    }
+    let member = audience
+        .members
+        .entry(hash.to_string())
+        .or_insert_with(|| Member {
+            email: email.clone(),
+            status: Status::Subscribed,
+            merge_fields: BTreeMap::new(),
+            tags: BTreeSet::new(),
+            writes: 0,
+            confirmation_emails: 0,
+        });
+    if let Some(wanted) = wanted {
+        set_status(member, wanted);
+    }
+    member.merge_fields.extend(merge_fields);
+    member.writes += 1;
+    Ok(member_json(id, member))
+}
+
+/// `POST /lists/{id}/members/{hash}/tags`: `active` adds a tag, `inactive` removes it.
+fn member_tags(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<(), Problem> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse Error",
+            "We encountered an unspecified JSON parsing error.",
+        )
+    })?;
+    let audience = s.audiences.get_mut(id).unwrap();
+    let changes: Vec<(String, bool)> = request
+        .get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("name")?.as_str()?.to_string(),
+                t.get("status")?.as_str()? == "active",
+            ))
+        })
+        .collect();
+    for (name, _) in changes.iter().filter(|(_, active)| *active) {
+        let next = 1 + audience.tag_ids.values().max().copied().unwrap_or(1000);
+        audience.tag_ids.entry(name.clone()).or_insert(next);
+    }
+    let member = audience.members.get_mut(hash).ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "Resource Not Found",
+            "The requested resource could not be found.",
+        )
+    })?;
+    for (name, active) in changes {
+        if active {
+            member.tags.insert(name);
+        } else {
+            member.tags.remove(&name);
+        }
+    }
+    Ok(())
+}
+
+/// `POST /lists/{id}/segments`: a static segment (a tag), with its first members.
+fn create_segment(s: &mut State, id: &str, body: &[u8]) -> Result<Value, Problem> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse Error",
+            "We encountered an unspecified JSON parsing error.",
+        )
+    })?;
+    let Some(name) = request.get("name").and_then(Value::as_str) else {
+        return Err(invalid_resource(
+            json!([{"field": "name", "message": "This value should not be blank."}]),
+        ));
+    };
+    let audience = s.audiences.get_mut(id).unwrap();
+    let next = 1 + audience.tag_ids.values().max().copied().unwrap_or(1000);
+    let sid = *audience.tag_ids.entry(name.to_string()).or_insert(next);
+    for email in request
+        .get("static_segment")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if let Some(m) = audience.members.get_mut(&subscriber_hash(email)) {
+            m.tags.insert(name.to_string());
+        }
+    }
+    let count = audience
+        .members
+        .values()
+        .filter(|m| m.tags.contains(name))
+        .count();
+    Ok(json!({"id": sid, "name": name, "member_count": count, "type": "static", "list_id": id}))
+}
+
+/// `POST /lists/{id}/segments/{segment}`: add and remove members of a static segment (a tag),
+/// at most 500 each; addresses the audience does not have are listed in `errors`.
+fn change_segment(s: &mut State, id: &str, sid: &str, body: &[u8]) -> Result<Value, Problem> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse Error",
+            "We encountered an unspecified JSON parsing error.",
+        )
+    })?;
+    let audience = s.audiences.get_mut(id).unwrap();
+    let Some(name) = audience
+        .tag_ids
+        .iter()
+        .find(|(_, v)| v.to_string() == sid)
+        .map(|(k, _)| k.clone())
+    else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "Resource Not Found",
+            "The requested resource could not be found.",
+        ));
+    };
+    let list = |key: &str| -> Vec<String> {
+        request
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let (add, remove) = (list("members_to_add"), list("members_to_remove"));
+    if add.len() > MAX_BATCH || remove.len() > MAX_BATCH {
+        return Err(invalid_resource(
+            json!([{"field": "members_to_add", "message": format!("Schema describes array, maximum {MAX_BATCH} items")}]),
+        ));
+    }
+    let (mut added, mut removed, mut missing) = (vec![], vec![], vec![]);
+    for (emails, adding) in [(&add, true), (&remove, false)] {
+        for email in emails {
+            match audience.members.get_mut(&subscriber_hash(email)) {
+                Some(member) => {
+                    if adding {
+                        member.tags.insert(name.clone());
+                        added.push(member_json(id, member));
+                    } else {
+                        member.tags.remove(&name);
+                        removed.push(member_json(id, member));
+                    }
+                }
+                None => missing.push(email.clone()),
+            }
+        }
+    }
+    let errors: Vec<Value> = if missing.is_empty() {
+        vec![]
+    } else {
+        vec![
+            json!({"email_addresses": missing, "error": "Email addresses do not belong to the list"}),
+        ]
+    };
+    Ok(
+        json!({"members_added": added, "members_removed": removed, "errors": errors,
+        "total_added": added.len(), "total_removed": removed.len(), "error_count": errors.len()}),
+    )
 }
 
 fn invalid_resource(errors: Value) -> Problem {

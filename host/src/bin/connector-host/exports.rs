@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use connector_host::state::Trigger;
 use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_PROFILES_SETTING};
-use connector_host::{ConsoleProgress, ExportRequest, Schedule};
+use connector_host::{ConsoleProgress, ExportRequest, RunRequest, Schedule};
 
 use crate::input::parse_settings;
 use crate::output::print_table;
@@ -34,6 +34,15 @@ pub enum ExportCommand {
         /// day-of-week), e.g. "0 6 * * *"; `connector-host serve` runs it.
         #[arg(long)]
         schedule: Option<String>,
+        /// What happens at the vendor to contacts sent before that leave the segment: one of
+        /// the connector's leave actions (`connector-host plugins` lists them), e.g. archive.
+        /// Without it, leavers are only reported.
+        #[arg(long, value_name = "ACTION")]
+        leave_action: Option<String>,
+        /// Confirm an irreversible leave action (unsubscribing, deleting): people who rejoin
+        /// the segment cannot be added back by the export.
+        #[arg(long, requires = "leave_action")]
+        confirm_irreversible: bool,
     },
     /// List the exports.
     List,
@@ -41,12 +50,21 @@ pub enum ExportCommand {
     Show { name: String },
     /// Remove an export and its schedule; its run history stays.
     Remove { name: String },
-    /// Run an export now; a run cut short (crash, kill, shutdown) is resumed.
+    /// Run an export now: only contacts that are new, changed, returning or unsettled are sent,
+    /// and the leave action applies to those who left. A run cut short or failed is continued.
     Run {
+        /// The export's name.
         name: String,
-        /// Start afresh instead of resuming a run cut short.
+        /// Start a new run instead of continuing one cut short or failed.
         #[arg(long)]
         fresh: bool,
+        /// Send every contact, not only what changed since the last run.
+        #[arg(long)]
+        full: bool,
+        /// Say what a run would do (how many would be sent, skipped and acted on as leavers,
+        /// with examples) without sending anything or changing any state.
+        #[arg(long, conflicts_with = "fresh")]
+        dry_run: bool,
         /// Batches in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
@@ -74,6 +92,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             mappings,
             segments,
             schedule,
+            leave_action,
+            confirm_irreversible,
         } => {
             let workspace = session.workspace_with_host().await?;
             let record = workspace
@@ -86,6 +106,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                         mapping: mappings.clone(),
                         segments: segments.clone(),
                         schedule: schedule.clone(),
+                        leave_action: leave_action.clone(),
+                        confirm_irreversible: *confirm_irreversible,
                     },
                 )
                 .await?;
@@ -142,6 +164,20 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
             println!("  mapping      {}", e.mapping.join(", "));
             println!("  segments     {}", e.segments.join(", "));
+            println!(
+                "  leave action {}",
+                e.leave_action
+                    .as_deref()
+                    .unwrap_or("none (leavers are only reported)")
+            );
+            let synced: Vec<String> = state
+                .sync_counts(&e)?
+                .into_iter()
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect();
+            if !synced.is_empty() {
+                println!("  sync state   {}", synced.join(", "));
+            }
             match &e.schedule {
                 Some(text) => println!(
                     "  schedule     {text} (UTC): {}",
@@ -156,8 +192,14 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 .filter(|r| r.export_id == e.id)
             {
                 println!(
-                    "  run #{:<6} {:<11} {}  sent {}, rejected {}",
-                    r.id, r.status, r.started_at, r.sent, r.rejected
+                    "  run #{:<6} {:<11} {}  sent {}, unchanged {}, rejected {}, left {}",
+                    r.id,
+                    r.status,
+                    r.started_at,
+                    r.counts.sent(),
+                    r.counts.unchanged,
+                    r.counts.rejected + r.counts.still_rejected,
+                    r.counts.leaving
                 );
             }
         }
@@ -169,9 +211,21 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
         ExportCommand::Run {
             name,
             fresh,
+            full,
+            dry_run,
             concurrency,
             json,
         } => {
+            if *dry_run {
+                let workspace = session.workspace_with_host().await?;
+                let plan = workspace.plan_export(&actor, name, *full).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    print!("{}", plan.summary());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let workspace =
                 session
                     .workspace_with_host()
@@ -185,8 +239,11 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 .run_export(
                     &actor,
                     name,
-                    Trigger::OnDemand,
-                    *fresh,
+                    RunRequest {
+                        trigger: Trigger::OnDemand,
+                        fresh: *fresh,
+                        full: *full,
+                    },
                     &progress,
                     Some(stop_on_signals()),
                 )
@@ -200,7 +257,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     println!("run {}", outcome.run_id);
                 }
                 print!("{}", outcome.report.summary());
-                if outcome.report.rejected + outcome.report.suppressed > 0 {
+                if !outcome.report.issues.is_empty() {
                     println!(
                         "  every contact not delivered: connector-host runs rejections {} --csv",
                         outcome.run_id

@@ -61,18 +61,30 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                         r.status.to_string(),
                         r.started_at.clone(),
                         r.finished_at.clone().unwrap_or_else(|| "-".into()),
-                        r.sent.to_string(),
-                        r.created.to_string(),
-                        r.updated.to_string(),
-                        r.rejected.to_string(),
+                        r.counts.sent().to_string(),
+                        r.counts.created.to_string(),
+                        r.counts.updated.to_string(),
+                        r.counts.unchanged.to_string(),
+                        (r.counts.rejected + r.counts.still_rejected).to_string(),
+                        r.counts.leaving.to_string(),
                         r.retries.to_string(),
                     ]
                 })
                 .collect();
             print_table(
                 &[
-                    "RUN", "EXPORT", "STATUS", "STARTED", "ENDED", "SENT", "CREATED", "UPDATED",
-                    "REJECTED", "RETRIES",
+                    "RUN",
+                    "EXPORT",
+                    "STATUS",
+                    "STARTED",
+                    "ENDED",
+                    "SENT",
+                    "CREATED",
+                    "UPDATED",
+                    "UNCHANGED",
+                    "REJECTED",
+                    "LEFT",
+                    "RETRIES",
                 ],
                 &rows,
             );
@@ -104,15 +116,22 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                         i.profile_id,
                         i.email,
                         format!("{:?}", i.kind).to_lowercase(),
+                        format!("{:?}", i.stage).to_lowercase(),
                         i.code,
                         i.message,
+                        i.since.unwrap_or_default(),
                     ]);
                     Ok(())
                 })?;
                 if rows.is_empty() {
                     println!("every contact of run {id} was delivered");
                 } else {
-                    print_table(&["PROFILE", "EMAIL", "KIND", "CODE", "REASON"], &rows);
+                    print_table(
+                        &[
+                            "PROFILE", "EMAIL", "KIND", "STAGE", "CODE", "REASON", "SINCE",
+                        ],
+                        &rows,
+                    );
                 }
             }
         },
@@ -121,28 +140,59 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
 }
 
 fn print_run(r: &RunRecord) {
+    let c = &r.counts;
     println!("run {} of export {} ({})", r.id, r.export, r.connector);
-    println!("  status       {}", r.status);
+    println!("  status        {}", r.status);
     if let Some(error) = &r.error {
-        println!("  error        {error}");
+        println!("  error         {error}");
     }
-    println!("  trigger      {} by {}", r.trigger, r.started_by);
-    println!("  started      {}", r.started_at);
-    println!("  ended        {}", r.finished_at.as_deref().unwrap_or("-"));
+    println!("  trigger       {} by {}", r.trigger, r.started_by);
+    if let Some(mode) = &r.mode {
+        println!("  mode          {mode}");
+    }
+    println!("  started       {}", r.started_at);
+    println!(
+        "  ended         {}",
+        r.finished_at.as_deref().unwrap_or("-")
+    );
     if r.attempts > 1 {
         println!(
-            "  attempts     {} (resumed; {} batches were not sent again)",
-            r.attempts, r.resumed_batches
+            "  attempts      {} (continued; {} contacts settled earlier were not sent again)",
+            r.attempts, c.resumed
         );
     }
-    println!("  profiles     {}", r.profiles);
-    println!("  sent         {}", r.sent);
-    println!("  created      {}", r.created);
-    println!("  updated      {}", r.updated);
-    println!("  suppressed   {}", r.suppressed);
-    println!("  rejected     {}", r.rejected);
-    println!("  duplicates   {}", r.duplicates);
-    println!("  batches      {}", r.batches);
-    println!("  requests     {} ({} retries)", r.requests, r.retries);
-    println!("  time         {:.2} s", r.seconds);
+    println!("  profiles      {}", c.profiles);
+    println!(
+        "  sent          {} (new {}, changed {}, returning {}, resent {})",
+        c.sent(),
+        c.new,
+        c.changed,
+        c.returning,
+        c.resent
+    );
+    println!("    created     {}", c.created);
+    println!("    updated     {}", c.updated);
+    println!("    suppressed  {}", c.suppressed);
+    println!("    rejected    {}", c.rejected);
+    println!("  unchanged     {}", c.unchanged);
+    println!(
+        "  still refused {} rejected, {} suppressed",
+        c.still_rejected, c.still_suppressed
+    );
+    println!("  duplicates    {}", c.duplicates);
+    println!("  no email      {}", c.invalid);
+    println!(
+        "  left          {} (leave action {}: {} acted on, {} untouched, {} refused)",
+        c.leaving,
+        r.leave_action.as_deref().unwrap_or("none"),
+        c.left,
+        c.left_untouched,
+        c.left_refused
+    );
+    println!("  batches       {}", c.batches);
+    println!("  requests      {} ({} retries)", r.requests, r.retries);
+    for refusal in &r.refusals {
+        println!("  refused       {refusal}");
+    }
+    println!("  time          {:.2} s", r.seconds);
 }

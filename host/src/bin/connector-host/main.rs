@@ -56,7 +56,12 @@ struct Cli {
     call_timeout_seconds: f64,
     /// Time compiling one connector may take when the plugin directory loads, in seconds
     /// (compiled connectors are cached, so this is paid once per file).
-    #[arg(long, global = true, default_value_t = 10.0)]
+    #[arg(
+        long,
+        global = true,
+        env = "CONNECTOR_HOST_COMPILE_TIMEOUT",
+        default_value_t = 10.0
+    )]
     compile_timeout_seconds: f64,
     /// Largest connector file loaded from the plugin directory, in MiB.
     #[arg(long, global = true, default_value_t = 32)]

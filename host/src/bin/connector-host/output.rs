@@ -7,7 +7,7 @@ use connector_host::RunIssue;
 use connector_host::text::{MAX_MESSAGE_CHARS, clean, csv_cell};
 
 /// Writes contacts that were not delivered, with reasons, as CSV: profile_id, email, kind,
-/// code, message. No cell can start a spreadsheet formula.
+/// stage, code, message, since. No cell can start a spreadsheet formula.
 pub struct IssueCsv<W: Write> {
     writer: csv::Writer<W>,
     count: u64,
@@ -26,19 +26,32 @@ impl<W: Write> IssueCsv<W> {
     /// CSV to `out`, header first.
     pub fn new(out: W) -> Result<Self> {
         let mut writer = csv::Writer::from_writer(out);
-        writer.write_record(["profile_id", "email", "kind", "code", "message"])?;
+        writer.write_record([
+            "profile_id",
+            "email",
+            "kind",
+            "stage",
+            "code",
+            "message",
+            "since",
+        ])?;
         Ok(IssueCsv { writer, count: 0 })
     }
 
     /// One row.
     pub fn write(&mut self, i: &RunIssue) -> Result<()> {
-        let kind = serde_json::to_value(i.kind)?;
+        let (kind, stage) = (
+            serde_json::to_value(i.kind)?,
+            serde_json::to_value(i.stage)?,
+        );
         let cells = [
             &i.profile_id,
             &i.email,
             kind.as_str().unwrap_or(""),
+            stage.as_str().unwrap_or(""),
             &i.code,
             &i.message,
+            i.since.as_deref().unwrap_or(""),
         ];
         self.writer
             .write_record(cells.iter().map(|c| csv_cell(c).into_owned()))?;

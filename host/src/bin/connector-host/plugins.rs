@@ -119,5 +119,29 @@ fn print_plugin(plugin: &Plugin, status: &ApprovalStatus) {
             }
         })
         .collect();
-    println!("  fields:    {}", fields.join(", "));
+    println!(
+        "  fields:    {}{}",
+        fields.join(", "),
+        if info.custom_fields {
+            ", and the list's own fields (checked when an export is saved)"
+        } else {
+            ""
+        }
+    );
+    if info.leave_actions.is_empty() {
+        println!("  leave:     no leave actions (leavers are only reported)");
+    }
+    for a in &info.leave_actions {
+        println!(
+            "  leave:     {} ({}, {}): {}",
+            a.id,
+            a.label,
+            if a.reversible {
+                "reversible"
+            } else {
+                "IRREVERSIBLE"
+            },
+            a.help
+        );
+    }
 }

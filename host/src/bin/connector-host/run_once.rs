@@ -93,6 +93,7 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
         settings,
         mapping: FieldMapping::parse(&args.mappings)?,
         segments: args.segments.clone(),
+        leave_action: None,
     };
     let source = FileSource::new(&args.profiles, &args.memberships, &args.id_column)?;
     let broker = BrokerPolicy {

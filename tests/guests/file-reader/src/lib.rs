@@ -20,6 +20,8 @@ impl Connector for FileReader {
                 label: "Email".into(),
                 required: true,
             }],
+            custom_fields: false,
+            leave_actions: vec![],
             max_batch_size: 10,
             max_concurrent_requests: 0,
             max_requests_per_second: 0,
@@ -33,6 +35,14 @@ impl Connector for FileReader {
     fn export_batch(_: ExportConfig, _: Vec<Contact>) -> Result<BatchReport, ConnectorError> {
         let secrets = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         Err(ConnectorError::internal(secrets))
+    }
+
+    fn apply_leave_action(
+        _: ExportConfig,
+        _: String,
+        _: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        Err(ConnectorError::internal("no leave actions"))
     }
 }
 

@@ -103,6 +103,8 @@ impl Connector for Hostile {
                 label: "Email".into(),
                 required: true,
             }],
+            custom_fields: false,
+            leave_actions: vec![],
             max_batch_size: o.max_batch_size.unwrap_or(100),
             max_concurrent_requests: o.max_concurrent_requests.unwrap_or(0),
             max_requests_per_second: 0,
@@ -278,6 +280,16 @@ impl Connector for Hostile {
                 "unknown mode `{other}`"
             ))),
         }
+    }
+
+    fn apply_leave_action(
+        _config: ExportConfig,
+        action: String,
+        _contacts: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        Err(ConnectorError::invalid_config(format!(
+            "the hostile connector declares no leave action `{action}`"
+        )))
     }
 }
 

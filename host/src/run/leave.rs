@@ -1,0 +1,122 @@
+//! Contacts the export sent before that are no longer in its segment: the leave action applied to
+//! them in batches (several in flight), or, with none, just recorded as gone. Runs only after
+//! the whole segment was read and settled.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::call::{Call, Calls};
+use super::counts::RunCounts;
+use super::settle::{self, Leaver, Piece};
+use super::sync::{SyncIndex, key_hash};
+use super::{Run, RunJournal};
+use crate::contract::Contact;
+
+/// Leavers recorded at once when there is no leave action to call.
+const RECORD_AT_ONCE: usize = 10_000;
+
+/// Finds the leavers and settles each (the failure, if any, is the run's).
+pub(super) async fn apply(
+    calls: &Arc<Calls>,
+    run: &mut Run<'_>,
+    index: &SyncIndex,
+    action: Option<&str>,
+    size: usize,
+    concurrency: usize,
+    stop: &CancellationToken,
+) {
+    // Leavers an earlier attempt of this run settled are counted as they were.
+    let mut earlier = RunCounts::default();
+    let keys = index.leavers(&mut earlier);
+    if earlier != RunCounts::default() {
+        run.record(Piece {
+            contacts: vec![],
+            issues: vec![],
+            counts: earlier,
+        });
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let journal = run.journal.clone().expect("leavers come from a journal");
+    let leavers = match addresses(journal, keys).await {
+        Ok(leavers) => leavers,
+        Err(e) => return run.fail(format!("reading who left the segment failed: {e:#}")),
+    };
+    tracing::info!(
+        leavers = leavers.len(),
+        action = action.unwrap_or("none"),
+        "contacts left the segment"
+    );
+    let Some(action) = action else {
+        let mut leavers = leavers;
+        while !leavers.is_empty() {
+            let rest = leavers.split_off(leavers.len().min(RECORD_AT_ONCE));
+            run.record(settle::left(std::mem::replace(&mut leavers, rest), None));
+        }
+        return;
+    };
+
+    let mut batches = chunks(leavers, size).into_iter();
+    let mut in_flight = JoinSet::new();
+    loop {
+        let can_send = run.failure.is_none() && !stop.is_cancelled();
+        while can_send && in_flight.len() < concurrency {
+            let Some(batch) = batches.next() else { break };
+            let (calls, action) = (calls.clone(), action.to_string());
+            in_flight.spawn(async move {
+                let contacts: Vec<Contact> = batch
+                    .iter()
+                    .map(|l| Contact {
+                        email: l.email.clone(),
+                        first_name: None,
+                        last_name: None,
+                        attributes: vec![],
+                    })
+                    .collect();
+                let outcome = calls.make(Call::Leave(&action), &contacts).await;
+                (batch, outcome)
+            });
+        }
+        let Some(done) = in_flight.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((batch, Ok(report))) => run.record(settle::left(batch, Some(report))),
+            Ok((_, Err(e))) => run.fail(format!("{e:#}")),
+            Err(join) => run.fail(format!("leave task failed: {join}")),
+        }
+    }
+}
+
+/// The addresses (and digests) of the leavers, read back from the sync state.
+async fn addresses(
+    journal: Arc<dyn RunJournal>,
+    keys: std::collections::HashSet<u64>,
+) -> anyhow::Result<Vec<Leaver>> {
+    tokio::task::spawn_blocking(move || {
+        let mut leavers = Vec::with_capacity(keys.len());
+        journal.synced(&mut |s| {
+            if keys.contains(&key_hash(s.email)) {
+                leavers.push(Leaver {
+                    email: s.email.to_string(),
+                    digest: s.digest,
+                });
+            }
+            Ok(())
+        })?;
+        Ok(leavers)
+    })
+    .await?
+}
+
+fn chunks(mut leavers: Vec<Leaver>, size: usize) -> Vec<Vec<Leaver>> {
+    let mut out = vec![];
+    while !leavers.is_empty() {
+        let rest = leavers.split_off(leavers.len().min(size.max(1)));
+        out.push(std::mem::replace(&mut leavers, rest));
+    }
+    out
+}

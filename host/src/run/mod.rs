@@ -1,0 +1,387 @@
+//! Running an export: check everything, validate against the vendor, then stream the segment
+//! through the connector in batches, several in flight, sending only what the sync state says
+//! must go; then apply the export's leave action to those who left the segment. Every profile is
+//! accounted for, and each settled piece is recorded before it counts as done.
+//!
+//! One job a file: [`prepare`] (checks), [`batches`] (reading and deciding), [`call`] (the
+//! connector), [`settle`] (outcomes to records), [`leave`] (leavers), [`sync`] (sync state),
+//! [`counts`] and [`report`] (what the run did), [`plan`] (dry runs).
+
+mod batches;
+mod call;
+pub mod counts;
+mod leave;
+mod plan;
+mod prepare;
+pub mod report;
+mod settle;
+pub mod sync;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use counts::RunCounts;
+pub use plan::RunPlan;
+pub use report::{IssueKind, RunIssue, RunMode, RunReport, RunStatus, Stage};
+pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
+
+use crate::ConnectorHost;
+use crate::broker::{BrokerPolicy, RequestObserver};
+use crate::mapping::FieldMapping;
+use crate::secret::Secret;
+use crate::source::ProfileSource;
+use batches::Batch;
+use call::{Call, Calls};
+use settle::Piece;
+use sync::SyncIndex;
+
+/// A vendor account to export to.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The connector that talks to this vendor.
+    pub connector: String,
+    /// The API base URL an administrator chose, when not the connector's production one:
+    /// one of the connector's declared hosts over https, or a loopback simulator (the only
+    /// way plain http or a loopback address is ever reached). May contain `{dc}`, like the
+    /// connector's own. A connector can never choose where the credential goes.
+    pub base_url: Option<String>,
+    /// The account's data centre (e.g. `us21`), for connectors whose base URL contains `{dc}`.
+    /// When unset, it is taken from an API key's suffix (`<key>-us21`).
+    pub data_centre: Option<String>,
+    /// The credential; only the broker ever reads it.
+    pub credential: Credential,
+}
+
+/// How the connection proves who it is to the vendor.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An API key, applied the way the connector declares (`describe().auth`).
+    ApiKey(Secret),
+    /// An OAuth access token, sent as `Authorization: Bearer`.
+    AccessToken(Secret),
+}
+
+impl Credential {
+    /// The data centre an API key names after its last dash (`<key>-us21`), if any.
+    fn key_suffix(&self) -> Option<String> {
+        match self {
+            Credential::ApiKey(key) => key.expose().rsplit_once('-').map(|(_, dc)| dc.to_string()),
+            Credential::AccessToken(_) => None,
+        }
+    }
+}
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// The connector's settings (e.g. `list-id`), by key.
+    pub settings: Vec<(String, String)>,
+    /// Which profile column feeds which contact field.
+    pub mapping: FieldMapping,
+    /// The segments whose members are sent.
+    pub segments: Vec<String>,
+    /// What happens at the vendor to contacts sent before that have left the segment: one of
+    /// the connector's leave actions, or none (they are only reported).
+    pub leave_action: Option<String>,
+}
+
+/// How a run behaves. The defaults suit the shipped connectors.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Refuse runs with more profiles than this, before anything is sent.
+    pub max_profiles: u64,
+    /// Extra attempts of a batch whose connector error says it is retryable.
+    pub batch_retries: u32,
+    /// Retry, timeout and size rules for the connector's HTTP requests.
+    pub broker: BrokerPolicy,
+    /// Called for every HTTP request the connector makes.
+    pub observer: Option<RequestObserver>,
+    /// The export's sync state and the run's record. With one, a run sends only contacts that
+    /// are new, changed, returning or unsettled, applies the leave action to those who left,
+    /// and a run cut short (or failed) continues from what the vendor acknowledged. Without
+    /// one, a run sends every contact and nobody is known to leave.
+    pub journal: Option<Arc<dyn RunJournal>>,
+    /// Send every contact, whatever the sync state says, for this reason (a changed mapping,
+    /// `--full`...). Leavers are still found.
+    pub full: Option<String>,
+    /// Cancelled to stop the run cleanly: no new batch starts, the batches in flight finish and
+    /// are settled, and the report says [`RunStatus::Interrupted`].
+    pub stop: Option<CancellationToken>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            concurrency: 4,
+            max_profiles: 1_000_000,
+            batch_retries: 2,
+            broker: BrokerPolicy::default(),
+            observer: None,
+            journal: None,
+            full: None,
+            stop: None,
+        }
+    }
+}
+
+/// Receives progress as batches are acknowledged.
+pub trait Progress: Send + Sync {
+    /// The run is about to send `total` profiles (if known).
+    fn begin(&self, _total: Option<u64>) {}
+    /// `profiles` more profiles were handled (delivered, skipped or rejected).
+    fn advance(&self, _profiles: u64) {}
+    /// The run ended.
+    fn end(&self) {}
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The outcome of [`ConnectorHost::check_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The vendor accepted the credential.
+    Accepted,
+    /// The connector predates credential checks (contract 0.1.0); its exports' `validate`
+    /// checks the credential when they are saved.
+    NotSupported,
+}
+
+impl ConnectorHost {
+    /// Runs an export to the end, or until a failure stops it. Problems found before sending
+    /// (bad settings, mapping, segments, leave action, credential, list) are errors and nothing
+    /// is sent; a failure mid-run ends with a report whose status says what happened and what
+    /// was delivered.
+    pub async fn run_export(
+        &self,
+        connection: &Connection,
+        export: &Export,
+        source: &dyn ProfileSource,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<RunReport> {
+        let started = Instant::now();
+        let prepared = self.prepare(connection, export, source, options)?;
+        let stream = source.profiles(&export.segments)?;
+        if let Some(total) = stream.total
+            && total > options.max_profiles
+        {
+            bail!(
+                "the export's segments hold {total} profiles, over the limit of {} per run; nothing was sent",
+                options.max_profiles
+            );
+        }
+        self.validate(&prepared, "the export did not validate")
+            .await?;
+        let index = load_index(options).await?;
+
+        let mode = match (&options.full, &options.journal) {
+            (Some(why), _) => RunMode::Full(why.clone()),
+            (None, None) => RunMode::Full("a run without sync state sends every contact".into()),
+            (None, Some(_)) => RunMode::Delta,
+        };
+        let info = &prepared.plugin.info;
+        let mut run = Run {
+            report: RunReport::new(
+                &info.id,
+                &export.segments,
+                mode,
+                export.leave_action.as_deref(),
+            ),
+            journal: options.journal.clone(),
+            progress,
+            failure: None,
+        };
+        progress.begin(stream.total);
+        let calls = Arc::new(Calls {
+            sandbox: self.sandbox.clone(),
+            plugin: prepared.plugin.clone(),
+            config: prepared.config,
+            broker: prepared.broker.clone(),
+            retries: options.batch_retries,
+        });
+        let stop = options.stop.clone().unwrap_or_default();
+        let size = info.max_batch_size as usize;
+        let concurrency = options.concurrency.max(1);
+
+        // Phase 1: the segment, read on its own thread and sent batch by batch.
+        let (tx, mut rx) = mpsc::channel::<Batch>(concurrency * 2);
+        let mapping = prepared.mapping;
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut index = index;
+            let read = batches::read(
+                stream.profiles,
+                &mapping,
+                &mut index,
+                size,
+                &mut |_, _| {},
+                |b| tx.blocking_send(b).is_ok(),
+            );
+            (index, read)
+        });
+        let mut in_flight = JoinSet::new();
+        let mut read_all = false;
+        loop {
+            let stopping = stop.is_cancelled();
+            if (read_all || run.failure.is_some() || stopping) && in_flight.is_empty() {
+                break;
+            }
+            let can_send =
+                !read_all && run.failure.is_none() && !stopping && in_flight.len() < concurrency;
+            tokio::select! {
+                batch = rx.recv(), if can_send => match batch {
+                    Some(batch) if batch.contacts.is_empty() => run.record(settle::sent(batch, None)),
+                    Some(batch) => {
+                        let calls = calls.clone();
+                        in_flight.spawn(async move {
+                            let outcome = calls.make(Call::Export, &batch.contacts).await;
+                            (batch, outcome)
+                        });
+                    }
+                    None => read_all = true,
+                },
+                done = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match done.expect("set is not empty") {
+                        Ok((batch, Ok(outcome))) => run.record(settle::sent(batch, Some(outcome))),
+                        Ok((_, Err(e))) => run.fail(format!("{e:#}")),
+                        Err(join) => run.fail(format!("batch task failed: {join}")),
+                    }
+                }
+                _ = stop.cancelled(), if !stopping => {}
+            }
+        }
+        drop(rx);
+        // The reader stops as soon as it finds the channel closed; its own error (an unreadable
+        // row) ends the run like a failed batch.
+        let index = match reader.await {
+            Ok((index, Ok(()))) => Some(index),
+            Ok((_, Err(e))) => {
+                run.fail(format!("reading profiles failed: {e:#}"));
+                None
+            }
+            Err(join) => {
+                run.fail(format!("profile reader failed: {join}"));
+                None
+            }
+        };
+
+        // Phase 2: who left. Only once the whole segment was read and settled: a profile not
+        // read is not a leaver.
+        if let Some(index) = index
+            && read_all
+            && run.failure.is_none()
+            && !stop.is_cancelled()
+            && run.journal.is_some()
+        {
+            let action = export.leave_action.as_deref();
+            leave::apply(&calls, &mut run, &index, action, size, concurrency, &stop).await;
+        }
+        progress.end();
+        let stats = prepared.broker.stats();
+        run.report.requests = stats.requests();
+        run.report.retries = stats.retries();
+        run.report.refusals = stats.refusals();
+        if let Some(mut error) = run.failure.take() {
+            // Whatever the connector made of a refusal, the operator reads the host's words.
+            if !run.report.refusals.is_empty() {
+                error.push_str(&format!(
+                    "; the host refused {}",
+                    run.report.refusals.join("; ")
+                ));
+            }
+            run.report.status = RunStatus::Failed(error);
+        } else if !read_all || stop.is_cancelled() {
+            run.report.status = RunStatus::Interrupted;
+        }
+        run.report.duration = started.elapsed();
+        Ok(run.report)
+    }
+
+    /// What a run of the export would do, without sending anything or changing any state: how
+    /// many contacts would be sent (new, changed, returning), left unchanged, skipped, and acted
+    /// on as leavers, with a few examples of each. No request reaches the vendor.
+    pub async fn plan_export(
+        &self,
+        connector: &str,
+        export: &Export,
+        source: &dyn ProfileSource,
+        options: &RunOptions,
+    ) -> Result<RunPlan> {
+        let started = Instant::now();
+        let plugin = self.plugins.require(connector)?.clone();
+        let mapping = prepare::check_export_shape(&plugin, export, source)?;
+        let stream = source.profiles(&export.segments)?;
+        let index = load_index(options).await?;
+        let journal = options.journal.clone();
+        let size = plugin.info.max_batch_size as usize;
+        let full = options.full.clone();
+        let leave_action = export.leave_action.clone();
+        tokio::task::spawn_blocking(move || {
+            plan::plan(
+                stream,
+                &mapping,
+                index,
+                size,
+                journal.as_deref(),
+                full,
+                leave_action,
+                started,
+            )
+        })
+        .await
+        .context("the planner panicked")?
+    }
+}
+
+/// Reads the journal's sync state into memory (on a blocking thread: it is a database scan).
+async fn load_index(options: &RunOptions) -> Result<SyncIndex> {
+    let journal = options.journal.clone();
+    let full = options.full.is_some();
+    tokio::task::spawn_blocking(move || SyncIndex::load(journal.as_deref(), full))
+        .await
+        .context("reading the sync state panicked")?
+        .context("reading the export's sync state failed")
+}
+
+/// A run under way: its report so far, where it records, and the first failure.
+struct Run<'a> {
+    report: RunReport,
+    journal: Option<Arc<dyn RunJournal>>,
+    progress: &'a dyn Progress,
+    failure: Option<String>,
+}
+
+impl Run<'_> {
+    /// Records a settled piece (journal first: it only counts once durable) and counts it.
+    fn record(&mut self, piece: Piece) {
+        let mut counts = self.report.counts.clone();
+        counts.add(&piece.counts);
+        if let Some(journal) = &self.journal {
+            let settlement = Settlement {
+                contacts: &piece.contacts,
+                issues: &piece.issues,
+                counts: &counts,
+            };
+            if let Err(e) = journal.settle(&settlement) {
+                self.fail(format!("recording the run in its journal failed: {e:#}"));
+                return;
+            }
+        }
+        self.progress.advance(piece.counts.profiles);
+        self.report.counts = counts;
+        self.report.issues.extend(piece.issues);
+    }
+
+    /// Keeps the first failure.
+    fn fail(&mut self, error: String) {
+        self.failure.get_or_insert(error);
+    }
+}

@@ -1,0 +1,182 @@
+//! Dry runs: the same reading and deciding as a run, from the same sync state, with nothing sent
+//! and nothing recorded. What a dry run counts is what the next real run counts in its plan.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::batches;
+use super::counts::RunCounts;
+use super::report::{IssueKind, RunMode};
+use super::sync::{Decision, RunJournal, SyncIndex, key_hash};
+use crate::mapping::ResolvedMapping;
+use crate::source::ProfileStream;
+use crate::text::{MAX_LABEL_CHARS, clean};
+
+/// Examples kept for each kind of decision.
+const EXAMPLES: usize = 5;
+
+/// What a run of an export would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPlan {
+    #[serde(flatten)]
+    pub mode: RunMode,
+    /// The export's leave action (`none` when it has none).
+    pub leave_action: String,
+    /// The plan's counts (nothing from the vendor: nothing was sent).
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    /// A few addresses for each kind of decision (`new`, `changed`, `unchanged`, `leaving`...).
+    pub examples: BTreeMap<String, Vec<String>>,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn category(decision: Decision) -> &'static str {
+    match decision {
+        Decision::New => "new",
+        Decision::Changed => "changed",
+        Decision::Returning => "returning",
+        Decision::Resent => "resent",
+        Decision::Unchanged => "unchanged",
+        Decision::StillRejected => "still rejected",
+        Decision::StillSuppressed => "still suppressed",
+        Decision::Duplicate => "duplicates",
+        Decision::Resumed(_) => "settled earlier",
+    }
+}
+
+/// Reads the segment and the sync state as a run would, and says what it would do.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan(
+    stream: ProfileStream,
+    mapping: &ResolvedMapping,
+    mut index: SyncIndex,
+    size: usize,
+    journal: Option<&dyn RunJournal>,
+    full: Option<String>,
+    leave_action: Option<String>,
+    started: Instant,
+) -> Result<RunPlan> {
+    let mut examples: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut keep = |what: &str, example: String| {
+        let kept = examples.entry(what.to_string()).or_default();
+        if kept.len() < EXAMPLES {
+            kept.push(clean(&example, MAX_LABEL_CHARS));
+        }
+    };
+    let mut counts = RunCounts::default();
+    let mut no_email = vec![];
+    batches::read(
+        stream.profiles,
+        mapping,
+        &mut index,
+        size,
+        &mut |decision, email| keep(category(decision), email.to_string()),
+        |batch| {
+            counts.add(&batch.counts);
+            no_email.extend(
+                batch
+                    .issues
+                    .into_iter()
+                    .filter(|i| i.kind == IssueKind::Invalid)
+                    .take(EXAMPLES)
+                    .map(|i| format!("profile {}", i.profile_id)),
+            );
+            true
+        },
+    )?;
+    for example in no_email {
+        keep("no email", example);
+    }
+    let leavers = index.leavers(&mut counts);
+    counts.leaving += leavers.len() as u64;
+    if let Some(journal) = journal
+        && !leavers.is_empty()
+    {
+        journal.synced(&mut |s| {
+            if leavers.contains(&key_hash(s.email)) {
+                keep("leaving", s.email.to_string());
+            }
+            Ok(())
+        })?;
+    }
+    Ok(RunPlan {
+        mode: match full {
+            Some(why) => RunMode::Full(why),
+            None => RunMode::Delta,
+        },
+        leave_action: leave_action.unwrap_or_else(|| "none".into()),
+        counts: counts.plan(),
+        examples,
+        duration: started.elapsed(),
+    })
+}
+
+impl RunPlan {
+    /// For people: what would be sent and why, what would not, who would leave.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let mut out = String::new();
+        let mode = match &self.mode {
+            RunMode::Delta => "a delta run".to_string(),
+            RunMode::Full(why) => format!("a full run ({})", clean(why, MAX_LABEL_CHARS * 4)),
+        };
+        let _ = writeln!(
+            out,
+            "Dry run: nothing was sent or recorded; the next run would be {mode}"
+        );
+        let line = |out: &mut String, label: &str, n: u64, key: Option<&str>| {
+            let examples = key
+                .and_then(|k| self.examples.get(k))
+                .filter(|e| !e.is_empty())
+                .map(|e| format!("   e.g. {}", e.join(", ")))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {label:<22} {n:>9}{examples}");
+        };
+        line(&mut out, "profiles in segment", c.profiles, None);
+        line(&mut out, "would send", c.to_send(), None);
+        for (label, n, key) in [
+            ("  new", c.new, "new"),
+            ("  changed", c.changed, "changed"),
+            ("  returning", c.returning, "returning"),
+            ("  resent (full run)", c.resent, "resent"),
+        ] {
+            if n > 0 || label == "  new" || label == "  changed" {
+                line(&mut out, label, n, Some(key));
+            }
+        }
+        line(&mut out, "would not send", c.planned() - c.to_send(), None);
+        for (label, n, key) in [
+            ("  unchanged", c.unchanged, "unchanged"),
+            ("  still rejected", c.still_rejected, "still rejected"),
+            ("  still suppressed", c.still_suppressed, "still suppressed"),
+            ("  duplicates", c.duplicates, "duplicates"),
+            ("  no email", c.invalid, "no email"),
+            ("  settled earlier", c.resumed, "settled earlier"),
+        ] {
+            if n > 0 || label == "  unchanged" {
+                line(&mut out, label, n, Some(key));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>9}   leave action: {}{}",
+            "would leave",
+            c.leaving,
+            self.leave_action,
+            self.examples
+                .get("leaving")
+                .map(|e| format!("; e.g. {}", e.join(", ")))
+                .unwrap_or_default()
+        );
+        out
+    }
+}

@@ -1,0 +1,267 @@
+//! What a run did: its counts, every contact that was not delivered (with the reason), HTTP
+//! figures, and a summary for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::counts::RunCounts;
+use crate::text::{MAX_LABEL_CHARS, MAX_MESSAGE_CHARS, clean};
+
+/// Why a contact was not created or updated at the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IssueKind {
+    /// The vendor keeps the contact out on purpose (unsubscribed, cleaned, suppressed...).
+    Suppressed,
+    /// The vendor refused the contact's data.
+    Rejected,
+    /// Another profile of this export has the same address; it was sent once.
+    Duplicate,
+    /// The profile has no usable email address; nothing was sent.
+    Invalid,
+}
+
+/// Where in the run an issue arose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The vendor answered so for this run's send.
+    Sent,
+    /// Not sent this run: a duplicate, no address, or data the vendor refused or keeps out
+    /// before and that has not changed since.
+    Skipped,
+    /// A contact who left the segment: the leave action was refused or not needed.
+    Leaving,
+}
+
+/// One contact that was not created or updated, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunIssue {
+    /// The profile (empty for a contact who left the segment).
+    pub profile_id: String,
+    pub email: String,
+    pub kind: IssueKind,
+    pub stage: Stage,
+    /// The vendor's code, or the host's (`missing-email`, `duplicate-email`).
+    pub code: String,
+    pub message: String,
+    /// When the vendor first refused or kept out this contact, for one not sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", content = "error", rename_all = "kebab-case")]
+pub enum RunStatus {
+    Succeeded,
+    /// The run stopped; what was acknowledged before the failure is delivered and recorded,
+    /// and the next run continues from there.
+    Failed(String),
+    /// The run was asked to stop (e.g. a shutdown): the batches in flight were finished and
+    /// settled, the rest not sent. The next run of the export continues from there.
+    Interrupted,
+}
+
+/// Which contacts a run sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", content = "full_reason", rename_all = "kebab-case")]
+pub enum RunMode {
+    /// Only contacts that are new, changed, returning or unsettled (every contact, when the
+    /// export has no sync state yet).
+    Delta,
+    /// Every contact, for the reason given.
+    Full(String),
+}
+
+/// The record of one export run (or what a dry run plans).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub connector: String,
+    pub segments: Vec<String>,
+    #[serde(flatten)]
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub mode: RunMode,
+    /// The export's leave action (`none` when it has none).
+    pub leave_action: String,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    /// HTTP requests made (each attempt counts) and how many were retries.
+    pub requests: u64,
+    pub retries: u64,
+    /// What the host refused the connector (a host off its allow-list, a forbidden address, a
+    /// body over a cap...), in words, each once.
+    pub refusals: Vec<String>,
+    /// Contacts not created or updated, with the reasons.
+    pub issues: Vec<RunIssue>,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl RunReport {
+    pub(crate) fn new(
+        connector: &str,
+        segments: &[String],
+        mode: RunMode,
+        leave_action: Option<&str>,
+    ) -> RunReport {
+        RunReport {
+            connector: connector.to_string(),
+            segments: segments.to_vec(),
+            status: RunStatus::Succeeded,
+            mode,
+            leave_action: leave_action.unwrap_or("none").to_string(),
+            counts: RunCounts::default(),
+            requests: 0,
+            retries: 0,
+            refusals: vec![],
+            issues: vec![],
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// Whether the run delivered everything it was asked to.
+    pub fn succeeded(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+
+    /// A human summary: counts, time, and the reasons contacts were not delivered, grouped.
+    /// Every text that came from a connector or a profile is cleaned, so no line of the
+    /// summary can be forged or hidden.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let c = &self.counts;
+        let secs = self.duration.as_secs_f64();
+        let rate = if secs > 0.0 {
+            c.profiles as f64 / secs
+        } else {
+            0.0
+        };
+        let status = match &self.status {
+            RunStatus::Succeeded => "succeeded".to_string(),
+            RunStatus::Failed(e) => format!("FAILED: {}", clean(e, 4 * MAX_MESSAGE_CHARS)),
+            RunStatus::Interrupted => "interrupted before the end".to_string(),
+        };
+        let mode = match &self.mode {
+            RunMode::Delta => "delta run".to_string(),
+            RunMode::Full(why) => format!("full run: {}", clean(why, MAX_MESSAGE_CHARS)),
+        };
+        let _ = writeln!(
+            out,
+            "Export to {} ({}): {status}",
+            self.connector,
+            clean(&self.segments.join(", "), MAX_MESSAGE_CHARS)
+        );
+        let _ = writeln!(out, "  {mode}");
+        let line = |out: &mut String, label: &str, n: u64| {
+            let _ = writeln!(out, "  {label:<22} {n:>9}");
+        };
+        line(&mut out, "profiles in segment", c.profiles);
+        line(&mut out, "sent", c.sent());
+        for (label, n) in [
+            ("  created", c.created),
+            ("  updated", c.updated),
+            ("  suppressed", c.suppressed),
+            ("  rejected", c.rejected),
+        ] {
+            line(&mut out, label, n);
+        }
+        if c.resumed > 0 {
+            line(&mut out, "  of which earlier", c.resumed);
+        }
+        line(
+            &mut out,
+            "not sent",
+            c.profiles.saturating_sub(c.to_send() + c.resumed),
+        );
+        for (label, n) in [
+            ("  unchanged", c.unchanged),
+            ("  still rejected", c.still_rejected),
+            ("  still suppressed", c.still_suppressed),
+            ("  duplicates", c.duplicates),
+            ("  no email", c.invalid),
+        ] {
+            if n > 0 || label == "  unchanged" {
+                line(&mut out, label, n);
+            }
+        }
+        if c.leaving > 0 || self.leave_action != "none" {
+            let _ = writeln!(
+                out,
+                "  {:<22} {:>9}   (leave action: {})",
+                "left the segment", c.leaving, self.leave_action
+            );
+            for (label, n) in [
+                ("  acted on", c.left),
+                ("  untouched (kept out)", c.left_untouched),
+                ("  refused", c.left_refused),
+            ] {
+                if n > 0 {
+                    line(&mut out, label, n);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  batches {}, requests {}, retries {}",
+            c.batches, self.requests, self.retries
+        );
+        for refusal in &self.refusals {
+            let _ = writeln!(
+                out,
+                "  refused by the host: {}",
+                clean(refusal, MAX_MESSAGE_CHARS)
+            );
+        }
+        let _ = writeln!(out, "  time {secs:.2} s ({rate:.0} profiles/s)");
+        // (stage, kind, code, message) -> (count, examples)
+        type Reasons<'a> = BTreeMap<(Stage, IssueKind, &'a str, &'a str), (u64, Vec<String>)>;
+        let mut reasons: Reasons = BTreeMap::new();
+        for issue in &self.issues {
+            let entry = reasons
+                .entry((
+                    issue.stage,
+                    issue.kind,
+                    issue.code.as_str(),
+                    issue.message.as_str(),
+                ))
+                .or_default();
+            entry.0 += 1;
+            if entry.1.len() < 3 {
+                entry.1.push(match issue.email.as_str() {
+                    "" => format!("profile {}", clean(&issue.profile_id, MAX_LABEL_CHARS)),
+                    email => clean(email, MAX_LABEL_CHARS),
+                });
+            }
+        }
+        if !reasons.is_empty() {
+            let _ = writeln!(out, "  not delivered, by reason:");
+            for ((stage, kind, code, message), (count, examples)) in reasons {
+                let what = match (stage, kind) {
+                    (Stage::Sent, k) => format!("{k:?}").to_lowercase(),
+                    (Stage::Skipped, IssueKind::Rejected) => "still rejected".into(),
+                    (Stage::Skipped, IssueKind::Suppressed) => "still suppressed".into(),
+                    (Stage::Skipped, k) => format!("{k:?}").to_lowercase(),
+                    (Stage::Leaving, IssueKind::Suppressed) => "left, untouched".into(),
+                    (Stage::Leaving, _) => "left, refused".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "    {count:>7} {what} [{}] {} (e.g. {})",
+                    clean(code, MAX_LABEL_CHARS),
+                    clean(message, MAX_MESSAGE_CHARS),
+                    examples.join(", ")
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,421 @@
+//! Sync state: what the vendor acknowledged for an export, contact by contact (the normalised
+//! address, a digest of the mapped fields sent, the outcome). A run reads it once into a compact
+//! in-memory index, sends only what is new, changed, returning or unsettled, finds who left the
+//! segment, and records each settled contact through the [`RunJournal`].
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::counts::RunCounts;
+use super::report::RunIssue;
+use crate::contract::Contact;
+
+/// Where an export's contact stands with the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum SyncState {
+    Created = 1,
+    Updated = 2,
+    /// Kept out by the vendor (unsubscribed, cleaned...).
+    Suppressed = 3,
+    /// The vendor refused this data.
+    Rejected = 4,
+    /// Left the segment; the leave action was applied (or there was none).
+    Left = 5,
+    /// Left the segment while the vendor kept them out already: left untouched.
+    LeftUntouched = 6,
+    /// Left the segment; the vendor refused the leave action.
+    LeftRefused = 7,
+}
+
+impl SyncState {
+    /// The state stored as this code (see the `repr`).
+    pub fn from_code(code: u8) -> Option<SyncState> {
+        use SyncState::*;
+        [
+            Created,
+            Updated,
+            Suppressed,
+            Rejected,
+            Left,
+            LeftUntouched,
+            LeftRefused,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == code)
+    }
+
+    /// At the vendor and in the segment: a leaver if they leave it.
+    fn delivered(self) -> bool {
+        matches!(self, SyncState::Created | SyncState::Updated)
+    }
+
+    fn left(self) -> bool {
+        matches!(
+            self,
+            SyncState::Left | SyncState::LeftUntouched | SyncState::LeftRefused
+        )
+    }
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncState::Created => "created",
+            SyncState::Updated => "updated",
+            SyncState::Suppressed => "suppressed",
+            SyncState::Rejected => "rejected",
+            SyncState::Left => "left",
+            SyncState::LeftUntouched => "left untouched",
+            SyncState::LeftRefused => "left refused",
+        })
+    }
+}
+
+/// One contact of an export's sync state, as the journal reads it back.
+pub struct Synced<'a> {
+    /// The normalised address (see [`crate::email`]).
+    pub email: &'a str,
+    pub digest: u64,
+    pub state: SyncState,
+    /// Whether an earlier attempt of the run being made settled it.
+    pub this_run: bool,
+    /// For a contact the vendor refused or keeps out: why, and since when.
+    pub reason: Option<SyncReason<'a>>,
+}
+
+/// Why the vendor refused or keeps out a contact, and since when.
+pub struct SyncReason<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+    /// When it first happened (RFC 3339).
+    pub since: &'a str,
+}
+
+/// [`SyncReason`], kept.
+pub(crate) struct Reason {
+    pub code: String,
+    pub message: String,
+    pub since: String,
+}
+
+/// A contact whose sync state a settlement sets.
+#[derive(Debug, Clone)]
+pub struct SettledContact {
+    /// The normalised address.
+    pub email: String,
+    pub digest: u64,
+    pub state: SyncState,
+    /// For a suppressed or rejected contact: the vendor's code and message.
+    pub reason: Option<(String, String)>,
+}
+
+/// What one piece of a run settled, recorded at once.
+pub struct Settlement<'a> {
+    /// Contacts whose sync state changes (acknowledged by the vendor, or leavers settled).
+    pub contacts: &'a [SettledContact],
+    /// Contacts of this piece that were not delivered, with reasons.
+    pub issues: &'a [RunIssue],
+    /// The attempt's counts, this piece included.
+    pub counts: &'a RunCounts,
+}
+
+/// Where an export's sync state and a run's record live. [`crate::State`] keeps them in its
+/// database; an embedder may keep them elsewhere. Without a journal every run sends every
+/// contact and nobody is known to leave.
+pub trait RunJournal: Send + Sync {
+    /// Calls `each` for every contact of the export's sync state (in any order).
+    fn synced(&self, each: &mut dyn FnMut(Synced<'_>) -> Result<()>) -> Result<()>;
+
+    /// Records a settled piece of the run durably, before the run counts it as done: the
+    /// contacts' new sync state, the undelivered contacts and the counts so far. An error fails
+    /// the run.
+    fn settle(&self, settlement: &Settlement<'_>) -> Result<()>;
+}
+
+/// The 64-bit key of a normalised address in the run's index.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// A stable digest of what is sent for a contact: its address as sent and every mapped value.
+/// Stored in the sync state, so the algorithm (XXH3-64 over length-prefixed fields) must never
+/// change without migrating it.
+pub(crate) fn digest(contact: &Contact) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut field = |tag: u8, value: Option<&str>| {
+        hasher.update(&[tag]);
+        match value {
+            Some(v) => {
+                hasher.update(&(v.len() as u64).to_le_bytes());
+                hasher.update(v.as_bytes());
+            }
+            None => hasher.update(&u64::MAX.to_le_bytes()),
+        }
+    };
+    field(b'e', Some(&contact.email));
+    field(b'f', contact.first_name.as_deref());
+    field(b'l', contact.last_name.as_deref());
+    for (key, value) in &contact.attributes {
+        field(b'k', Some(key));
+        field(b'v', Some(value));
+    }
+    hasher.digest()
+}
+
+/// What the run decides for one contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    New,
+    Changed,
+    Returning,
+    Resent,
+    Unchanged,
+    StillRejected,
+    StillSuppressed,
+    Duplicate,
+    /// Settled by an earlier attempt of this run, in this state.
+    Resumed(SyncState),
+}
+
+impl Decision {
+    /// Whether the contact goes to the vendor.
+    pub(crate) fn sends(self) -> bool {
+        matches!(
+            self,
+            Decision::New | Decision::Changed | Decision::Returning | Decision::Resent
+        )
+    }
+
+    /// Counts the decision in the plan (and a resumed contact's earlier outcome).
+    pub(crate) fn count(self, counts: &mut RunCounts) {
+        match self {
+            Decision::New => counts.new += 1,
+            Decision::Changed => counts.changed += 1,
+            Decision::Returning => counts.returning += 1,
+            Decision::Resent => counts.resent += 1,
+            Decision::Unchanged => counts.unchanged += 1,
+            Decision::StillRejected => counts.still_rejected += 1,
+            Decision::StillSuppressed => counts.still_suppressed += 1,
+            Decision::Duplicate => counts.duplicates += 1,
+            Decision::Resumed(state) => {
+                counts.resumed += 1;
+                match state {
+                    SyncState::Created => counts.created += 1,
+                    SyncState::Updated => counts.updated += 1,
+                    SyncState::Suppressed | SyncState::LeftUntouched => counts.suppressed += 1,
+                    _ => counts.rejected += 1,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: u64,
+    digest: u64,
+    state: SyncState,
+    this_run: bool,
+}
+
+/// The sync state of an export in memory: 24 bytes a contact, sorted by key hash, with a bit a
+/// contact for "seen in this run's segment" (leavers are the delivered contacts not seen).
+pub(crate) struct SyncIndex {
+    entries: Vec<Entry>,
+    seen: Vec<u64>,
+    /// Keys of contacts not in the sync state, to spot their duplicates.
+    fresh: std::collections::HashSet<u64>,
+    /// Why the vendor refused or keeps out the contacts it did.
+    reasons: std::collections::HashMap<u64, Reason>,
+    full: bool,
+}
+
+impl SyncIndex {
+    /// Reads the journal's sync state (none without a journal). A `full` run sends every
+    /// contact whatever its state, but still finds who left.
+    pub(crate) fn load(journal: Option<&dyn RunJournal>, full: bool) -> Result<SyncIndex> {
+        let (mut entries, mut reasons) = (vec![], std::collections::HashMap::new());
+        if let Some(journal) = journal {
+            journal.synced(&mut |s| {
+                let key = key_hash(s.email);
+                entries.push(Entry {
+                    key,
+                    digest: s.digest,
+                    state: s.state,
+                    this_run: s.this_run,
+                });
+                if let Some(r) = s.reason {
+                    reasons.insert(
+                        key,
+                        Reason {
+                            code: r.code.to_string(),
+                            message: r.message.to_string(),
+                            since: r.since.to_string(),
+                        },
+                    );
+                }
+                Ok(())
+            })?;
+        }
+        entries.sort_unstable_by_key(|e| e.key);
+        entries.shrink_to_fit();
+        let seen = vec![0; entries.len().div_ceil(64)];
+        Ok(SyncIndex {
+            entries,
+            seen,
+            fresh: Default::default(),
+            reasons,
+            full,
+        })
+    }
+
+    /// Why the vendor refused or keeps out this contact, if it did.
+    pub(crate) fn reason(&self, key: u64) -> Option<&Reason> {
+        self.reasons.get(&key)
+    }
+
+    /// Decides what to do with a contact of the segment, and remembers it was seen.
+    pub(crate) fn decide(&mut self, key: u64, digest: u64) -> Decision {
+        let Ok(i) = self.entries.binary_search_by_key(&key, |e| e.key) else {
+            return if self.fresh.insert(key) {
+                Decision::New
+            } else {
+                Decision::Duplicate
+            };
+        };
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.seen[word] & bit != 0 {
+            return Decision::Duplicate;
+        }
+        self.seen[word] |= bit;
+        let entry = self.entries[i];
+        let same = entry.digest == digest;
+        match entry.state {
+            state if entry.this_run && same && !state.left() => Decision::Resumed(state),
+            state if state.left() && state != SyncState::LeftUntouched => Decision::Returning,
+            _ if self.full => Decision::Resent,
+            _ if !same => Decision::Changed,
+            SyncState::Created | SyncState::Updated => Decision::Unchanged,
+            SyncState::Rejected => Decision::StillRejected,
+            _ => Decision::StillSuppressed,
+        }
+    }
+
+    /// Contacts at the vendor that this run's segment did not have: the leavers (by key hash).
+    /// Also counts, into `counts`, the leavers an earlier attempt of this run settled already.
+    pub(crate) fn leavers(&self, counts: &mut RunCounts) -> std::collections::HashSet<u64> {
+        let mut leavers = std::collections::HashSet::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            if self.seen[i / 64] & (1 << (i % 64)) != 0 {
+                continue;
+            }
+            if entry.state.delivered() {
+                leavers.insert(entry.key);
+            } else if entry.this_run && entry.state.left() {
+                counts.leaving += 1;
+                match entry.state {
+                    SyncState::LeftUntouched => counts.left_untouched += 1,
+                    SyncState::LeftRefused => counts.left_refused += 1,
+                    _ => counts.left += 1,
+                }
+            }
+        }
+        leavers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<(&'static str, u64, SyncState, bool)>);
+
+    impl RunJournal for Fixed {
+        fn synced(&self, each: &mut dyn FnMut(Synced<'_>) -> Result<()>) -> Result<()> {
+            for (email, digest, state, this_run) in &self.0 {
+                each(Synced {
+                    email,
+                    digest: *digest,
+                    state: *state,
+                    this_run: *this_run,
+                    reason: None,
+                })?;
+            }
+            Ok(())
+        }
+        fn settle(&self, _: &Settlement<'_>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_contact_is_decided_by_its_sync_state_and_the_unseen_ones_are_leavers() {
+        use SyncState::*;
+        let journal = Fixed(vec![
+            ("same@x.io", 1, Updated, false),
+            ("changed@x.io", 1, Created, false),
+            ("refused@x.io", 1, Rejected, false),
+            ("refused-fixed@x.io", 1, Rejected, false),
+            ("out@x.io", 1, Suppressed, false),
+            ("back@x.io", 1, Left, false),
+            ("earlier@x.io", 7, Created, true),
+            ("gone@x.io", 1, Created, false),
+            ("gone-earlier@x.io", 1, Left, true),
+            ("gone-long-ago@x.io", 1, Left, false),
+        ]);
+        let mut index = SyncIndex::load(Some(&journal), false).unwrap();
+        let mut decide = |email: &str, digest| index.decide(key_hash(email), digest);
+        assert_eq!(decide("same@x.io", 1), Decision::Unchanged);
+        assert_eq!(decide("same@x.io", 1), Decision::Duplicate);
+        assert_eq!(decide("changed@x.io", 2), Decision::Changed);
+        assert_eq!(decide("refused@x.io", 1), Decision::StillRejected);
+        assert_eq!(decide("refused-fixed@x.io", 2), Decision::Changed);
+        assert_eq!(decide("out@x.io", 1), Decision::StillSuppressed);
+        assert_eq!(decide("back@x.io", 1), Decision::Returning);
+        assert_eq!(decide("earlier@x.io", 7), Decision::Resumed(Created));
+        assert_eq!(decide("new@x.io", 1), Decision::New);
+        assert_eq!(decide("new@x.io", 1), Decision::Duplicate);
+        let mut counts = RunCounts::default();
+        let leavers = index.leavers(&mut counts);
+        assert_eq!(leavers, [key_hash("gone@x.io")].into());
+        assert_eq!(
+            (counts.leaving, counts.left),
+            (1, 1),
+            "the leaver settled earlier"
+        );
+
+        let mut full = SyncIndex::load(Some(&journal), true).unwrap();
+        assert_eq!(full.decide(key_hash("same@x.io"), 1), Decision::Resent);
+        assert_eq!(
+            full.decide(key_hash("earlier@x.io"), 7),
+            Decision::Resumed(Created)
+        );
+    }
+
+    #[test]
+    fn the_digest_changes_with_any_mapped_value_and_nothing_else() {
+        let contact = |first: Option<&str>, attrs: &[(&str, &str)]| Contact {
+            email: "a@x.io".into(),
+            first_name: first.map(Into::into),
+            last_name: None,
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let base = digest(&contact(Some("Ada"), &[("plan", "pro")]));
+        assert_eq!(base, digest(&contact(Some("Ada"), &[("plan", "pro")])));
+        assert_ne!(base, digest(&contact(Some("Ada "), &[("plan", "pro")])));
+        assert_ne!(base, digest(&contact(None, &[("plan", "pro")])));
+        assert_ne!(base, digest(&contact(Some(""), &[("plan", "pro")])));
+        assert_ne!(base, digest(&contact(Some("Ada"), &[("plan", "free")])));
+        assert_ne!(
+            base,
+            digest(&contact(Some("Ada"), &[("plan", "pro"), ("x", "")]))
+        );
+        // Fixed for good: this value is stored in sync states.
+        assert_eq!(base, 11_879_315_796_234_830_735);
+    }
+}

@@ -1,0 +1,283 @@
+//! Saved connections: vendor accounts with their credential sealed under the master key.
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Access, Actor, MasterKey, State, from_text, now, to_text};
+use crate::secret::Secret;
+
+/// How a connection authenticates (the secret itself is sealed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    ApiKey,
+    OAuth,
+}
+
+/// A saved connection, without its credential.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRecord {
+    pub id: i64,
+    pub name: String,
+    pub connector: String,
+    pub base_url: Option<String>,
+    pub data_centre: Option<String>,
+    pub credential_kind: CredentialKind,
+    /// SHA-256 prefix of the credential, to tell credentials apart.
+    pub fingerprint: String,
+    /// When an OAuth access token expires, if the vendor said.
+    pub token_expires_at: Option<String>,
+    pub access: Access,
+    pub privacy_accepted_by: String,
+    pub privacy_accepted_at: String,
+    pub created_by: String,
+    pub created_at: String,
+    /// When the vendor last accepted the credential.
+    pub checked_at: Option<String>,
+    pub removed_at: Option<String>,
+}
+
+/// A connection's credential, once unsealed.
+pub struct StoredCredential {
+    pub kind: CredentialKind,
+    pub secret: Secret,
+    /// For OAuth: the refresh token and the vendor's token endpoint, when the vendor issues them.
+    pub refresh: Option<TokenRefresh>,
+}
+
+/// What the host needs to renew an expired OAuth access token.
+#[derive(Clone)]
+pub struct TokenRefresh {
+    pub refresh_token: Secret,
+    pub token_url: String,
+}
+
+/// The sealed form of [`StoredCredential`].
+#[derive(Serialize, Deserialize)]
+struct SealedCredential {
+    secret: String,
+    refresh_token: Option<String>,
+    token_url: Option<String>,
+}
+
+/// A connection to save.
+pub struct NewConnection<'a> {
+    pub name: &'a str,
+    pub connector: &'a str,
+    pub base_url: Option<&'a str>,
+    pub data_centre: Option<&'a str>,
+    pub credential: &'a StoredCredential,
+    pub token_expires_at: Option<String>,
+    pub access: Access,
+    pub checked_at: Option<String>,
+}
+
+impl State {
+    /// Saves a connection, sealing its credential under `key`.
+    pub fn add_connection(
+        &self,
+        key: &MasterKey,
+        new: &NewConnection,
+        actor: &Actor,
+    ) -> Result<ConnectionRecord> {
+        let db = self.db();
+        let taken: bool = db.query_row(
+            "SELECT EXISTS (SELECT 1 FROM connections WHERE name = ?1 AND removed_at IS NULL)",
+            [new.name],
+            |r| r.get(0),
+        )?;
+        if taken {
+            bail!("a connection named `{}` already exists", new.name);
+        }
+        let now = now();
+        db.execute(
+            "INSERT INTO connections (name, connector, base_url, data_centre, credential_kind,
+                 credential, fingerprint, token_expires_at, access, privacy_accepted_by,
+                 privacy_accepted_at, created_by, created_at, checked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?11, ?12)",
+            params![
+                new.name,
+                new.connector,
+                new.base_url,
+                new.data_centre,
+                to_text(&new.credential.kind),
+                seal_credential(key, new.name, new.credential)?,
+                new.credential.secret.fingerprint(),
+                new.token_expires_at,
+                to_text(&new.access),
+                actor.name,
+                now,
+                new.checked_at,
+            ],
+        )?;
+        drop(db);
+        self.connection(new.name)
+    }
+
+    /// The active connection called `name`.
+    pub fn connection(&self, name: &str) -> Result<ConnectionRecord> {
+        self.db()
+            .query_row(
+                &format!("{CONNECTION_COLUMNS} WHERE name = ?1 AND removed_at IS NULL"),
+                [name],
+                connection_row,
+            )
+            .optional()?
+            .with_context(|| format!("there is no connection named `{name}`"))
+    }
+
+    /// A connection by id, removed or not (for history).
+    pub fn connection_by_id(&self, id: i64) -> Result<ConnectionRecord> {
+        Ok(self.db().query_row(
+            &format!("{CONNECTION_COLUMNS} WHERE id = ?1"),
+            [id],
+            connection_row,
+        )?)
+    }
+
+    /// The active connections, by name.
+    pub fn connections(&self) -> Result<Vec<ConnectionRecord>> {
+        let db = self.db();
+        let mut q = db.prepare(&format!(
+            "{CONNECTION_COLUMNS} WHERE removed_at IS NULL ORDER BY name"
+        ))?;
+        let rows = q.query_map([], connection_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Unseals a connection's credential.
+    pub fn credential(
+        &self,
+        key: &MasterKey,
+        connection: &ConnectionRecord,
+    ) -> Result<StoredCredential> {
+        let sealed: Option<Vec<u8>> = self.db().query_row(
+            "SELECT credential FROM connections WHERE id = ?1",
+            [connection.id],
+            |r| r.get(0),
+        )?;
+        let sealed = sealed.with_context(|| {
+            format!(
+                "connection `{}` was removed; its credential was erased",
+                connection.name
+            )
+        })?;
+        let plain = key
+            .open(&sealed, &credential_context(&connection.name))
+            .with_context(|| format!("connection `{}`", connection.name))?;
+        let sealed: SealedCredential = serde_json::from_slice(&plain)?;
+        Ok(StoredCredential {
+            kind: connection.credential_kind,
+            secret: Secret::new(sealed.secret),
+            refresh: match (sealed.refresh_token, sealed.token_url) {
+                (Some(token), Some(url)) => Some(TokenRefresh {
+                    refresh_token: Secret::new(token),
+                    token_url: url,
+                }),
+                _ => None,
+            },
+        })
+    }
+
+    /// Replaces a connection's credential (after an OAuth refresh).
+    pub fn replace_credential(
+        &self,
+        key: &MasterKey,
+        connection: &ConnectionRecord,
+        credential: &StoredCredential,
+        token_expires_at: Option<String>,
+    ) -> Result<()> {
+        self.db().execute(
+            "UPDATE connections SET credential = ?2, fingerprint = ?3, token_expires_at = ?4,
+                 checked_at = ?5 WHERE id = ?1",
+            params![
+                connection.id,
+                seal_credential(key, &connection.name, credential)?,
+                credential.secret.fingerprint(),
+                token_expires_at,
+                now(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Notes that the vendor accepted a connection's credential now.
+    pub fn mark_checked(&self, connection_id: i64) -> Result<()> {
+        self.db().execute(
+            "UPDATE connections SET checked_at = ?2 WHERE id = ?1",
+            params![connection_id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a connection and the exports that use it (their schedules stop). The sealed
+    /// credential is erased; the records stay so that run history remains readable. Returns
+    /// the names of the exports removed with it.
+    pub fn remove_connection(&self, name: &str, actor: &Actor) -> Result<Vec<String>> {
+        let connection = self.connection(name)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let exports: Vec<String> = {
+            let mut q = tx.prepare(
+                "SELECT name FROM exports WHERE connection_id = ?1 AND removed_at IS NULL ORDER BY name",
+            )?;
+            q.query_map([connection.id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let now = now();
+        tx.execute(
+            "UPDATE exports SET removed_at = ?2, removed_by = ?3
+             WHERE connection_id = ?1 AND removed_at IS NULL",
+            params![connection.id, now, actor.name],
+        )?;
+        tx.execute(
+            "UPDATE connections SET removed_at = ?2, removed_by = ?3, credential = NULL WHERE id = ?1",
+            params![connection.id, now, actor.name],
+        )?;
+        tx.commit()?;
+        Ok(exports)
+    }
+}
+
+const CONNECTION_COLUMNS: &str = "SELECT id, name, connector, base_url, data_centre,
+    credential_kind, fingerprint, token_expires_at, access, privacy_accepted_by,
+    privacy_accepted_at, created_by, created_at, checked_at, removed_at FROM connections";
+
+fn connection_row(r: &Row) -> rusqlite::Result<ConnectionRecord> {
+    Ok(ConnectionRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        connector: r.get(2)?,
+        base_url: r.get(3)?,
+        data_centre: r.get(4)?,
+        credential_kind: from_text(&r.get::<_, String>(5)?)?,
+        fingerprint: r.get(6)?,
+        token_expires_at: r.get(7)?,
+        access: from_text(&r.get::<_, String>(8)?)?,
+        privacy_accepted_by: r.get(9)?,
+        privacy_accepted_at: r.get(10)?,
+        created_by: r.get(11)?,
+        created_at: r.get(12)?,
+        checked_at: r.get(13)?,
+        removed_at: r.get(14)?,
+    })
+}
+
+/// The AEAD context of a connection's credential: a sealed credential cannot be moved to
+/// another connection.
+fn credential_context(name: &str) -> Vec<u8> {
+    format!("cdp connection credential\0{name}").into_bytes()
+}
+
+fn seal_credential(key: &MasterKey, name: &str, credential: &StoredCredential) -> Result<Vec<u8>> {
+    let plain = serde_json::to_vec(&SealedCredential {
+        secret: credential.secret.expose().to_string(),
+        refresh_token: credential
+            .refresh
+            .as_ref()
+            .map(|r| r.refresh_token.expose().to_string()),
+        token_url: credential.refresh.as_ref().map(|r| r.token_url.clone()),
+    })?;
+    Ok(key.seal(&plain, &credential_context(name)))
+}
