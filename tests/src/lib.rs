@@ -8,5 +8,6 @@ pub mod artifacts {
 
 pub mod harness;
 pub mod hostile;
+pub mod live;
 pub mod sample;
 pub mod sim;

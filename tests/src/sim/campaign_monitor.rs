@@ -255,6 +255,17 @@ impl CampaignMonitorSim {
         );
     }
 
+    /// Sets a custom-field value of a subscriber directly.
+    pub fn set_custom_field(&self, list_id: &str, email: &str, key: &str, value: &str) {
+        let mut s = self.state.lock().unwrap();
+        let list = s.lists.get_mut(list_id).expect("known list");
+        list.subscribers
+            .get_mut(&email.to_ascii_lowercase())
+            .expect("known subscriber")
+            .custom_fields
+            .insert(key.into(), value.into());
+    }
+
     /// Puts an address on a client's suppression list.
     pub fn suppress(&self, client_id: &str, email: &str) {
         let mut s = self.state.lock().unwrap();
