@@ -140,6 +140,8 @@ impl Connector for Hostile {
             issues: vec![],
         };
         match config.require("mode")? {
+            // Well behaved: every contact created, nothing sent anywhere.
+            "accept" => Ok(all_created),
             "endless-loop" => {
                 let mut x: u64 = 1;
                 loop {

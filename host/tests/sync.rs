@@ -1,0 +1,400 @@
+//! Exports that sync, as an operator drives them from the command line: leave actions chosen
+//! (irreversible ones confirmed, unknown or unsupported ones refused), dry runs that send and
+//! record nothing, full runs asked for or caused by a new connector version, a connector built
+//! for contract 0.1 still working, and a delta run killed with SIGKILL while applying its leave
+//! action, finished exactly by the next run.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use connector_tests::artifacts;
+use connector_tests::harness::Expected;
+use connector_tests::hostile::variant;
+use connector_tests::sim::campaign_monitor::{CampaignMonitorSim, SubscriberState};
+use serde_json::json;
+use support::*;
+
+/// Rewrites the operator's sample: profiles `leave` picks lose their membership of
+/// `newsletter`, and those `rename` picks get the first name `Renamed`.
+fn evolve(op: &Operator, leave: impl Fn(&str) -> bool, rename: impl Fn(&str) -> bool) {
+    let data = op.path("data");
+    let rewrite = |file: &str, edit: &dyn Fn(&mut csv::StringRecord) -> bool| {
+        let path = data.join(file);
+        let mut reader = csv::Reader::from_path(&path).unwrap();
+        let header = reader.headers().unwrap().clone();
+        let rows: Vec<csv::StringRecord> = reader
+            .records()
+            .map(Result::unwrap)
+            .filter_map(|mut r| edit(&mut r).then_some(r))
+            .collect();
+        let mut writer = csv::Writer::from_path(&path).unwrap();
+        writer.write_record(&header).unwrap();
+        for row in rows {
+            writer.write_record(&row).unwrap();
+        }
+        writer.flush().unwrap();
+    };
+    rewrite("memberships.csv", &|r| {
+        !(r[1] == *"newsletter" && leave(&r[0]))
+    });
+    rewrite("profiles.csv", &|r| {
+        if rename(&r[0]) {
+            let mut fields: Vec<String> = r.iter().map(String::from).collect();
+            fields[2] = "Renamed".into();
+            *r = csv::StringRecord::from(fields);
+        }
+        true
+    });
+}
+
+fn posts(sim: &CampaignMonitorSim, suffix: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with(suffix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_by_the_next() {
+    let (seed, count) = (81, 3_000);
+    let op = Operator::new(seed, count);
+    let (sim, _, list) = vendor(Duration::from_millis(40)).await;
+    op.add_connection("acme", &sim, &[]);
+    op.add_export(
+        "weekly",
+        "acme",
+        &list,
+        &["--leave-action", "unsubscribe", "--confirm-irreversible"],
+    );
+    op.ok(&["export", "run", "weekly"]);
+    let expected = Expected::for_segment(seed, count, "newsletter");
+
+    // One in seven newsletter members leaves, one in five is renamed.
+    let index = |id: &str| id.trim_start_matches('p').parse::<u64>().unwrap();
+    let leaves = |id: &str| index(id).is_multiple_of(7);
+    let renamed = |id: &str| index(id).is_multiple_of(5);
+    evolve(&op, leaves, renamed);
+    // Who is in the segment now: the first profile with an address wins, so an address whose
+    // profile left stays if another profile still has it.
+    let mut remaining: std::collections::BTreeMap<String, (Option<String>, String)> =
+        std::collections::BTreeMap::new();
+    for i in 0..count {
+        let p = connector_tests::sample::profile(seed, i);
+        let Some(email) = p
+            .email
+            .clone()
+            .filter(|_| p.segments.contains(&"newsletter"))
+        else {
+            continue;
+        };
+        if leaves(&p.id) {
+            continue;
+        }
+        let first = if renamed(&p.id) {
+            Some("Renamed".to_string())
+        } else {
+            p.first_name.clone()
+        };
+        remaining
+            .entry(email.to_lowercase())
+            .or_insert((first, p.last_name.clone()));
+    }
+    let leavers: BTreeSet<String> = expected
+        .delivered
+        .keys()
+        .filter(|email| !remaining.contains_key(*email))
+        .cloned()
+        .collect();
+    assert!(leavers.len() > 100, "{}", leavers.len());
+
+    // Killed once a hundred leavers were unsubscribed: the changed contacts were all sent and
+    // recorded by then, the leave batch was not.
+    let imports_before = posts(&sim, "/import.json");
+    let mut child = op
+        .command(&["export", "run", "weekly", "--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while posts(&sim, "/unsubscribe.json") < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leave action never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let imports_killed = posts(&sim, "/import.json");
+    let runs = op.ok(&["runs", "weekly"]);
+    assert!(
+        runs.lines().nth(1).unwrap().contains("interrupted"),
+        "{runs}"
+    );
+
+    let out = op.ok(&["export", "run", "weekly"]);
+    assert!(out.starts_with("resumed run "), "{out}");
+    assert_eq!(
+        posts(&sim, "/import.json"),
+        imports_killed,
+        "the next run sent contacts the vendor had acknowledged"
+    );
+    assert!(
+        imports_killed > imports_before,
+        "the changed contacts were sent"
+    );
+    // Each leaver was unsubscribed exactly once: the next run reads each first and finds those
+    // done before the kill already unsubscribed.
+    assert_eq!(posts(&sim, "/unsubscribe.json"), leavers.len());
+
+    // The list is exact: leavers unsubscribed, renamed people renamed, nobody else touched.
+    let held = sim.subscribers(&list);
+    let keys: BTreeSet<String> = held.keys().cloned().collect();
+    let want: BTreeSet<String> = expected.delivered.keys().cloned().collect();
+    assert_eq!(keys, want);
+    for email in expected.delivered.keys() {
+        let s = &held[email];
+        let Some((first, last)) = remaining.get(email) else {
+            assert_eq!(s.state, SubscriberState::Unsubscribed, "{email}");
+            continue;
+        };
+        assert_eq!(s.state, SubscriberState::Active, "{email}");
+        let name = match first {
+            Some(first) => format!("{first} {last}"),
+            None => last.clone(),
+        };
+        assert_eq!(s.name, name, "{email}");
+    }
+    let show = op.ok(&["runs", "show", &run_id(&out)]);
+    assert_eq!(field(&show, "status"), "succeeded");
+    assert!(field(&show, "attempts").starts_with("2 "), "{show}");
+    assert!(
+        field(&show, "left").starts_with(&format!("{} (leave action unsubscribe", leavers.len())),
+        "{show}"
+    );
+    op.assert_credential_nowhere();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_preview_runs_and_choose_what_happens_to_leavers() {
+    let (seed, count) = (82, 1_500);
+    let op = Operator::new(seed, count);
+    let (sim, _, list) = vendor(Duration::ZERO).await;
+    op.add_connection("acme", &sim, &[]);
+
+    // Irreversible actions need confirming, unknown ones are refused; nothing is saved.
+    let setting = format!("list-id={list}");
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "add",
+            "weekly",
+            "--connection",
+            "acme",
+            "--setting",
+            &setting,
+            "--map",
+            "email=email",
+            "--map",
+            "first-name=first_name",
+            "--segment",
+            "newsletter",
+        ];
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| op.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = text(&run(add(&["--leave-action", "unsubscribe"])).stderr);
+    assert!(
+        err.contains(
+            "export `weekly` was not saved: its leave action `unsubscribe` is irreversible"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("confirm it (--confirm-irreversible)"), "{err}");
+    let err = text(&run(add(&["--leave-action", "archive"])).stderr);
+    assert!(err.contains("connector `campaign-monitor` has no leave action `archive` (it has: unsubscribe, delete)"), "{err}");
+    assert!(op.ok(&["export", "list"]).contains("no exports"));
+    assert!(
+        run(add(&["--leave-action", "delete", "--confirm-irreversible"]))
+            .status
+            .success()
+    );
+    assert_eq!(
+        field(&op.ok(&["export", "show", "weekly"]), "leave action"),
+        "delete"
+    );
+
+    // A dry run sends nothing and records nothing, and says what the run will do.
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    let dry = op.ok(&["export", "run", "weekly", "--dry-run"]);
+    assert!(
+        dry.starts_with("Dry run: nothing was sent or recorded; the next run would be a delta run"),
+        "{dry}"
+    );
+    assert!(
+        field(&dry, "would send").starts_with(&expected.sent().to_string()),
+        "{dry}"
+    );
+    assert!(posts(&sim, "/import.json") == 0 && op.ok(&["runs", "weekly"]).contains("no runs yet"));
+    op.ok(&["export", "run", "weekly"]);
+    let synced = field(&op.ok(&["export", "show", "weekly"]), "sync state").to_string();
+    assert!(
+        synced.contains(&format!("{} created", expected.delivered.len())),
+        "{synced}"
+    );
+
+    // After changes, the dry run's JSON plan is the next run's plan.
+    let index = |id: &str| id.trim_start_matches('p').parse::<u64>().unwrap();
+    evolve(
+        &op,
+        |id| index(id).is_multiple_of(11),
+        |id| index(id).is_multiple_of(13),
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "run", "weekly", "--dry-run", "--json"])).unwrap();
+    assert_eq!(plan["mode"], "delta");
+    assert_eq!(plan["leave_action"], "delete");
+    let real = op.ok(&["export", "run", "weekly", "--json"]);
+    let real: serde_json::Value = serde_json::from_str(&real).unwrap();
+    for key in [
+        "profiles",
+        "new",
+        "changed",
+        "returning",
+        "unchanged",
+        "still_rejected",
+        "duplicates",
+        "invalid",
+        "leaving",
+    ] {
+        assert_eq!(
+            plan[key], real[key],
+            "{key}: plan {plan} against run {real}"
+        );
+    }
+    assert!(plan["leaving"].as_u64().unwrap() > 0 && plan["changed"].as_u64().unwrap() > 0);
+    assert_eq!(plan["examples"]["leaving"].as_array().unwrap().len(), 5);
+    assert_eq!(real["left"], real["leaving"]);
+
+    // A full run sends everyone again, and says why.
+    let full = op.ok(&["export", "run", "weekly", "--full"]);
+    assert!(
+        full.contains("full run: a full run was asked for"),
+        "{full}"
+    );
+    let again = op.ok(&["export", "run", "weekly"]);
+    assert!(again.contains("delta run"), "{again}");
+    assert_eq!(field(&again, "sent"), "0", "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connector_version_makes_the_next_run_full_and_contract_0_1_plugins_still_work() {
+    let op = Operator::new(83, 400);
+    let (sim, _, list) = vendor(Duration::ZERO).await;
+    let plugins = op.path("plugins");
+    std::fs::copy(artifacts::CONTRACT_V0_1, plugins.join("legacy.wasm")).unwrap();
+    variant(&plugins, "hostile.wasm", json!({"version": "1.0.0"}));
+    for connector in ["legacy-campaign-monitor", "hostile"] {
+        op.ok(&["plugins", "approve", connector]);
+    }
+    let listing = op.ok(&["plugins"]);
+    assert!(
+        listing.contains(
+            "legacy-campaign-monitor 0.9.0 (Campaign Monitor (contract 0.1)), contract 0.1.1"
+        ),
+        "{listing}"
+    );
+
+    // A connector built for contract 0.1 has no leave actions: refused at save, with the reason.
+    op.ok(&[
+        "connection",
+        "add",
+        "old",
+        "--connector",
+        "legacy-campaign-monitor",
+        "--base-url",
+        &sim.base_url(),
+        "--accept-privacy-notice",
+    ]);
+    let setting = format!("list-id={list}");
+    let legacy = [
+        "export",
+        "add",
+        "legacy",
+        "--connection",
+        "old",
+        "--setting",
+        &setting,
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+    ];
+    let err = op.fails(
+        &[
+            &legacy[..],
+            &["--leave-action", "unsubscribe", "--confirm-irreversible"],
+        ]
+        .concat(),
+    );
+    assert!(err.contains("connector `legacy-campaign-monitor` is built for contract 0.1.1, which has no leave actions (they came with 0.2.0)"), "{err}");
+    op.ok(&legacy);
+    let first = op.ok(&["export", "run", "legacy"]);
+    assert!(
+        first.contains("succeeded") && !field(&first, "created").starts_with('0'),
+        "{first}"
+    );
+    let second = op.ok(&["export", "run", "legacy"]);
+    assert_eq!(
+        field(&second, "sent"),
+        "0",
+        "the 0.1 connector's export is in sync too: {second}"
+    );
+
+    // The hostile connector, version 1.0.0 then 2.0.0: the new version's first run is full.
+    op.ok(&[
+        "connection",
+        "add",
+        "shady",
+        "--connector",
+        "hostile",
+        "--base-url",
+        &sim.base_url(),
+        "--accept-privacy-notice",
+    ]);
+    op.ok(&[
+        "export",
+        "add",
+        "accepting",
+        "--connection",
+        "shady",
+        "--setting",
+        &setting,
+        "--setting",
+        "mode=accept",
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+    ]);
+    op.ok(&["export", "run", "accepting"]);
+    assert_eq!(field(&op.ok(&["export", "run", "accepting"]), "sent"), "0");
+    variant(&plugins, "hostile.wasm", json!({"version": "2.0.0"}));
+    op.ok(&["plugins", "approve", "hostile"]);
+    let upgraded = op.ok(&["export", "run", "accepting"]);
+    assert!(
+        upgraded.contains("full run: connector hostile changed from version 1.0.0 to 2.0.0"),
+        "{upgraded}"
+    );
+    assert!(!field(&upgraded, "sent").starts_with('0'), "{upgraded}");
+    let settled = op.ok(&["export", "run", "accepting"]);
+    assert!(
+        settled.contains("delta run") && field(&settled, "sent") == "0",
+        "{settled}"
+    );
+}
