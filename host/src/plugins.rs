@@ -61,6 +61,20 @@ pub fn display_path(path: &Path) -> String {
     text::clean(&path.display().to_string(), MAX_MESSAGE_CHARS)
 }
 
+/// How many files one message names before it counts the rest, so a directory of many copies
+/// still gives a message one can read.
+const MAX_LISTED: usize = 4;
+
+/// `items` joined by commas, the first [`MAX_LISTED`] by name and the rest counted.
+fn few(items: impl ExactSizeIterator<Item = String>) -> String {
+    let more = items.len().saturating_sub(MAX_LISTED);
+    let mut listed: Vec<String> = items.take(MAX_LISTED).collect();
+    if more > 0 {
+        listed.push(format!("{more} more"));
+    }
+    listed.join(", ")
+}
+
 /// The connectors of a plugin directory.
 pub struct Plugins {
     pub loaded: Vec<Arc<Plugin>>,
@@ -152,13 +166,12 @@ impl Plugins {
                 self.loaded.extend(claimants.into_iter().map(Arc::new));
                 continue;
             }
-            let files: Vec<String> = claimants.iter().map(|p| display_path(&p.path)).collect();
+            let files = few(claimants.iter().map(|p| display_path(&p.path)));
+            let count = claimants.len();
             for plugin in claimants {
                 self.skipped.push(Skipped {
                     reason: format!(
-                        "claims connector id `{id}`, as do {} files in all ({}); neither is used until all but one are removed",
-                        files.len(),
-                        files.join(", ")
+                        "claims connector id `{id}`, as do {count} files in all ({files}); none is used until all but one are removed"
                     ),
                     path: plugin.path,
                 });
@@ -186,8 +199,14 @@ impl Plugins {
                     ids.join(", ")
                 }
             );
-            for s in &self.skipped {
+            for s in self.skipped.iter().take(MAX_LISTED) {
                 message.push_str(&format!("; skipped {}", s.describe()));
+            }
+            if self.skipped.len() > MAX_LISTED {
+                message.push_str(&format!(
+                    "; and {} more files were skipped (`connector-host plugins` lists them all)",
+                    self.skipped.len() - MAX_LISTED
+                ));
             }
             message
         })

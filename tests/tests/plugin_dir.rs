@@ -198,7 +198,7 @@ async fn two_files_claiming_one_id_are_both_set_aside_and_reported() {
         "{twin}"
     );
     assert!(
-        twin.ends_with("neither is used until all but one are removed"),
+        twin.ends_with("none is used until all but one are removed"),
         "{twin}"
     );
     let err = format!("{:#}", plugins.require("twin").unwrap_err());
@@ -206,6 +206,35 @@ async fn two_files_claiming_one_id_are_both_set_aside_and_reported() {
         err.contains("skipped") && err.contains("claims connector id `twin`"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_copies_of_one_connector_give_messages_one_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..30 {
+        std::fs::copy(
+            artifacts::CAMPAIGN_MONITOR,
+            dir.path().join(format!("copy-{i:02}.wasm")),
+        )
+        .unwrap();
+    }
+    let host = open(dir.path(), test_limits()).await;
+    let plugins = host.plugins();
+    assert!(loaded(plugins).is_empty());
+    let why = reason(plugins, "copy-17.wasm");
+    assert!(
+        why.contains("as do 30 files in all (")
+            && why.contains("copy-00.wasm")
+            && why.contains("26 more)"),
+        "{why}"
+    );
+    let err = format!("{:#}", plugins.require("campaign-monitor").unwrap_err());
+    assert!(
+        err.contains("and 26 more files were skipped (`connector-host plugins` lists them all)"),
+        "{err}"
+    );
+    // Four files named, each naming four: the message stays a few lines long, not 30 × 30.
+    assert!(err.len() < 4000, "{} characters: {err}", err.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
