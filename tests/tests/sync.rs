@@ -506,6 +506,44 @@ async fn campaign_monitor_delete_moves_leavers_to_the_deleted_state() {
     scenario(false, Some("delete")).await;
 }
 
+/// Thousands leave at once: full leave batches (1,000 at Campaign Monitor, 500 at Mailchimp),
+/// each contact read and acted on, must all be applied within the sandbox's limits.
+async fn mass_leaving(mailchimp: bool, action: &'static str) {
+    let w = world(mailchimp, Some(action), RunOptions::default()).await;
+    let mut oracle = Oracle {
+        mailchimp,
+        action: Some(action),
+        contacts: BTreeMap::new(),
+    };
+    let everyone: Vec<Person> = (1..=2_500).map(Person::numbered).collect();
+    let stay = everyone[..100].to_vec();
+    for (step, members) in [everyone, stay].into_iter().enumerate() {
+        w.source.set(members.clone());
+        let report = w.run().await;
+        assert!(report.succeeded(), "run {}: {}", step + 1, report.summary());
+        oracle.step(&members);
+        oracle.check(&w, &format!("{action} after run {}", step + 1));
+        if step == 1 {
+            let c = &report.counts;
+            assert_eq!(
+                (c.leaving, c.left, c.unchanged),
+                (2_400, 2_400, 100),
+                "{c:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_monitor_applies_full_leave_batches() {
+    mass_leaving(false, "unsubscribe").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailchimp_applies_full_leave_batches() {
+    mass_leaving(true, "archive").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vendor_outage_fails_a_run_and_the_next_continues_it_sending_nothing_twice() {
     let options = RunOptions {

@@ -110,17 +110,29 @@ impl Request {
     }
 }
 
-/// Sends every request at once (the host's broker keeps to the vendor's limit on requests in
-/// flight) and returns each answer in the same order.
+/// Requests [`send_all`] keeps started at once: more than any vendor lets run in parallel (the
+/// broker keeps to the vendor's own limit), and few enough that the host resources they hold
+/// stay far below the host's cap on them per call.
+pub const SEND_ALL_WINDOW: usize = 64;
+
+/// Sends the requests, up to [`SEND_ALL_WINDOW`] in flight at once, and returns each answer in
+/// the same order.
 pub fn send_all(requests: &[Request]) -> Vec<Result<Response, ConnectorError>> {
-    let started: Vec<Result<Pending, ConnectorError>> = requests
+    let start_one = |r: &Request| start(clone_method(&r.method), &r.url, &[], r.body.as_deref());
+    let mut in_flight: std::collections::VecDeque<Result<Pending, ConnectorError>> = requests
         .iter()
-        .map(|r| start(clone_method(&r.method), &r.url, &[], r.body.as_deref()))
+        .take(SEND_ALL_WINDOW)
+        .map(start_one)
         .collect();
-    started
-        .into_iter()
-        .map(|pending| pending.and_then(Pending::wait))
-        .collect()
+    let mut next = requests.iter().skip(SEND_ALL_WINDOW);
+    let mut answers = Vec::with_capacity(requests.len());
+    while let Some(pending) = in_flight.pop_front() {
+        answers.push(pending.and_then(Pending::wait));
+        if let Some(request) = next.next() {
+            in_flight.push_back(start_one(request));
+        }
+    }
+    answers
 }
 
 fn clone_method(method: &Method) -> Method {
