@@ -364,7 +364,10 @@ fn untag(
         ));
     };
     let list = format!("{}/lists/{}", config.base_url, settings.audience_path());
-    let answer = http::get(&format!("{list}/segments?type=static&count=1000"))?;
+    // Only the ids and names: counting each tag's members is work the vendor can skip.
+    let answer = http::get(&format!(
+        "{list}/segments?type=static&count=1000&fields=segments.id,segments.name"
+    ))?;
     if !answer.is_success() {
         return Err(vendor_error(&answer, settings.audience));
     }

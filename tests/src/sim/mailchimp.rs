@@ -548,12 +548,22 @@ async fn serve(
         }
         ("GET", ["lists", id, "segments"]) if owned(&s, id) => {
             let audience = &s.audiences[*id];
+            let counted = wants_field(uri, "segments.member_count");
             let segments: Vec<Value> = audience
                 .tag_ids
                 .iter()
                 .map(|(name, sid)| {
-                    let count = audience.members.values().filter(|m| m.tags.contains(name)).count();
-                    json!({"id": sid, "name": name, "member_count": count, "type": "static", "list_id": id})
+                    let mut segment =
+                        json!({"id": sid, "name": name, "type": "static", "list_id": id});
+                    if counted {
+                        let count = audience
+                            .members
+                            .values()
+                            .filter(|m| m.tags.contains(name))
+                            .count();
+                        segment["member_count"] = count.into();
+                    }
+                    segment
                 })
                 .collect();
             let total = segments.len();
@@ -738,6 +748,21 @@ fn flag(uri: &Uri, name: &str) -> bool {
         kv.split_once('=')
             .is_some_and(|(k, v)| k == name && v.eq_ignore_ascii_case("true"))
     })
+}
+
+/// Whether a partial response (`fields=a.b,c`) includes `field`; without `fields`, all do.
+fn wants_field(uri: &Uri, field: &str) -> bool {
+    let Some(fields) = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fields="))
+    else {
+        return true;
+    };
+    percent_decode(fields)
+        .split(',')
+        .any(|f| f == field || field.starts_with(&format!("{f}.")))
 }
 
 /// The subscriber hash a member path names: the hash itself, or the (URL-encoded) address.
