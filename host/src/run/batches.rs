@@ -47,6 +47,26 @@ impl Batch {
 /// settles (and shows progress) regularly.
 const MAX_PROFILES_A_BATCH: u64 = 50_000;
 
+/// Profiles prepared before the index is searched for all of them at once.
+const CHUNK: usize = 64;
+
+/// A profile read, mapped and addressed, before its decision.
+struct Read {
+    profile_id: String,
+    contact: Contact,
+    /// `None`: no usable email.
+    address: Option<Addressed>,
+}
+
+struct Addressed {
+    /// The normalised address (the sync key).
+    normal: String,
+    key: u64,
+    digest: u64,
+    /// Where the sync index holds the contact, if it does.
+    at: Option<usize>,
+}
+
 /// Reads every profile, deciding each; `note` hears every decision (a dry run collects examples
 /// from it); `emit` takes each batch, and reading stops when it returns false.
 pub(crate) fn read(
@@ -58,78 +78,46 @@ pub(crate) fn read(
     mut emit: impl FnMut(Batch) -> bool,
 ) -> Result<()> {
     let mut batch = Batch::new(size);
-    for profile in profiles {
-        let profile = profile?;
-        batch.counts.profiles += 1;
-        let mut contact = mapping.contact(&profile);
-        match email::address(&contact.email) {
-            None => {
-                batch.counts.invalid += 1;
-                batch.issues.push(RunIssue {
-                    profile_id: profile.id,
-                    email: String::new(),
-                    kind: IssueKind::Invalid,
-                    stage: Stage::Skipped,
-                    code: "missing-email".into(),
-                    message: "The profile has no email address".into(),
-                    since: None,
-                });
-            }
-            Some(address) => {
+    let mut profiles = profiles.peekable();
+    let (mut chunk, mut keys, mut found) = (
+        Vec::with_capacity(CHUNK),
+        Vec::with_capacity(CHUNK),
+        Vec::with_capacity(CHUNK),
+    );
+    while profiles.peek().is_some() {
+        chunk.clear();
+        for profile in profiles.by_ref().take(CHUNK) {
+            let profile = profile?;
+            let mut contact = mapping.contact(&profile);
+            let address = email::address(&contact.email).map(|address| {
                 contact.email = address.send;
-                let key = key_hash(&address.key);
-                let digest = digest(&contact);
-                let decision = index.decide(key, digest);
-                decision.count(&mut batch.counts);
-                note(decision, &contact.email);
-                let skipped = |kind, code: &str, message: &str, since| RunIssue {
-                    profile_id: profile.id.clone(),
-                    email: contact.email.clone(),
-                    kind,
-                    stage: Stage::Skipped,
-                    code: code.to_string(),
-                    message: message.to_string(),
-                    since,
-                };
-                match decision {
-                    Decision::Duplicate => batch.issues.push(skipped(
-                        IssueKind::Duplicate,
-                        "duplicate-email",
-                        "Another profile of this export has the same email; sent once",
-                        None,
-                    )),
-                    Decision::StillRejected | Decision::StillSuppressed => {
-                        let kind = match decision {
-                            Decision::StillRejected => IssueKind::Rejected,
-                            _ => IssueKind::Suppressed,
-                        };
-                        let issue = match index.reason(key) {
-                            Some(r) => skipped(kind, &r.code, &r.message, Some(r.since.clone())),
-                            None => skipped(
-                                kind,
-                                "",
-                                "Refused before; sent again once its data changes",
-                                None,
-                            ),
-                        };
-                        batch.issues.push(issue);
-                    }
-                    d if d.sends() => {
-                        batch.contacts.push(contact);
-                        batch.sent.push(SentContact {
-                            profile_id: profile.id,
-                            key: address.key,
-                            digest,
-                        });
-                    }
-                    _ => {}
+                Addressed {
+                    key: key_hash(&address.key),
+                    normal: address.key,
+                    digest: digest(&contact),
+                    at: None,
                 }
-            }
+            });
+            chunk.push(Read {
+                profile_id: profile.id,
+                contact,
+                address,
+            });
         }
-        if batch.contacts.len() == size || batch.counts.profiles >= MAX_PROFILES_A_BATCH {
-            let full = std::mem::replace(&mut batch, Batch::new(size));
-            if !emit(full) {
-                return Ok(());
+        keys.clear();
+        keys.extend(chunk.iter().filter_map(|r| Some(r.address.as_ref()?.key)));
+        index.locate(&keys, &mut found);
+        let addressed = chunk.iter_mut().filter_map(|r| r.address.as_mut());
+        for (address, at) in addressed.zip(&found) {
+            address.at = *at;
+        }
+        for read in chunk.drain(..) {
+            decide(read, index, note, &mut batch);
+            if batch.contacts.len() == size || batch.counts.profiles >= MAX_PROFILES_A_BATCH {
+                let full = std::mem::replace(&mut batch, Batch::new(size));
+                if !emit(full) {
+                    return Ok(());
+                }
             }
         }
     }
@@ -137,4 +125,83 @@ pub(crate) fn read(
         emit(batch);
     }
     Ok(())
+}
+
+/// Decides one profile into `batch`.
+fn decide(
+    read: Read,
+    index: &mut SyncIndex,
+    note: &mut dyn FnMut(Decision, &str),
+    batch: &mut Batch,
+) {
+    let Read {
+        profile_id,
+        contact,
+        address,
+    } = read;
+    batch.counts.profiles += 1;
+    let Some(Addressed {
+        normal,
+        key,
+        digest,
+        at,
+    }) = address
+    else {
+        batch.counts.invalid += 1;
+        batch.issues.push(RunIssue {
+            profile_id,
+            email: String::new(),
+            kind: IssueKind::Invalid,
+            stage: Stage::Skipped,
+            code: "missing-email".into(),
+            message: "The profile has no email address".into(),
+            since: None,
+        });
+        return;
+    };
+    let decision = index.decide_at(key, at, digest);
+    decision.count(&mut batch.counts);
+    note(decision, &contact.email);
+    let skipped = |kind, code: &str, message: &str, since| RunIssue {
+        profile_id: profile_id.clone(),
+        email: contact.email.clone(),
+        kind,
+        stage: Stage::Skipped,
+        code: code.to_string(),
+        message: message.to_string(),
+        since,
+    };
+    match decision {
+        Decision::Duplicate => batch.issues.push(skipped(
+            IssueKind::Duplicate,
+            "duplicate-email",
+            "Another profile of this export has the same email; sent once",
+            None,
+        )),
+        Decision::StillRejected | Decision::StillSuppressed => {
+            let kind = match decision {
+                Decision::StillRejected => IssueKind::Rejected,
+                _ => IssueKind::Suppressed,
+            };
+            let issue = match index.reason(key) {
+                Some(r) => skipped(kind, &r.code, &r.message, Some(r.since.clone())),
+                None => skipped(
+                    kind,
+                    "",
+                    "Refused before; sent again once its data changes",
+                    None,
+                ),
+            };
+            batch.issues.push(issue);
+        }
+        d if d.sends() => {
+            batch.contacts.push(contact);
+            batch.sent.push(SentContact {
+                profile_id,
+                key: normal,
+                digest,
+            });
+        }
+        _ => {}
+    }
 }

@@ -35,7 +35,8 @@ pub(super) async fn apply(
             contacts: vec![],
             issues: vec![],
             counts: earlier,
-        });
+        })
+        .await;
     }
     if keys.is_empty() {
         return;
@@ -54,7 +55,8 @@ pub(super) async fn apply(
         let mut leavers = leavers;
         while !leavers.is_empty() {
             let rest = leavers.split_off(leavers.len().min(RECORD_AT_ONCE));
-            run.record(settle::left(std::mem::replace(&mut leavers, rest), None));
+            run.record(settle::left(std::mem::replace(&mut leavers, rest), None))
+                .await;
         }
         return;
     };
@@ -84,7 +86,7 @@ pub(super) async fn apply(
             break;
         };
         match done {
-            Ok((batch, Ok(report))) => run.record(settle::left(batch, Some(report))),
+            Ok((batch, Ok(report))) => run.record(settle::left(batch, Some(report))).await,
             Ok((_, Err(e))) => run.fail(format!("{e:#}")),
             Err(join) => run.fail(format!("leave task failed: {join}")),
         }
@@ -97,16 +99,23 @@ async fn addresses(
     keys: std::collections::HashSet<u64>,
 ) -> anyhow::Result<Vec<Leaver>> {
     tokio::task::spawn_blocking(move || {
-        let mut leavers = Vec::with_capacity(keys.len());
+        // Keyed, so that a contact the journal gives twice is kept in its later state.
+        let mut leavers = std::collections::HashMap::with_capacity(keys.len());
         journal.synced(&mut |s| {
-            if keys.contains(&key_hash(s.email)) {
-                leavers.push(Leaver {
-                    email: s.email.to_string(),
-                    digest: s.digest,
-                });
+            let key = key_hash(s.email);
+            if keys.contains(&key) {
+                leavers.insert(
+                    key,
+                    Leaver {
+                        email: s.email.to_string(),
+                        digest: s.digest,
+                    },
+                );
             }
             Ok(())
         })?;
+        let mut leavers: Vec<Leaver> = leavers.into_values().collect();
+        leavers.sort_unstable_by(|a, b| a.email.cmp(&b.email));
         Ok(leavers)
     })
     .await?

@@ -5,7 +5,8 @@
 //!
 //! One job a file: [`prepare`] (checks), [`batches`] (reading and deciding), [`call`] (the
 //! connector), [`settle`] (outcomes to records), [`leave`] (leavers), [`sync`] (sync state),
-//! [`counts`] and [`report`] (what the run did), [`plan`] (dry runs).
+//! [`recorder`] (the journal writer), [`counts`] and [`report`] (what the run did), [`plan`]
+//! (dry runs).
 
 mod batches;
 mod call;
@@ -13,6 +14,7 @@ pub mod counts;
 mod leave;
 mod plan;
 mod prepare;
+mod recorder;
 pub mod report;
 mod settle;
 pub mod sync;
@@ -37,6 +39,7 @@ use crate::secret::Secret;
 use crate::source::ProfileSource;
 use batches::Batch;
 use call::{Call, Calls};
+use recorder::{Recorded, Recorder};
 use settle::Piece;
 use sync::SyncIndex;
 
@@ -179,9 +182,13 @@ impl ConnectorHost {
                 options.max_profiles
             );
         }
-        self.validate(&prepared, "the export did not validate")
-            .await?;
-        let index = load_index(options).await?;
+        // The vendor's answer and the sync state's scan take time of different kinds.
+        let (validated, index) = tokio::join!(
+            self.validate(&prepared, "the export did not validate"),
+            load_index(options)
+        );
+        validated?;
+        let index = index?;
 
         let mode = match (&options.full, &options.journal) {
             (Some(why), _) => RunMode::Full(why.clone()),
@@ -189,6 +196,7 @@ impl ConnectorHost {
             (None, Some(_)) => RunMode::Delta,
         };
         let info = &prepared.plugin.info;
+        let concurrency = options.concurrency.max(1);
         let mut run = Run {
             report: RunReport::new(
                 &info.id,
@@ -197,6 +205,10 @@ impl ConnectorHost {
                 export.leave_action.as_deref(),
             ),
             journal: options.journal.clone(),
+            recorder: options
+                .journal
+                .clone()
+                .map(|journal| Recorder::start(journal, concurrency)),
             progress,
             failure: None,
         };
@@ -210,7 +222,6 @@ impl ConnectorHost {
         });
         let stop = options.stop.clone().unwrap_or_default();
         let size = info.max_batch_size as usize;
-        let concurrency = options.concurrency.max(1);
 
         // Phase 1: the segment, read on its own thread and sent batch by batch.
         let (tx, mut rx) = mpsc::channel::<Batch>(concurrency * 2);
@@ -236,9 +247,12 @@ impl ConnectorHost {
             }
             let can_send =
                 !read_all && run.failure.is_none() && !stopping && in_flight.len() < concurrency;
+            let recording = run.recording();
             tokio::select! {
                 batch = rx.recv(), if can_send => match batch {
-                    Some(batch) if batch.contacts.is_empty() => run.record(settle::sent(batch, None)),
+                    Some(batch) if batch.contacts.is_empty() => {
+                        run.record(settle::sent(batch, None)).await
+                    }
                     Some(batch) => {
                         let calls = calls.clone();
                         in_flight.spawn(async move {
@@ -250,15 +264,22 @@ impl ConnectorHost {
                 },
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done.expect("set is not empty") {
-                        Ok((batch, Ok(outcome))) => run.record(settle::sent(batch, Some(outcome))),
+                        Ok((batch, Ok(outcome))) => {
+                            run.record(settle::sent(batch, Some(outcome))).await
+                        }
                         Ok((_, Err(e))) => run.fail(format!("{e:#}")),
                         Err(join) => run.fail(format!("batch task failed: {join}")),
                     }
+                }
+                Some(recorded) = next_recorded(&mut run.recorder), if recording => {
+                    run.absorb(recorded)
                 }
                 _ = stop.cancelled(), if !stopping => {}
             }
         }
         drop(rx);
+        // Everything read and sent is recorded before anyone is found to have left.
+        run.flush().await;
         // The reader stops as soon as it finds the channel closed; its own error (an unreadable
         // row) ends the run like a failed batch.
         let index = match reader.await {
@@ -283,6 +304,7 @@ impl ConnectorHost {
         {
             let action = export.leave_action.as_deref();
             leave::apply(&calls, &mut run, &index, action, size, concurrency, &stop).await;
+            run.flush().await;
         }
         progress.end();
         let stats = prepared.broker.stats();
@@ -355,28 +377,53 @@ async fn load_index(options: &RunOptions) -> Result<SyncIndex> {
 struct Run<'a> {
     report: RunReport,
     journal: Option<Arc<dyn RunJournal>>,
+    /// Writes settled pieces to the journal (none without one).
+    recorder: Option<Recorder>,
     progress: &'a dyn Progress,
     failure: Option<String>,
 }
 
+/// The next piece the recorder took back, if one is pending.
+async fn next_recorded(recorder: &mut Option<Recorder>) -> Option<Recorded> {
+    recorder.as_mut()?.next().await
+}
+
 impl Run<'_> {
-    /// Records a settled piece (journal first: it only counts once durable) and counts it.
-    fn record(&mut self, piece: Piece) {
-        let mut counts = self.report.counts.clone();
-        counts.add(&piece.counts);
-        if let Some(journal) = &self.journal {
-            let settlement = Settlement {
-                contacts: &piece.contacts,
-                issues: &piece.issues,
-                counts: &counts,
-            };
-            if let Err(e) = journal.settle(&settlement) {
-                self.fail(format!("recording the run in its journal failed: {e:#}"));
-                return;
-            }
+    /// Records a settled piece. With a journal it counts once recorded (the recorder writes
+    /// it behind the run); without one, at once.
+    async fn record(&mut self, piece: Piece) {
+        while let Some(recorded) = self.recorder.as_mut().and_then(Recorder::try_next) {
+            self.absorb(recorded);
         }
+        match &mut self.recorder {
+            Some(recorder) => recorder.submit(piece).await,
+            None => self.count(piece),
+        }
+    }
+
+    /// Whether pieces handed to the recorder are waiting to be taken back.
+    fn recording(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.pending() > 0)
+    }
+
+    /// Counts a piece the recorder recorded, or fails the run if it could not.
+    fn absorb(&mut self, recorded: Recorded) {
+        match recorded {
+            Ok(piece) => self.count(piece),
+            Err(e) => self.fail(format!("recording the run in its journal failed: {e}")),
+        }
+    }
+
+    /// Waits until every piece handed to the recorder is recorded, and counts them.
+    async fn flush(&mut self) {
+        while let Some(recorded) = next_recorded(&mut self.recorder).await {
+            self.absorb(recorded);
+        }
+    }
+
+    fn count(&mut self, piece: Piece) {
         self.progress.advance(piece.counts.profiles);
-        self.report.counts = counts;
+        self.report.counts.add(&piece.counts);
         self.report.issues.extend(piece.issues);
     }
 

@@ -104,10 +104,20 @@ impl State {
     /// Removes an export (and so its schedule); its runs stay readable.
     pub fn remove_export(&self, name: &str, actor: &Actor) -> Result<()> {
         let export = self.export(name)?;
-        self.db().execute(
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
             "UPDATE exports SET removed_at = ?2, removed_by = ?3 WHERE id = ?1",
             params![export.id, now(), actor.name],
         )?;
+        // Its sync state can serve no run again; its run history stays readable.
+        for table in ["sync_contacts", "sync_log", "sync_reasons", "sync_basis"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE export_id = ?1"),
+                [export.id],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

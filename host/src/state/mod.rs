@@ -166,6 +166,18 @@ const MIGRATIONS: &[&str] = &[
     UPDATE run_issues SET stage = 'skipped' WHERE kind = 'duplicate';
     DROP TABLE run_batches;
     "#,
+    // 4: settled contacts are appended to a log (cheap, in order) and folded into
+    // sync_contacts in key order once the log grows past an eighth of it.
+    r#"
+    CREATE TABLE sync_log (
+        seq INTEGER PRIMARY KEY,
+        export_id INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        digest INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        run_id INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The saved state. Safe to share between tasks and between processes (SQLite in WAL mode).
@@ -231,9 +243,10 @@ impl State {
         // In WAL mode, NORMAL keeps every commit through a process crash (a checkpoint is on
         // disk once settle returns); only a power cut may lose the last commits.
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        // Sync states of a million contacts are written in stream (random) order: a 16 MiB page
-        // cache keeps those writes off the disk's critical path without costing much memory.
         db.pragma_update(None, "cache_size", -16_384)?;
+        // Folding a sync log rewrites most of an export's sync state in one transaction; the
+        // write-ahead log shrinks back to this size after each checkpoint.
+        db.pragma_update(None, "journal_size_limit", 8 << 20)?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&db, path)?;
         Ok(State {
