@@ -97,25 +97,40 @@ pub fn profile(seed: u64, index: u64) -> SampleProfile {
         35..40 => None,
         _ => Some(format!("{base}@{domain}")),
     };
-    let mut segments = vec![];
-    if (r >> 40) % 100 < 65 {
-        segments.push(SEGMENTS[0]);
-    }
-    if (r >> 48) % 100 < 15 {
-        segments.push(SEGMENTS[1]);
-    }
-    if segments.is_empty() && (r >> 56) % 100 < 50 {
-        segments.push(SEGMENTS[2]);
-    }
-    segments.push(SEGMENTS[3]);
     SampleProfile {
         id: format!("p{index:07}"),
         email,
         first_name: ((r >> 36) % 100 >= 3).then(|| first.to_string()),
         last_name: last.to_string(),
         city: CITIES[((r >> 24) % 6) as usize].to_string(),
-        segments,
+        segments: segments_of(seed, index),
     }
+}
+
+/// The segments of the profile at `index`, without building the profile.
+pub fn segments_of(seed: u64, index: u64) -> Vec<&'static str> {
+    let mask = membership(seed, index);
+    (0..SEGMENTS.len())
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| SEGMENTS[i])
+        .collect()
+}
+
+/// The segments of the profile at `index` as a bit mask over [`SEGMENTS`]: cheap enough to
+/// filter a million profiles with.
+fn membership(seed: u64, index: u64) -> u8 {
+    let r = mix(seed ^ mix(index));
+    let mut mask = 0;
+    if (r >> 40) % 100 < 65 {
+        mask |= 1;
+    }
+    if (r >> 48) % 100 < 15 {
+        mask |= 2;
+    }
+    if mask == 0 && (r >> 56) % 100 < 50 {
+        mask |= 4;
+    }
+    mask | 8
 }
 
 /// Paths of a written sample.
@@ -197,7 +212,7 @@ impl ProfileSource for GeneratedSource {
         let mut counts: BTreeMap<String, u64> =
             SEGMENTS.iter().map(|s| (s.to_string(), 0)).collect();
         for i in 0..self.count {
-            for s in profile(self.seed, i).segments {
+            for s in segments_of(self.seed, i) {
                 *counts.get_mut(s).unwrap() += 1;
             }
         }
@@ -206,13 +221,16 @@ impl ProfileSource for GeneratedSource {
 
     fn profiles(&self, segments: &[String]) -> Result<ProfileStream> {
         let (seed, count) = (self.seed, self.count);
-        let wanted: Vec<String> = segments.to_vec();
-        let member =
-            move |p: &SampleProfile| p.segments.iter().any(|s| wanted.iter().any(|w| w == s));
-        let total = (0..count).filter(|&i| member(&profile(seed, i))).count() as u64;
+        let wanted = SEGMENTS
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| segments.iter().any(|w| w == *s))
+            .fold(0u8, |mask, (i, _)| mask | 1 << i);
+        let member = move |i: &u64| membership(seed, *i) & wanted != 0;
+        let total = (0..count).filter(&member).count() as u64;
         let profiles = (0..count)
-            .map(move |i| profile(seed, i))
             .filter(member)
+            .map(move |i| profile(seed, i))
             .map(|p| {
                 Ok(Profile {
                     id: p.id.clone(),

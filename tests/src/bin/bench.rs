@@ -46,9 +46,12 @@ struct Args {
     /// Contacts for the sandbox-cost comparison.
     #[arg(long, default_value_t = 100_000)]
     sandbox_contacts: u64,
-    /// Connector copies in the start-up plugin directory.
+    /// Connector components in the start-up plugin directory.
     #[arg(long, default_value_t = 50)]
     copies: usize,
+    /// Run only these sections (1 to 5; repeat the flag for several). All by default.
+    #[arg(long = "section")]
+    sections: Vec<u8>,
 }
 
 /// Internal: serve one simulator and print how to reach it (the benchmark runs this in a child
@@ -147,15 +150,25 @@ async fn serve(vendor: &str, latency_ms: u64) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident memory of this process since the last reset, in MB.
-fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from `/proc/self/status`, in MB.
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+/// Peak resident memory of this process since the last reset, in MB.
+fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now, in MB.
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
 }
 
 fn reset_peak_rss() {
@@ -315,15 +328,21 @@ async fn native_export(sim: &SimProcess, source: &GeneratedSource) -> Result<()>
     Ok(())
 }
 
+/// Fills `dir` with `copies` distinct connectors: the two real ones, and variants of a third
+/// (each its own id and digest, so each compiles), as a directory of many vendors would be.
 fn copy_plugins(dir: &Path, copies: usize) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    for i in 0..copies {
-        let source = if i % 2 == 0 {
-            artifacts::CAMPAIGN_MONITOR
-        } else {
-            artifacts::MAILCHIMP
-        };
-        std::fs::copy(source, dir.join(format!("connector-{i:02}.wasm")))?;
+    std::fs::copy(
+        artifacts::CAMPAIGN_MONITOR,
+        dir.join("campaign-monitor.wasm"),
+    )?;
+    std::fs::copy(artifacts::MAILCHIMP, dir.join("mailchimp.wasm"))?;
+    for i in 2..copies {
+        connector_tests::hostile::variant(
+            dir,
+            &format!("connector-{i:02}.wasm"),
+            serde_json::json!({"id": format!("connector-{i:02}")}),
+        );
     }
     Ok(())
 }
@@ -355,185 +374,360 @@ async fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "connector-host benchmark: {} profiles per export, {cores} cores\n",
+        "connector-host benchmark: {} profiles per export, {cores} cores",
         args.profiles
     );
-
-    println!(
-        "1. {} profiles, segment `everyone`, no injected latency",
-        args.profiles
-    );
-    println!(
-        "   {:<18} {:>9} {:>12} {:>14} {:>9} {:>9}",
-        "vendor", "wall s", "profiles/s", "peak RSS MB", "requests", "sent"
-    );
-    let source = GeneratedSource {
-        seed: 1,
-        count: args.profiles,
+    let bench = Bench {
+        source: GeneratedSource {
+            seed: 1,
+            count: args.profiles,
+        },
+        args,
+        host,
+        plugins,
+        work,
     };
-    for connector in ["campaign-monitor", "mailchimp"] {
-        let sim = SimProcess::start(connector, 0)?;
-        let (report, wall, rss) = run(&host, connector, &sim, &source, None).await?;
-        println!(
-            "   {:<18} {:>9.2} {:>12.0} {:>14.1} {:>9} {:>9}",
-            connector,
-            wall.as_secs_f64(),
-            report.counts.profiles as f64 / wall.as_secs_f64(),
-            rss,
-            report.requests,
-            report.counts.sent()
-        );
+    let wanted = |n: u8| bench.args.sections.is_empty() || bench.args.sections.contains(&n);
+    if wanted(1) {
+        bench.throughput().await?;
     }
-
-    println!(
-        "\n2. Against the vendor ceiling: {} ms a call, {} requests in flight",
-        args.latency_ms, args.concurrency
-    );
-    println!(
-        "   {:<18} {:>9} {:>9} {:>10} {:>7}",
-        "vendor", "wall s", "batches", "ceiling s", "ratio"
-    );
-    for connector in ["campaign-monitor", "mailchimp"] {
-        let sim = SimProcess::start(connector, args.latency_ms)?;
-        let (report, wall, _) =
-            run(&host, connector, &sim, &source, Some(args.concurrency)).await?;
-        // Every call (validation included) waits the latency; `concurrency` of them at a time.
-        let ceiling = (report.counts.batches as f64 / args.concurrency as f64).ceil()
-            * args.latency_ms as f64
-            / 1000.0
-            + args.latency_ms as f64 / 1000.0;
-        println!(
-            "   {:<18} {:>9.2} {:>9} {:>10.2} {:>7.3}",
-            connector,
-            wall.as_secs_f64(),
-            report.counts.batches,
-            ceiling,
-            wall.as_secs_f64() / ceiling
-        );
+    if wanted(2) {
+        bench.ceiling().await?;
     }
-
-    println!(
-        "\n3. Sandbox cost: CPU per 1,000 contacts to Campaign Monitor ({} contacts)",
-        args.sandbox_contacts
-    );
-    let small = GeneratedSource {
-        seed: 2,
-        count: args.sandbox_contacts,
-    };
-    let sim = SimProcess::start("campaign-monitor", 0)?;
-    let before = cpu_time();
-    native_export(&sim, &small).await?;
-    let native = cpu_time() - before;
-    drop(sim);
-    // The same export on a host without the CPU budget (no epoch interruption) shows what the
-    // limits themselves cost.
-    let unlimited = ConnectorHost::open(
-        &plugins,
-        HostOptions {
-            limits: connector_host::Limits {
-                cpu_time: None,
-                ..Default::default()
-            },
-            cache_dir: Some(work.join("cache")),
-            ..HostOptions::default()
-        },
-    )
-    .await?;
-    let mut measure = Vec::new();
-    for h in [&host, &unlimited] {
-        let sim = SimProcess::start("campaign-monitor", 0)?;
-        let before = cpu_time();
-        run(h, "campaign-monitor", &sim, &small, Some(1)).await?;
-        measure.push(cpu_time() - before);
+    if wanted(3) {
+        bench.sandbox_cost().await?;
     }
-    let (component, without_limits) = (measure[0], measure[1]);
-    let per_k = |d: Duration| d.as_secs_f64() * 1000.0 / (args.sandbox_contacts as f64 / 1000.0);
-    println!(
-        "   component {:.2} ms, native {:.2} ms, ratio {:.2}",
-        per_k(component),
-        per_k(native),
-        component.as_secs_f64() / native.as_secs_f64()
-    );
-    println!(
-        "   the CPU budget's own cost: {:.2} ms without it, {:.2} ms with it ({:+.1}%)",
-        per_k(without_limits),
-        per_k(component),
-        (component.as_secs_f64() / without_limits.as_secs_f64() - 1.0) * 100.0
-    );
-
-    println!("\n4. Start-up with {} connector components", args.copies);
-    let many = work.join("many");
-    copy_plugins(&many, args.copies)?;
-    let cache = work.join("many-cache");
-    let started = Instant::now();
-    let first = ConnectorHost::open(
-        &many,
-        HostOptions {
-            cache_dir: Some(cache.clone()),
-            ..HostOptions::default()
-        },
-    )
-    .await?;
-    let cold = started.elapsed();
-    drop(first);
-    let started = Instant::now();
-    let warm = ConnectorHost::open(
-        &many,
-        HostOptions {
-            cache_dir: Some(cache),
-            ..HostOptions::default()
-        },
-    )
-    .await?;
-    let warm_time = started.elapsed();
-    let rounds = 200;
-    let started = Instant::now();
-    for _ in 0..rounds {
-        warm.describe("campaign-monitor").await?;
+    if wanted(4) {
+        bench.start_up().await?;
     }
-    let instantiate = started.elapsed() / rounds;
-    println!(
-        "   first start (compiling) {:.2} s, second start (cache) {:.3} s, one fresh instance + describe {:.3} ms",
-        cold.as_secs_f64(),
-        warm_time.as_secs_f64(),
-        instantiate.as_secs_f64() * 1000.0
-    );
-
-    println!(
-        "\n5. Checkpoints: {} profiles to Campaign Monitor as a saved export (each batch recorded in SQLite)",
-        args.profiles
-    );
-    let sim = SimProcess::start("campaign-monitor", 0)?;
-    let (_, plain, _) = run(&host, "campaign-monitor", &sim, &source, None).await?;
-    drop(sim);
-    let (saved, rss, db_mb) = saved_run(host.clone(), &work, &source).await?;
-    println!(
-        "   library run {:.2} s, saved run {:.2} s (ratio {:.3}), peak RSS {rss:.1} MB, state database {db_mb:.1} MB",
-        plain.as_secs_f64(),
-        saved.as_secs_f64(),
-        saved.as_secs_f64() / plain.as_secs_f64()
-    );
+    if wanted(5) {
+        bench.sync().await?;
+    }
     Ok(())
 }
 
-/// Saves a connection and an export in a fresh state and runs it: the journal's cost.
-async fn saved_run(
+/// What every section shares.
+struct Bench {
+    args: Args,
+    host: std::sync::Arc<ConnectorHost>,
+    plugins: std::path::PathBuf,
+    work: std::path::PathBuf,
+    /// The segment of `--profiles` generated profiles.
+    source: GeneratedSource,
+}
+
+impl Bench {
+    async fn throughput(&self) -> Result<()> {
+        println!(
+            "\n1. {} profiles, segment `everyone`, no injected latency",
+            self.args.profiles
+        );
+        println!(
+            "   {:<18} {:>9} {:>12} {:>14} {:>9} {:>9}",
+            "vendor", "wall s", "profiles/s", "peak RSS MB", "requests", "sent"
+        );
+        for connector in ["campaign-monitor", "mailchimp"] {
+            let sim = SimProcess::start(connector, 0)?;
+            let (report, wall, rss) = run(&self.host, connector, &sim, &self.source, None).await?;
+            println!(
+                "   {:<18} {:>9.2} {:>12.0} {:>14.1} {:>9} {:>9}",
+                connector,
+                wall.as_secs_f64(),
+                report.counts.profiles as f64 / wall.as_secs_f64(),
+                rss,
+                report.requests,
+                report.counts.sent()
+            );
+        }
+        Ok(())
+    }
+
+    async fn ceiling(&self) -> Result<()> {
+        let (latency_ms, concurrency) = (self.args.latency_ms, self.args.concurrency);
+        println!(
+            "\n2. Against the vendor ceiling: {latency_ms} ms a call, {concurrency} requests in flight"
+        );
+        println!(
+            "   {:<18} {:>9} {:>9} {:>10} {:>7}",
+            "vendor", "wall s", "batches", "ceiling s", "ratio"
+        );
+        for connector in ["campaign-monitor", "mailchimp"] {
+            let sim = SimProcess::start(connector, latency_ms)?;
+            let (report, wall, _) =
+                run(&self.host, connector, &sim, &self.source, Some(concurrency)).await?;
+            // Every call (validation included) waits the latency; `concurrency` at a time.
+            let ceiling = (report.counts.batches as f64 / concurrency as f64).ceil()
+                * latency_ms as f64
+                / 1000.0
+                + latency_ms as f64 / 1000.0;
+            println!(
+                "   {:<18} {:>9.2} {:>9} {:>10.2} {:>7.3}",
+                connector,
+                wall.as_secs_f64(),
+                report.counts.batches,
+                ceiling,
+                wall.as_secs_f64() / ceiling
+            );
+        }
+        Ok(())
+    }
+
+    async fn sandbox_cost(&self) -> Result<()> {
+        let contacts = self.args.sandbox_contacts;
+        println!(
+            "\n3. Sandbox cost: CPU per 1,000 contacts to Campaign Monitor ({contacts} contacts)"
+        );
+        let small = GeneratedSource {
+            seed: 2,
+            count: contacts,
+        };
+        let sim = SimProcess::start("campaign-monitor", 0)?;
+        let before = cpu_time();
+        native_export(&sim, &small).await?;
+        let native = cpu_time() - before;
+        drop(sim);
+        // The same export on a host without the CPU budget (no epoch interruption) shows what
+        // the limits themselves cost.
+        let unlimited = ConnectorHost::open(
+            &self.plugins,
+            HostOptions {
+                limits: connector_host::Limits {
+                    cpu_time: None,
+                    ..Default::default()
+                },
+                cache_dir: Some(self.work.join("cache")),
+                ..HostOptions::default()
+            },
+        )
+        .await?;
+        let mut measure = Vec::new();
+        for h in [&*self.host, &unlimited] {
+            let sim = SimProcess::start("campaign-monitor", 0)?;
+            let before = cpu_time();
+            run(h, "campaign-monitor", &sim, &small, Some(1)).await?;
+            measure.push(cpu_time() - before);
+        }
+        let (component, without_limits) = (measure[0], measure[1]);
+        let per_k = |d: Duration| d.as_secs_f64() * 1000.0 / (contacts as f64 / 1000.0);
+        println!(
+            "   component {:.2} ms, native {:.2} ms, ratio {:.2}",
+            per_k(component),
+            per_k(native),
+            component.as_secs_f64() / native.as_secs_f64()
+        );
+        println!(
+            "   the CPU budget's own cost: {:.2} ms without it, {:.2} ms with it ({:+.1}%)",
+            per_k(without_limits),
+            per_k(component),
+            (component.as_secs_f64() / without_limits.as_secs_f64() - 1.0) * 100.0
+        );
+        Ok(())
+    }
+
+    async fn start_up(&self) -> Result<()> {
+        let copies = self.args.copies;
+        println!("\n4. Start-up with {copies} connector components");
+        let many = self.work.join("many");
+        copy_plugins(&many, copies)?;
+        let options = HostOptions {
+            cache_dir: Some(self.work.join("many-cache")),
+            ..HostOptions::default()
+        };
+        let started = Instant::now();
+        drop(ConnectorHost::open(&many, options.clone()).await?);
+        let cold = started.elapsed();
+        let started = Instant::now();
+        let warm = ConnectorHost::open(&many, options).await?;
+        let warm_time = started.elapsed();
+        if warm.plugins().loaded.len() != copies {
+            bail!(
+                "{} of {copies} connectors loaded",
+                warm.plugins().loaded.len()
+            );
+        }
+        let rounds = 200;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            warm.describe("campaign-monitor").await?;
+        }
+        let instantiate = started.elapsed() / rounds;
+        println!(
+            "   first start (compiling) {:.2} s, second start (cache) {:.3} s, one fresh instance + describe {:.3} ms",
+            cold.as_secs_f64(),
+            warm_time.as_secs_f64(),
+            instantiate.as_secs_f64() * 1000.0
+        );
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<()> {
+        println!(
+            "\n5. Sync: a saved export of {} profiles; runs: the first, one with nothing changed, \
+             a delta after 1% changed their first name and 0.5% left, and a full one on that data",
+            self.args.profiles
+        );
+        println!(
+            "   {:<18} {:<10} {:>7} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>7}",
+            "vendor",
+            "run",
+            "wall s",
+            "requests",
+            "sent",
+            "left",
+            "RSS MB",
+            "+peak",
+            "sync MB",
+            "history",
+            "file MB"
+        );
+        for (connector, leave_action) in
+            [("campaign-monitor", "unsubscribe"), ("mailchimp", "untag")]
+        {
+            let runs = sync_runs(
+                self.host.clone(),
+                &self.work,
+                connector,
+                leave_action,
+                &self.source,
+            )
+            .await?;
+            for (name, run) in ["first", "unchanged", "delta", "full"].iter().zip(&runs) {
+                let s = &run.state;
+                println!(
+                    "   {:<18} {:<10} {:>7.2} {:>9} {:>7} {:>6} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1}",
+                    connector,
+                    name,
+                    run.wall.as_secs_f64(),
+                    run.report.requests,
+                    run.report.counts.sent(),
+                    run.report.counts.left,
+                    run.rss_before_mb,
+                    run.peak_rss_mb - run.rss_before_mb,
+                    s.sync_mb,
+                    s.history_mb,
+                    s.file_mb
+                );
+            }
+            println!(
+                "   {:<18} delta / full: wall {:.3}, requests {:.3}",
+                "",
+                runs[2].wall.as_secs_f64() / runs[3].wall.as_secs_f64(),
+                runs[2].report.requests as f64 / runs[3].report.requests as f64
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The generated profiles, before or after a while: afterwards every 100th profile has a new
+/// first name and every 200th has left the segment (spread evenly, so every batch holds some).
+struct Evolving {
+    base: GeneratedSource,
+    later: std::sync::atomic::AtomicBool,
+}
+
+impl ProfileSource for Evolving {
+    fn columns(&self) -> Result<Vec<String>> {
+        self.base.columns()
+    }
+
+    fn segments(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.base.segments()
+    }
+
+    fn profiles(&self, segments: &[String]) -> Result<connector_host::ProfileStream> {
+        let stream = self.base.profiles(segments)?;
+        if !self.later.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(stream);
+        }
+        let index = |p: &connector_host::Profile| p.id[1..].parse::<u64>().unwrap_or(0);
+        let profiles = stream
+            .profiles
+            .filter(move |p| p.as_ref().map_or(true, |p| index(p) % 200 != 7))
+            .map(move |p| {
+                p.map(|mut p| {
+                    if index(&p) % 100 == 3 {
+                        p.values[2] = Some(format!("Renamed{}", index(&p)));
+                    }
+                    p
+                })
+            });
+        Ok(connector_host::ProfileStream {
+            total: None,
+            profiles: Box::new(profiles),
+        })
+    }
+}
+
+/// One run of a saved export.
+struct SyncRun {
+    report: RunReport,
+    wall: Duration,
+    rss_before_mb: f64,
+    peak_rss_mb: f64,
+    state: StateSizes,
+}
+
+/// Where the state database's bytes are, in MB.
+struct StateSizes {
+    /// The sync state: `sync_contacts`, `sync_log` and `sync_reasons`.
+    sync_mb: f64,
+    /// The run history: runs and their undelivered contacts.
+    history_mb: f64,
+    /// The database file and its write-ahead log.
+    file_mb: f64,
+}
+
+fn state_sizes(db: &Path) -> Result<StateSizes> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let bytes = |tables: &str| -> Result<f64> {
+        let sql = format!("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN ({tables})");
+        Ok(conn.query_row(&sql, [], |r| r.get::<_, i64>(0))? as f64 / 1e6)
+    };
+    let file: u64 = std::fs::read_dir(db.parent().unwrap())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.db"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(StateSizes {
+        sync_mb: bytes("'sync_contacts', 'sync_log', 'sync_reasons'")?,
+        history_mb: bytes("'runs', 'run_issues', 'run_issues_by_run'")?,
+        file_mb: file as f64 / 1e6,
+    })
+}
+
+/// A saved export with `leave_action` in a fresh state, run four times: first, again with
+/// nothing changed, after the segment evolved, and in full on the evolved segment.
+async fn sync_runs(
     host: std::sync::Arc<ConnectorHost>,
     work: &Path,
+    connector: &str,
+    leave_action: &str,
     source: &GeneratedSource,
-) -> Result<(Duration, f64, f64)> {
-    let sim = SimProcess::start("campaign-monitor", 0)?;
-    let db = work.join("state/state.db");
+) -> Result<Vec<SyncRun>> {
+    let sim = SimProcess::start(connector, 0)?;
+    let dir = work.join(format!("state-{connector}"));
+    let db = dir.join("state.db");
+    let evolving = std::sync::Arc::new(Evolving {
+        base: source.clone(),
+        later: false.into(),
+    });
     let workspace = Workspace::new(std::sync::Arc::new(State::open(&db)?))
         .with_host(host)
         .with_master_key(MasterKey::generate())?
-        .with_source(std::sync::Arc::new(source.clone()));
+        .with_source(evolving.clone());
     let admin = Actor {
         name: "bench".into(),
         role: Role::Administrator,
     };
-    let (connection, export) = export_to(&sim, "campaign-monitor");
-    workspace.approve_connector(&admin, "campaign-monitor")?;
+    let (connection, export) = export_to(&sim, connector);
+    let mut settings = export.settings;
+    if leave_action == "untag" {
+        settings.push(("membership-tag".into(), "bench-members".into()));
+    }
+    workspace.approve_connector(&admin, connector)?;
     workspace
         .add_connection(
             &admin,
@@ -559,7 +753,7 @@ async fn saved_run(
             ExportRequest {
                 name: "bench".into(),
                 connection: "bench".into(),
-                settings: export.settings,
+                settings,
                 mapping: vec![
                     "email=email".into(),
                     "first-name=first_name".into(),
@@ -567,23 +761,37 @@ async fn saved_run(
                 ],
                 segments: export.segments,
                 schedule: None,
-                leave_action: None,
-                confirm_irreversible: false,
+                leave_action: Some(leave_action.into()),
+                confirm_irreversible: true,
             },
         )
         .await?;
-    reset_peak_rss();
-    let started = Instant::now();
-    let outcome = workspace
-        .run_export(&admin, "bench", RunRequest::default(), &NoProgress, None)
-        .await?;
-    let wall = started.elapsed();
-    if !outcome.report.succeeded() {
-        bail!("{}", outcome.report.summary());
+    let mut runs = Vec::new();
+    for (later, full) in [(false, false), (false, false), (true, false), (true, true)] {
+        evolving
+            .later
+            .store(later, std::sync::atomic::Ordering::SeqCst);
+        let rss_before_mb = rss_mb();
+        reset_peak_rss();
+        let started = Instant::now();
+        let how = RunRequest {
+            full,
+            ..RunRequest::default()
+        };
+        let outcome = workspace
+            .run_export(&admin, "bench", how, &NoProgress, None)
+            .await?;
+        let wall = started.elapsed();
+        if !outcome.report.succeeded() {
+            bail!("{}", outcome.report.summary());
+        }
+        runs.push(SyncRun {
+            state: state_sizes(&db)?,
+            report: outcome.report,
+            wall,
+            rss_before_mb,
+            peak_rss_mb: peak_rss_mb(),
+        });
     }
-    let db_bytes: u64 = std::fs::read_dir(db.parent().unwrap())?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    Ok((wall, peak_rss_mb(), db_bytes as f64 / 1e6))
+    Ok(runs)
 }
