@@ -450,19 +450,12 @@ fn route(
             (StatusCode::OK, Value::Array(fields))
         }
         ("GET", ["subscribers", id]) if list_of(s, id) => {
-            let email = uri
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("email="))
-                .map(percent_decode)
-                .unwrap_or_default();
-            let list = &s.lists[*id];
-            match list.subscribers.get(&email.to_ascii_lowercase()) {
+            let (list, email) = (&s.lists[*id], email_query(uri));
+            match list.subscribers.get(&email) {
                 Some(sub) => {
                     let consent = s.clients[&list.client_id]
                         .consent
-                        .get(&email.to_ascii_lowercase())
+                        .get(&email)
                         .cloned()
                         .unwrap_or_default();
                     (
@@ -485,43 +478,12 @@ fn route(
             )
             .and_then(Value::as_str)
             .unwrap_or("")
+            .trim()
             .to_ascii_lowercase();
-            match s
-                .lists
-                .get_mut(*id)
-                .unwrap()
-                .subscribers
-                .get_mut(email.trim())
-            {
-                Some(sub) if sub.state != SubscriberState::Deleted => {
-                    sub.state = SubscriberState::Unsubscribed;
-                    (StatusCode::OK, Value::Null)
-                }
-                _ => not_in_list(),
-            }
+            move_subscriber(s, id, &email, SubscriberState::Unsubscribed)
         }
         ("DELETE", ["subscribers", id]) if list_of(s, id) => {
-            let email = uri
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("email="))
-                .map(percent_decode)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            match s
-                .lists
-                .get_mut(*id)
-                .unwrap()
-                .subscribers
-                .get_mut(email.trim())
-            {
-                Some(sub) if sub.state != SubscriberState::Deleted => {
-                    sub.state = SubscriberState::Deleted;
-                    (StatusCode::OK, Value::Null)
-                }
-                _ => not_in_list(),
-            }
+            move_subscriber(s, id, &email_query(uri), SubscriberState::Deleted)
         }
         // Known routes with a list ID the caller does not own: Code 101.
         ("GET", ["lists", id] | ["lists", id, "customfields"] | ["subscribers", id])
@@ -572,6 +534,29 @@ fn prop<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+/// The `email` query parameter, decoded and lower-cased (lookups ignore case).
+fn email_query(uri: &Uri) -> String {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("email="))
+        .map(percent_decode)
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Unsubscribes or deletes a subscriber of the list; a deleted or unknown one is "not in list".
+fn move_subscriber(s: &mut State, list: &str, email: &str, to: SubscriberState) -> Answer {
+    match s.lists.get_mut(list).unwrap().subscribers.get_mut(email) {
+        Some(sub) if sub.state != SubscriberState::Deleted => {
+            sub.state = to;
+            (StatusCode::OK, Value::Null)
+        }
+        _ => not_in_list(),
+    }
 }
 
 fn not_in_list() -> Answer {

@@ -750,6 +750,17 @@ fn flag(uri: &Uri, name: &str) -> bool {
     })
 }
 
+/// A request body as JSON, or Mailchimp's answer to one that is not.
+fn parse_json(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body).map_err(|_| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse Error",
+            "We encountered an unspecified JSON parsing error.",
+        )
+    })
+}
+
 /// Whether a partial response (`fields=a.b,c`) includes `field`; without `fields`, all do.
 fn wants_field(uri: &Uri, field: &str) -> bool {
     let Some(fields) = uri
@@ -832,13 +843,7 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
         flag(uri, "skip_merge_validation"),
         flag(uri, "skip_duplicate_check"),
     );
-    let request: Value = serde_json::from_slice(body).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "JSON Parse Error",
-            "We encountered an unspecified JSON parsing error.",
-        )
-    })?;
+    let request = parse_json(body)?;
     let Some(members) = request.get("members").and_then(Value::as_array) else {
         return Err(invalid_resource(
             json!([{"field": "members", "message": "Required fields were not provided: members"}]),
@@ -1020,13 +1025,7 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
 /// `PUT /lists/{id}/members/{hash}`: add or update one member; `status_if_new` applies only to
 /// a new member, `status` (if sent) changes an existing one (section 5).
 fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<MemberView, Problem> {
-    let request: Value = serde_json::from_slice(body).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "JSON Parse Error",
-            "We encountered an unspecified JSON parsing error.",
-        )
-    })?;
+    let request = parse_json(body)?;
     let email = request
         .get("email_address")
         .and_then(Value::as_str)
@@ -1098,13 +1097,7 @@ fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<Member
 
 /// `POST /lists/{id}/members/{hash}/tags`: `active` adds a tag, `inactive` removes it.
 fn member_tags(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<(), Problem> {
-    let request: Value = serde_json::from_slice(body).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "JSON Parse Error",
-            "We encountered an unspecified JSON parsing error.",
-        )
-    })?;
+    let request = parse_json(body)?;
     let audience = s.audiences.get_mut(id).unwrap();
     let changes: Vec<(String, bool)> = request
         .get("tags")
@@ -1141,13 +1134,7 @@ fn member_tags(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<(), P
 
 /// `POST /lists/{id}/segments`: a static segment (a tag), with its first members.
 fn create_segment(s: &mut State, id: &str, body: &[u8]) -> Result<Value, Problem> {
-    let request: Value = serde_json::from_slice(body).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "JSON Parse Error",
-            "We encountered an unspecified JSON parsing error.",
-        )
-    })?;
+    let request = parse_json(body)?;
     let Some(name) = request.get("name").and_then(Value::as_str) else {
         return Err(invalid_resource(
             json!([{"field": "name", "message": "This value should not be blank."}]),
@@ -1178,13 +1165,7 @@ fn create_segment(s: &mut State, id: &str, body: &[u8]) -> Result<Value, Problem
 /// `POST /lists/{id}/segments/{segment}`: add and remove members of a static segment (a tag),
 /// at most 500 each; addresses the audience does not have are listed in `errors`.
 fn change_segment(s: &mut State, id: &str, sid: &str, body: &[u8]) -> Result<Value, Problem> {
-    let request: Value = serde_json::from_slice(body).map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "JSON Parse Error",
-            "We encountered an unspecified JSON parsing error.",
-        )
-    })?;
+    let request = parse_json(body)?;
     let audience = s.audiences.get_mut(id).unwrap();
     let Some(name) = audience
         .tag_ids
