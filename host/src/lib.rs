@@ -59,7 +59,7 @@ pub use run::{
 pub use sandbox::Limits;
 pub use schedule::Schedule;
 pub use secret::Secret;
-pub use source::{FileSource, Profile, ProfileSource, ProfileStream};
+pub use source::{FileSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow};
 pub use state::{Access, Actor, MasterKey, Role, State};
 pub use workspace::{ConnectionRequest, ExportRequest, RunOutcome, RunRequest, Workspace};
 

@@ -65,14 +65,14 @@ impl ProfileSource for LiveSource {
 
     fn profiles(&self, _segments: &[String]) -> Result<ProfileStream> {
         let members = self.members();
-        Ok(ProfileStream {
-            total: Some(members.len() as u64),
-            profiles: Box::new(members.into_iter().map(|p| {
+        Ok(ProfileStream::of_profiles(
+            Some(members.len() as u64),
+            members.into_iter().map(|p| {
                 Ok(Profile {
                     id: p.id.clone(),
                     values: vec![Some(p.id), p.email, p.first_name, p.last_name, p.plan],
                 })
-            })),
-        })
+            }),
+        ))
     }
 }

@@ -243,9 +243,6 @@ impl ProfileSource for GeneratedSource {
                     ],
                 })
             });
-        Ok(ProfileStream {
-            total: Some(total),
-            profiles: Box::new(profiles),
-        })
+        Ok(ProfileStream::of_profiles(Some(total), profiles))
     }
 }

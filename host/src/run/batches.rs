@@ -1,8 +1,9 @@
 //! Reading the segment: each profile is mapped to a contact, given its address and digest,
 //! decided against the sync index (send, skip, duplicate...), and the contacts to send are cut
-//! into batches. Runs on a blocking thread; the batches go to the run through `emit`.
+//! into batches; a row the source could not use is recorded with its reason. Runs on a
+//! blocking thread; the batches go to the run through `emit`.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::counts::RunCounts;
 use super::report::{IssueKind, RunIssue, Stage};
@@ -10,7 +11,7 @@ use super::sync::{Decision, SyncIndex, digest, key_hash};
 use crate::contract::Contact;
 use crate::email;
 use crate::mapping::ResolvedMapping;
-use crate::source::Profile;
+use crate::source::{Row, SkipReason, SkippedRow};
 
 /// A piece of the segment: the contacts to send, and what was decided for the other profiles
 /// read with them.
@@ -33,6 +34,12 @@ pub(crate) struct SentContact {
 }
 
 impl Batch {
+    /// Whether the batch is ready to go: as many contacts as the connector takes, or as many
+    /// rows read as a piece settles at once.
+    fn is_full(&self, size: usize) -> bool {
+        self.contacts.len() == size || self.counts.profiles >= MAX_PROFILES_A_BATCH
+    }
+
     fn new(size: usize) -> Batch {
         Batch {
             contacts: Vec::with_capacity(size),
@@ -67,18 +74,28 @@ struct Addressed {
     at: Option<usize>,
 }
 
-/// Reads every profile, deciding each; `note` hears every decision (a dry run collects examples
-/// from it); `emit` takes each batch, and reading stops when it returns false.
+/// How a run reads its segment.
+pub(crate) struct Reading<'a> {
+    pub mapping: &'a ResolvedMapping,
+    /// Contacts a batch holds at most (the connector's limit).
+    pub size: usize,
+    /// Unreadable rows tolerated before reading stops (`None`: any number).
+    pub max_bad_rows: Option<u64>,
+}
+
+/// Reads every row, deciding each profile; `note` hears every decision (a dry run collects
+/// examples from it); `emit` takes each batch, and reading stops when it returns false.
 pub(crate) fn read(
-    profiles: Box<dyn Iterator<Item = Result<Profile>> + Send>,
-    mapping: &ResolvedMapping,
+    rows: Box<dyn Iterator<Item = Result<Row>> + Send>,
+    how: &Reading,
     index: &mut SyncIndex,
-    size: usize,
     note: &mut dyn FnMut(Decision, &str),
     mut emit: impl FnMut(Batch) -> bool,
 ) -> Result<()> {
+    let (mapping, size) = (how.mapping, how.size);
     let mut batch = Batch::new(size);
-    let mut profiles = profiles.peekable();
+    let mut bad_rows = 0u64;
+    let mut profiles = rows.peekable();
     let (mut chunk, mut keys, mut found) = (
         Vec::with_capacity(CHUNK),
         Vec::with_capacity(CHUNK),
@@ -86,8 +103,32 @@ pub(crate) fn read(
     );
     while profiles.peek().is_some() {
         chunk.clear();
-        for profile in profiles.by_ref().take(CHUNK) {
-            let profile = profile?;
+        for row in profiles.by_ref().take(CHUNK) {
+            let profile = match row? {
+                Row::Profile(profile) => profile,
+                Row::Skipped(row) => {
+                    if row.reason == SkipReason::Unreadable {
+                        bad_rows += 1;
+                        if let Some(max) = how.max_bad_rows
+                            && bad_rows > max
+                        {
+                            bail!(
+                                "more than {max} rows of the segment cannot be read (the last: {}: {}); fix the data, or allow more bad rows",
+                                row.location,
+                                row.detail
+                            );
+                        }
+                    }
+                    skip(row, &mut batch);
+                    if batch.is_full(size) {
+                        let full = std::mem::replace(&mut batch, Batch::new(size));
+                        if !emit(full) {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            };
             let mut contact = mapping.contact(&profile);
             let address = email::address(&contact.email).map(|address| {
                 contact.email = address.send;
@@ -113,7 +154,7 @@ pub(crate) fn read(
         }
         for read in chunk.drain(..) {
             decide(read, index, note, &mut batch);
-            if batch.contacts.len() == size || batch.counts.profiles >= MAX_PROFILES_A_BATCH {
+            if batch.is_full(size) {
                 let full = std::mem::replace(&mut batch, Batch::new(size));
                 if !emit(full) {
                     return Ok(());
@@ -125,6 +166,34 @@ pub(crate) fn read(
         emit(batch);
     }
     Ok(())
+}
+
+/// Records a row the source could not use.
+fn skip(row: SkippedRow, batch: &mut Batch) {
+    batch.counts.profiles += 1;
+    let kind = match row.reason {
+        SkipReason::Unreadable => {
+            batch.counts.unreadable += 1;
+            IssueKind::Unreadable
+        }
+        SkipReason::RepeatedId => {
+            batch.counts.repeated_ids += 1;
+            IssueKind::Duplicate
+        }
+        SkipReason::UnknownProfile => {
+            batch.counts.unknown_profiles += 1;
+            IssueKind::UnknownProfile
+        }
+    };
+    batch.issues.push(RunIssue {
+        profile_id: row.profile_id.unwrap_or_default(),
+        email: String::new(),
+        kind,
+        stage: Stage::Skipped,
+        code: row.reason.code().into(),
+        message: format!("{}: {}", row.location, row.detail),
+        since: None,
+    });
 }
 
 /// Decides one profile into `batch`.

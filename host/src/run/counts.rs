@@ -4,13 +4,20 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Every profile read is counted once in the plan:
-/// `profiles = new + changed + returning + resent + unchanged + still_rejected +
-/// still_suppressed + duplicates + invalid + resumed`.
+/// The accounting identities every report satisfies ([`RunCounts::check`]), for each settled
+/// piece and so for the whole run, whatever its status:
+///
+/// - every row of the segment read is counted once: `profiles = sent + not sent`, where
+///   `sent = new + changed + returning + resent + resumed` and `not sent = unchanged +
+///   still_rejected + still_suppressed + duplicates + invalid + unreadable + repeated_ids +
+///   unknown_profiles`;
+/// - every contact sent has the vendor's outcome: `created + updated + suppressed + rejected =
+///   new + changed + returning + resent + resumed`;
+/// - every leaver has one: `leaving = left + left_untouched + left_refused`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunCounts {
-    /// Segment members read from the source.
+    /// Rows of the segment read from the source: profiles, and rows that could not be used.
     pub profiles: u64,
     /// Sent because the export never sent them before.
     pub new: u64,
@@ -28,8 +35,14 @@ pub struct RunCounts {
     pub still_suppressed: u64,
     /// Not sent: another profile of the export has the same address.
     pub duplicates: u64,
-    /// Not sent: no usable email address.
+    /// Not sent: no usable email address, or a value longer than the vendor takes.
     pub invalid: u64,
+    /// Not sent: rows the source could not read (ragged, not UTF-8, bad JSON, no id...).
+    pub unreadable: u64,
+    /// Not sent: rows repeating a profile id read before (the first row is used).
+    pub repeated_ids: u64,
+    /// Not sent: memberships naming a profile the source does not have.
+    pub unknown_profiles: u64,
     /// Settled by an earlier attempt of this run, not sent again (their outcome is counted below).
     pub resumed: u64,
     /// Contacts the export sent before that are no longer in the segment.
@@ -65,15 +78,47 @@ impl RunCounts {
         self.created + self.updated + self.suppressed + self.rejected
     }
 
-    /// Profiles the plan accounts for; equals `profiles` when the counts add up.
-    pub fn planned(&self) -> u64 {
-        self.to_send()
-            + self.unchanged
+    /// Rows read and not sent, whatever the reason.
+    pub fn not_sent(&self) -> u64 {
+        self.unchanged
             + self.still_rejected
             + self.still_suppressed
             + self.duplicates
             + self.invalid
-            + self.resumed
+            + self.unreadable
+            + self.repeated_ids
+            + self.unknown_profiles
+    }
+
+    /// Rows the plan accounts for; equals `profiles` when the counts add up.
+    pub fn planned(&self) -> u64 {
+        self.to_send() + self.resumed + self.not_sent()
+    }
+
+    /// Checks the accounting identities (see [`RunCounts`]); says which one fails, if any.
+    pub fn check(&self) -> Result<(), String> {
+        if self.profiles != self.planned() {
+            return Err(format!(
+                "{} rows read but {} accounted for: {self:?}",
+                self.profiles,
+                self.planned()
+            ));
+        }
+        if self.sent() != self.to_send() + self.resumed {
+            return Err(format!(
+                "{} contacts sent but {} outcomes: {self:?}",
+                self.to_send() + self.resumed,
+                self.sent()
+            ));
+        }
+        let left = self.left + self.left_untouched + self.left_refused;
+        if self.leaving != left {
+            return Err(format!(
+                "{} leavers but {left} outcomes: {self:?}",
+                self.leaving
+            ));
+        }
+        Ok(())
     }
 
     /// Adds `other` to these counts.
@@ -89,6 +134,9 @@ impl RunCounts {
             still_suppressed,
             duplicates,
             invalid,
+            unreadable,
+            repeated_ids,
+            unknown_profiles,
             resumed,
             leaving,
             created,
@@ -110,6 +158,9 @@ impl RunCounts {
         self.still_suppressed += still_suppressed;
         self.duplicates += duplicates;
         self.invalid += invalid;
+        self.unreadable += unreadable;
+        self.repeated_ids += repeated_ids;
+        self.unknown_profiles += unknown_profiles;
         self.resumed += resumed;
         self.leaving += leaving;
         self.created += created;

@@ -73,28 +73,37 @@ pub(crate) fn plan(
         }
     };
     let mut counts = RunCounts::default();
-    let mut no_email = vec![];
-    batches::read(
-        stream.profiles,
+    let mut skipped = vec![];
+    let how = batches::Reading {
         mapping,
-        &mut index,
         size,
+        max_bad_rows: None,
+    };
+    batches::read(
+        stream.rows,
+        &how,
+        &mut index,
         &mut |decision, email| keep(category(decision), email.to_string()),
         |batch| {
             counts.add(&batch.counts);
-            no_email.extend(
-                batch
-                    .issues
-                    .into_iter()
-                    .filter(|i| i.kind == IssueKind::Invalid)
-                    .take(EXAMPLES)
-                    .map(|i| format!("profile {}", i.profile_id)),
-            );
+            // A few examples of each kind of row skipped locally (the message says where).
+            for issue in batch.issues {
+                let what = match issue.kind {
+                    IssueKind::Invalid => "invalid",
+                    IssueKind::Unreadable => "unreadable",
+                    IssueKind::UnknownProfile => "unknown profiles",
+                    IssueKind::Duplicate if issue.email.is_empty() => "repeated ids",
+                    _ => continue,
+                };
+                if skipped.iter().filter(|(w, _)| *w == what).count() < EXAMPLES {
+                    skipped.push((what, issue.message));
+                }
+            }
             true
         },
     )?;
-    for example in no_email {
-        keep("no email", example);
+    for (what, example) in skipped {
+        keep(what, example);
     }
     let leavers = index.leavers(&mut counts);
     counts.leaving += leavers.len() as u64;
@@ -141,7 +150,7 @@ impl RunPlan {
                 .unwrap_or_default();
             let _ = writeln!(out, "  {label:<22} {n:>9}{examples}");
         };
-        line(&mut out, "profiles in segment", c.profiles, None);
+        line(&mut out, "rows read", c.profiles, None);
         line(&mut out, "would send", c.to_send(), None);
         for (label, n, key) in [
             ("  new", c.new, "new"),
@@ -159,7 +168,10 @@ impl RunPlan {
             ("  still rejected", c.still_rejected, "still rejected"),
             ("  still suppressed", c.still_suppressed, "still suppressed"),
             ("  duplicates", c.duplicates, "duplicates"),
-            ("  no email", c.invalid, "no email"),
+            ("  invalid", c.invalid, "invalid"),
+            ("  unreadable rows", c.unreadable, "unreadable"),
+            ("  repeated ids", c.repeated_ids, "repeated ids"),
+            ("  unknown profiles", c.unknown_profiles, "unknown profiles"),
             ("  settled earlier", c.resumed, "settled earlier"),
         ] {
             if n > 0 || label == "  unchanged" {

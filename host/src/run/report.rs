@@ -20,8 +20,27 @@ pub enum IssueKind {
     Rejected,
     /// Another profile of this export has the same address; it was sent once.
     Duplicate,
-    /// The profile has no usable email address; nothing was sent.
+    /// The profile has no usable email address, or a value longer than the vendor takes;
+    /// nothing was sent.
     Invalid,
+    /// The source could not read the row (its location and why are in the message).
+    Unreadable,
+    /// A membership names a profile the source does not have.
+    UnknownProfile,
+}
+
+impl IssueKind {
+    /// The kind in words, as the CSV of undelivered contacts and summaries write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            IssueKind::Suppressed => "suppressed",
+            IssueKind::Rejected => "rejected",
+            IssueKind::Duplicate => "duplicate",
+            IssueKind::Invalid => "invalid",
+            IssueKind::Unreadable => "unreadable",
+            IssueKind::UnknownProfile => "unknown-profile",
+        }
+    }
 }
 
 /// Where in the run an issue arose.
@@ -88,6 +107,8 @@ pub struct RunReport {
     pub mode: RunMode,
     /// The export's leave action (`none` when it has none).
     pub leave_action: String,
+    /// Members of the segments, when the source knew before reading them.
+    pub segment_size: Option<u64>,
     #[serde(flatten)]
     pub counts: RunCounts,
     /// HTTP requests made (each attempt counts) and how many were retries.
@@ -119,6 +140,7 @@ impl RunReport {
             status: RunStatus::Succeeded,
             mode,
             leave_action: leave_action.unwrap_or("none").to_string(),
+            segment_size: None,
             counts: RunCounts::default(),
             requests: 0,
             retries: 0,
@@ -164,7 +186,10 @@ impl RunReport {
         let line = |out: &mut String, label: &str, n: u64| {
             let _ = writeln!(out, "  {label:<22} {n:>9}");
         };
-        line(&mut out, "profiles in segment", c.profiles);
+        if let Some(size) = self.segment_size {
+            line(&mut out, "segment members", size);
+        }
+        line(&mut out, "rows read", c.profiles);
         line(&mut out, "sent", c.sent());
         for (label, n) in [
             ("  created", c.created),
@@ -177,17 +202,16 @@ impl RunReport {
         if c.resumed > 0 {
             line(&mut out, "  of which earlier", c.resumed);
         }
-        line(
-            &mut out,
-            "not sent",
-            c.profiles.saturating_sub(c.to_send() + c.resumed),
-        );
+        line(&mut out, "not sent", c.not_sent());
         for (label, n) in [
             ("  unchanged", c.unchanged),
             ("  still rejected", c.still_rejected),
             ("  still suppressed", c.still_suppressed),
             ("  duplicates", c.duplicates),
-            ("  no email", c.invalid),
+            ("  invalid", c.invalid),
+            ("  unreadable rows", c.unreadable),
+            ("  repeated ids", c.repeated_ids),
+            ("  unknown profiles", c.unknown_profiles),
         ] {
             if n > 0 || label == "  unchanged" {
                 line(&mut out, label, n);
@@ -246,10 +270,9 @@ impl RunReport {
             let _ = writeln!(out, "  not delivered, by reason:");
             for ((stage, kind, code, message), (count, examples)) in reasons {
                 let what = match (stage, kind) {
-                    (Stage::Sent, k) => format!("{k:?}").to_lowercase(),
                     (Stage::Skipped, IssueKind::Rejected) => "still rejected".into(),
                     (Stage::Skipped, IssueKind::Suppressed) => "still suppressed".into(),
-                    (Stage::Skipped, k) => format!("{k:?}").to_lowercase(),
+                    (Stage::Sent | Stage::Skipped, k) => k.label().to_string(),
                     (Stage::Leaving, IssueKind::Suppressed) => "left, untouched".into(),
                     (Stage::Leaving, _) => "left, refused".into(),
                 };

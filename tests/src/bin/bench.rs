@@ -279,14 +279,19 @@ async fn native_export(sim: &SimProcess, source: &GeneratedSource) -> Result<()>
     );
     let stream = source.profiles(&["everyone".into()])?;
     let mut batch: Vec<connector_host::Profile> = Vec::with_capacity(1000);
-    let mut profiles = stream.profiles.peekable();
+    let mut profiles = stream
+        .rows
+        .filter_map(|row| match row {
+            Ok(connector_host::Row::Profile(p)) => Some(p),
+            _ => None,
+        })
+        .peekable();
     while profiles.peek().is_some() {
         batch.clear();
         batch.extend(
             profiles
                 .by_ref()
                 .take(1000)
-                .filter_map(Result::ok)
                 .filter(|p| p.values[1].is_some()),
         );
         let subscribers = batch
@@ -640,21 +645,21 @@ impl ProfileSource for Evolving {
         if !self.later.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(stream);
         }
+        use connector_host::Row;
         let index = |p: &connector_host::Profile| p.id[1..].parse::<u64>().unwrap_or(0);
-        let profiles = stream
-            .profiles
-            .filter(move |p| p.as_ref().map_or(true, |p| index(p) % 200 != 7))
-            .map(move |p| {
-                p.map(|mut p| {
-                    if index(&p) % 100 == 3 {
-                        p.values[2] = Some(format!("Renamed{}", index(&p)));
-                    }
-                    p
-                })
+        let rows = stream
+            .rows
+            .filter(move |row| !matches!(row, Ok(Row::Profile(p)) if index(p) % 200 == 7))
+            .map(move |row| match row {
+                Ok(Row::Profile(mut p)) if index(&p) % 100 == 3 => {
+                    p.values[2] = Some(format!("Renamed{}", index(&p)));
+                    Ok(Row::Profile(p))
+                }
+                other => other,
             });
         Ok(connector_host::ProfileStream {
             total: None,
-            profiles: Box::new(profiles),
+            rows: Box::new(rows),
         })
     }
 }

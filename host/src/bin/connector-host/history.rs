@@ -115,7 +115,7 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                     rows.push(vec![
                         i.profile_id,
                         i.email,
-                        format!("{:?}", i.kind).to_lowercase(),
+                        i.kind.label().to_string(),
                         format!("{:?}", i.stage).to_lowercase(),
                         i.code,
                         i.message,

@@ -40,14 +40,11 @@ impl<W: Write> IssueCsv<W> {
 
     /// One row.
     pub fn write(&mut self, i: &RunIssue) -> Result<()> {
-        let (kind, stage) = (
-            serde_json::to_value(i.kind)?,
-            serde_json::to_value(i.stage)?,
-        );
+        let stage = serde_json::to_value(i.stage)?;
         let cells = [
             &i.profile_id,
             &i.email,
-            kind.as_str().unwrap_or(""),
+            i.kind.label(),
             stage.as_str().unwrap_or(""),
             &i.code,
             &i.message,
