@@ -56,9 +56,26 @@ impl FieldMapping {
                 );
             }
         }
-        let mut resolved = ResolvedMapping::default();
+        let mut resolved = ResolvedMapping {
+            vendor: info.display_name.clone(),
+            ..ResolvedMapping::default()
+        };
         for (field, column) in &self.0 {
-            let declared = info.contact_fields.iter().any(|f| f.key == *field);
+            let declared = info.contact_fields.iter().find(|f| f.key == *field);
+            let max_length = match declared {
+                Some(f) => f.max_length,
+                None => info.custom_field_max_length,
+            };
+            // The host's own limit on addresses holds whatever the connector declares.
+            let max_length = match (field.as_str(), max_length) {
+                ("email", 0) => crate::email::MAX_ADDRESS_LEN as u32,
+                ("email", n) => n.min(crate::email::MAX_ADDRESS_LEN as u32),
+                (_, n) => n,
+            };
+            if max_length > 0 {
+                resolved.limits.push((field.clone(), max_length as usize));
+            }
+            let declared = declared.is_some();
             if !declared && !info.custom_fields {
                 let offered: Vec<&str> =
                     info.contact_fields.iter().map(|f| f.key.as_str()).collect();
@@ -101,6 +118,10 @@ pub(crate) struct ResolvedMapping {
     first_name: Option<usize>,
     last_name: Option<usize>,
     attributes: Vec<(String, usize)>,
+    /// The longest value each mapped field may have, in characters, where there is a limit.
+    limits: Vec<(String, usize)>,
+    /// The vendor's name, for messages.
+    vendor: String,
 }
 
 impl ResolvedMapping {
@@ -125,5 +146,33 @@ impl ResolvedMapping {
                 .filter_map(|(k, i)| value(*i).map(|v| (k.clone(), v)))
                 .collect(),
         }
+    }
+
+    /// Why `contact` cannot be sent as it is, if a value is longer than its field takes.
+    pub(crate) fn over_limit(&self, contact: &Contact) -> Option<String> {
+        self.limits.iter().find_map(|(field, max)| {
+            let value = match field.as_str() {
+                "email" => Some(contact.email.as_str()),
+                "first-name" => contact.first_name.as_deref(),
+                "last-name" => contact.last_name.as_deref(),
+                key => contact
+                    .attributes
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str()),
+            }?;
+            // Only long values are counted in full.
+            let length = if value.len() <= *max {
+                return None;
+            } else {
+                value.chars().count()
+            };
+            (length > *max).then(|| {
+                format!(
+                    "{field} is {length} characters long; {} takes at most {max}",
+                    self.vendor
+                )
+            })
+        })
     }
 }

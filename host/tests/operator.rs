@@ -163,7 +163,7 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     );
     let show = op.ok(&["runs", "show", &id]);
     assert_eq!(field(&show, "status"), "succeeded");
-    assert_eq!(field(&show, "profiles"), expected.profiles.to_string());
+    assert_eq!(field(&show, "rows read"), expected.profiles.to_string());
     assert!(
         field(&show, "sent").starts_with(&format!("{} (", expected.sent())),
         "{show}"
@@ -173,7 +173,10 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
         expected.delivered.len().to_string()
     );
     assert_eq!(field(&show, "rejected"), expected.invalid.len().to_string());
-    assert_eq!(field(&show, "no email"), expected.missing_email.to_string());
+    assert_eq!(
+        field(&show, "invalid"),
+        (expected.missing_email + expected.refused_locally.len() as u64).to_string()
+    );
     assert_eq!(field(&show, "duplicates"), expected.duplicates.to_string());
     let csv = op.ok(&["runs", "rejections", &id, "--csv"]);
     let mut rows = csv.lines();
@@ -184,8 +187,21 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     let rows: Vec<&str> = rows.collect();
     assert_eq!(
         rows.len() as u64,
-        expected.invalid.len() as u64 + expected.missing_email + expected.duplicates
+        expected.invalid.len() as u64
+            + expected.refused_locally.len() as u64
+            + expected.missing_email
+            + expected.duplicates
     );
+    for refused in &expected.refused_locally {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!(
+                ",{refused},invalid,skipped,invalid-email,Not an email address: "
+            )) || r.contains(&format!(
+                ",\"{refused}\",invalid,skipped,invalid-email,Not an email address: "
+            ))),
+            "{refused} missing from {csv}"
+        );
+    }
     for invalid in &expected.invalid {
         assert!(
             rows.iter()
@@ -404,13 +420,19 @@ async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
         field(&show, "sent").starts_with(&format!("{} (", expected.sent())),
         "{show}"
     );
-    assert_eq!(field(&show, "profiles"), expected.profiles.to_string());
+    assert_eq!(field(&show, "rows read"), expected.profiles.to_string());
     assert_eq!(field(&show, "rejected"), expected.invalid.len().to_string());
-    assert_eq!(field(&show, "no email"), expected.missing_email.to_string());
+    assert_eq!(
+        field(&show, "invalid"),
+        (expected.missing_email + expected.refused_locally.len() as u64).to_string()
+    );
     let csv = op.ok(&["runs", "rejections", &id, "--csv"]);
     assert_eq!(
         csv.lines().count() as u64 - 1,
-        expected.invalid.len() as u64 + expected.missing_email + expected.duplicates,
+        expected.invalid.len() as u64
+            + expected.refused_locally.len() as u64
+            + expected.missing_email
+            + expected.duplicates,
         "each undelivered contact is listed once across both attempts"
     );
 

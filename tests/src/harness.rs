@@ -64,6 +64,8 @@ pub struct Expected {
     pub delivered: BTreeMap<String, SampleProfile>,
     /// Emails the vendor must refuse as invalid (first occurrence of each).
     pub invalid: Vec<String>,
+    /// Emails the host refuses itself, as no vendor takes them (each occurrence).
+    pub refused_locally: Vec<String>,
     /// Members without an email.
     pub missing_email: u64,
     /// Members whose email (ignoring case) an earlier member already had.
@@ -84,7 +86,11 @@ impl Expected {
                 expected.missing_email += 1;
                 continue;
             };
-            if !seen.insert(email.to_lowercase()) {
+            // An address no vendor takes is refused wherever it appears; a usable one is
+            // sent once.
+            if connector_host::email::address(&email).is_err() {
+                expected.refused_locally.push(email);
+            } else if !seen.insert(email.to_lowercase()) {
                 expected.duplicates += 1;
             } else if is_valid_email(&email) {
                 expected.delivered.insert(email.to_lowercase(), p);

@@ -84,11 +84,14 @@ pub fn profile(seed: u64, index: u64) -> SampleProfile {
     let domain = DOMAINS[((r >> 16) % 3) as usize];
     let kind = (r >> 20) % 1000;
     let email = match kind {
-        0..20 => Some(match kind % 4 {
+        // Four kinds no vendor takes (the host refuses them itself), and one only the vendor
+        // refuses (its top-level domain has a digit).
+        0..20 => Some(match kind % 5 {
             0 => format!("{base}.{domain}"),
             1 => format!("{first} {last}@{domain}"),
             2 => format!("{base}@example"),
-            _ => format!("{base}@@{domain}"),
+            3 => format!("{base}@@{domain}"),
+            _ => format!("{base}@{domain}1"),
         }),
         20..35 if index > 0 => {
             let earlier = index - 1 - (r >> 32) % index.min(500);

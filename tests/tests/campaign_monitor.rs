@@ -15,7 +15,7 @@ use connector_tests::sim::campaign_monitor::{CampaignMonitorSim, SubscriberState
 
 const API_KEY: &str = "cm-test-key-0123456789abcdef";
 const SEED: u64 = 7;
-const PROFILES: u64 = 3_000;
+const PROFILES: u64 = 8_000;
 
 struct World {
     sim: CampaignMonitorSim,
@@ -89,12 +89,13 @@ async fn exports_exactly_the_segments_valid_deduplicated_contacts() {
     let expected = Expected::for_segment(SEED, PROFILES, "vip");
     let bad_rows = (
         expected.invalid.len(),
+        expected.refused_locally.len(),
         expected.duplicates,
         expected.missing_email,
     );
     assert!(
-        bad_rows.0 > 0 && bad_rows.1 > 0 && bad_rows.2 > 0,
-        "the sample lacks bad rows (invalid, duplicate, missing): {bad_rows:?}"
+        bad_rows.0 > 0 && bad_rows.1 > 0 && bad_rows.2 > 0 && bad_rows.3 > 0,
+        "the sample lacks bad rows (vendor-invalid, invalid, duplicate, missing): {bad_rows:?}"
     );
 
     // Before the run: one segment member is already subscribed under an old name, one has
@@ -186,7 +187,18 @@ async fn exports_exactly_the_segments_valid_deduplicated_contacts() {
     assert_eq!(report.counts.updated, 1);
     assert_eq!(report.counts.suppressed, 1);
     assert_eq!(report.counts.rejected, expected.invalid.len() as u64);
-    assert_eq!(report.counts.invalid, expected.missing_email);
+    assert_eq!(
+        report.counts.invalid,
+        expected.missing_email + expected.refused_locally.len() as u64
+    );
+    assert_eq!(
+        report
+            .issues
+            .iter()
+            .filter(|i| i.code == "invalid-email")
+            .count(),
+        expected.refused_locally.len()
+    );
     assert_eq!(report.counts.duplicates, expected.duplicates);
     let suppressed: Vec<_> = report
         .issues

@@ -207,7 +207,10 @@ async fn exports_the_segment_updates_existing_members_and_never_resubscribes() {
         (delivered - 4, 1, 3)
     );
     assert_eq!(report.counts.rejected, expected.invalid.len() as u64);
-    assert_eq!(report.counts.invalid, expected.missing_email);
+    assert_eq!(
+        report.counts.invalid,
+        expected.missing_email + expected.refused_locally.len() as u64
+    );
     assert_eq!(report.counts.duplicates, expected.duplicates);
     let reason = |email: &str| {
         let issue = report

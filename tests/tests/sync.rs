@@ -338,7 +338,7 @@ impl Oracle {
 fn history() -> Vec<Vec<Person>> {
     let base: Vec<Person> = (1..=30).map(Person::numbered).collect();
     let mut step0 = base.clone();
-    step0[4].email = Some("person5-at-example.org".into()); // invalid
+    step0[4].email = Some("person5@example.org1".into()); // the vendor refuses it
     step0[5].email = None; // no address
     let step1 = step0.clone(); // unchanged
     let mut step2: Vec<Person> = step0
@@ -354,7 +354,7 @@ fn history() -> Vec<Vec<Person>> {
     step2.push(Person::numbered(32));
     let mut step3 = step2.clone();
     step3.push(Person::numbered(2)); // back, as before
-    step3.iter_mut().find(|p| p.id == "p7").unwrap().email = Some("person7@@example.org".into());
+    step3.iter_mut().find(|p| p.id == "p7").unwrap().email = Some("person7@example.org1".into());
     step3.iter_mut().find(|p| p.id == "p10").unwrap().first_name = None; // cleared
     let mut step4 = step3.clone();
     step4.iter_mut().find(|p| p.id == "p7").unwrap().email = Some("person7@example.org".into());
@@ -448,7 +448,7 @@ async fn scenario(mailchimp: bool, action: Option<&'static str>) {
                 let still = report
                     .issues
                     .iter()
-                    .find(|i| i.email == "person5-at-example.org")
+                    .find(|i| i.email == "person5@example.org1")
                     .unwrap();
                 assert!(still.since.is_some(), "{when}: when was it first rejected?");
             }

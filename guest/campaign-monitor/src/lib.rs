@@ -29,6 +29,12 @@ struct CampaignMonitor;
 
 /// Largest import Campaign Monitor accepts (more gives error 209).
 const MAX_BATCH: u32 = 1000;
+/// The longest custom-field value Campaign Monitor stores ("Value max 250 chars", see
+/// shared/vendors/campaign-monitor.md, sources S4 and S10).
+const MAX_CUSTOM_FIELD_VALUE: u32 = 250;
+/// The longest first or last name sent (they are joined into `Name`). UNCONFIRMED: Campaign
+/// Monitor publishes no limit for `Name`; this uses its one published value limit.
+const MAX_NAME_PART: u32 = 250;
 /// Per-row failure codes that mean "kept out on purpose": in suppression list, deleted,
 /// unsubscribed, bounced, unconfirmed.
 const SUPPRESSED_CODES: [i64; 5] = [204, 205, 206, 207, 208];
@@ -65,12 +71,13 @@ impl Connector for CampaignMonitor {
                 },
             ],
             contact_fields: vec![
-                field("email", "Email", true),
-                field("first-name", "First name", false),
-                field("last-name", "Last name", false),
-                field("consent-to-track", "Consent to track (yes/no)", false),
+                ContactField::new("email", "Email", true, MAX_EMAIL_LENGTH),
+                ContactField::new("first-name", "First name", false, MAX_NAME_PART),
+                ContactField::new("last-name", "Last name", false, MAX_NAME_PART),
+                ContactField::new("consent-to-track", "Consent to track (yes/no)", false, 0),
             ],
             custom_fields: true,
+            custom_field_max_length: MAX_CUSTOM_FIELD_VALUE,
             leave_actions: vec![
                 LeaveAction::new(
                     "unsubscribe",
@@ -304,14 +311,6 @@ fn bare_key(key: &str) -> &str {
 /// The Code of a Campaign Monitor error envelope, if the answer is one.
 fn envelope_code(response: &Response) -> Option<i64> {
     response.json::<Envelope>().ok().map(|e| e.code)
-}
-
-fn field(key: &str, label: &str, required: bool) -> ContactField {
-    ContactField {
-        key: key.into(),
-        label: label.into(),
-        required,
-    }
 }
 
 /// An export's settings, checked.

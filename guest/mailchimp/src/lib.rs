@@ -34,6 +34,10 @@ struct Mailchimp;
 
 /// Largest batch subscribe Mailchimp accepts.
 const MAX_BATCH: u32 = 500;
+/// The longest value of a text merge field (FNAME, LNAME and the audience's own). UNCONFIRMED:
+/// Mailchimp's audience field settings cap text fields at 255 characters; the API reference
+/// does not say.
+const MAX_TEXT_MERGE_FIELD: u32 = 255;
 
 /// Phrases of Mailchimp's per-member refusals that mean "kept out on purpose" (compliance
 /// state after unsubscribe/bounce/cleaning, or permanently deleted).
@@ -49,11 +53,6 @@ impl Connector for Mailchimp {
             key: key.into(),
             label: label.into(),
             help: help.into(),
-            required,
-        };
-        let field = |key: &str, label: &str, required: bool| ContactField {
-            key: key.into(),
-            label: label.into(),
             required,
         };
         ConnectorInfo {
@@ -102,11 +101,12 @@ impl Connector for Mailchimp {
                 ),
             ],
             contact_fields: vec![
-                field("email", "Email", true),
-                field("first-name", "First name", false),
-                field("last-name", "Last name", false),
+                ContactField::new("email", "Email", true, MAX_EMAIL_LENGTH),
+                ContactField::new("first-name", "First name", false, MAX_TEXT_MERGE_FIELD),
+                ContactField::new("last-name", "Last name", false, MAX_TEXT_MERGE_FIELD),
             ],
             custom_fields: true,
+            custom_field_max_length: MAX_TEXT_MERGE_FIELD,
             leave_actions: vec![
                 LeaveAction::new(
                     "archive",

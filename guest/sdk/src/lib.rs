@@ -80,6 +80,22 @@ impl ExportConfig {
     }
 }
 
+impl ContactField {
+    /// A contact field to declare in `describe`; `max_length` is the longest value the vendor
+    /// takes, in characters (0: no published limit).
+    pub fn new(key: &str, label: &str, required: bool, max_length: u32) -> ContactField {
+        ContactField {
+            key: key.into(),
+            label: label.into(),
+            required,
+            max_length,
+        }
+    }
+}
+
+/// The longest email address SMTP carries (RFC 5321); no vendor takes a longer one.
+pub const MAX_EMAIL_LENGTH: u32 = 254;
+
 impl LeaveAction {
     /// A leave action to declare in `describe`.
     pub fn new(id: &str, label: &str, help: &str, reversible: bool) -> LeaveAction {

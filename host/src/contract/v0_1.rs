@@ -81,9 +81,12 @@ impl Instance {
                     key: f.key,
                     label: f.label,
                     required: f.required,
+                    // 0.1 connectors declare no limits: the host applies only its own.
+                    max_length: 0,
                 })
                 .collect(),
             custom_fields: false,
+            custom_field_max_length: 0,
             leave_actions: vec![],
             max_batch_size: info.max_batch_size,
             max_concurrent_requests: info.max_concurrent_requests,

@@ -9,7 +9,7 @@ use super::counts::RunCounts;
 use super::report::{IssueKind, RunIssue, Stage};
 use super::sync::{Decision, SyncIndex, digest, key_hash};
 use crate::contract::Contact;
-use crate::email;
+use crate::email::{self, Unusable};
 use crate::mapping::ResolvedMapping;
 use crate::source::{Row, SkipReason, SkippedRow};
 
@@ -61,8 +61,14 @@ const CHUNK: usize = 64;
 struct Read {
     profile_id: String,
     contact: Contact,
-    /// `None`: no usable email.
-    address: Option<Addressed>,
+    /// Its address, or why it cannot be sent at all.
+    address: Result<Addressed, Refusal>,
+}
+
+/// Why the host refuses a contact itself, before any vendor call.
+struct Refusal {
+    code: &'static str,
+    message: String,
 }
 
 struct Addressed {
@@ -130,15 +136,31 @@ pub(crate) fn read(
                 }
             };
             let mut contact = mapping.contact(&profile);
-            let address = email::address(&contact.email).map(|address| {
-                contact.email = address.send;
-                Addressed {
-                    key: key_hash(&address.key),
-                    normal: address.key,
-                    digest: digest(&contact),
-                    at: None,
-                }
-            });
+            let address = match email::address(&contact.email) {
+                Err(Unusable::Missing) => Err(Refusal {
+                    code: "missing-email",
+                    message: "The profile has no email address".into(),
+                }),
+                Err(Unusable::Invalid(why)) => Err(Refusal {
+                    code: "invalid-email",
+                    message: format!("Not an email address: {why}"),
+                }),
+                Ok(address) => match mapping.over_limit(&contact) {
+                    Some(message) => Err(Refusal {
+                        code: "value-too-long",
+                        message,
+                    }),
+                    None => {
+                        contact.email = address.send;
+                        Ok(Addressed {
+                            key: key_hash(&address.key),
+                            normal: address.key,
+                            digest: digest(&contact),
+                            at: None,
+                        })
+                    }
+                },
+            };
             chunk.push(Read {
                 profile_id: profile.id,
                 contact,
@@ -146,9 +168,13 @@ pub(crate) fn read(
             });
         }
         keys.clear();
-        keys.extend(chunk.iter().filter_map(|r| Some(r.address.as_ref()?.key)));
+        keys.extend(
+            chunk
+                .iter()
+                .filter_map(|r| Some(r.address.as_ref().ok()?.key)),
+        );
         index.locate(&keys, &mut found);
-        let addressed = chunk.iter_mut().filter_map(|r| r.address.as_mut());
+        let addressed = chunk.iter_mut().filter_map(|r| r.address.as_mut().ok());
         for (address, at) in addressed.zip(&found) {
             address.at = *at;
         }
@@ -209,24 +235,26 @@ fn decide(
         address,
     } = read;
     batch.counts.profiles += 1;
-    let Some(Addressed {
+    let Addressed {
         normal,
         key,
         digest,
         at,
-    }) = address
-    else {
-        batch.counts.invalid += 1;
-        batch.issues.push(RunIssue {
-            profile_id,
-            email: String::new(),
-            kind: IssueKind::Invalid,
-            stage: Stage::Skipped,
-            code: "missing-email".into(),
-            message: "The profile has no email address".into(),
-            since: None,
-        });
-        return;
+    } = match address {
+        Ok(address) => address,
+        Err(Refusal { code, message }) => {
+            batch.counts.invalid += 1;
+            batch.issues.push(RunIssue {
+                profile_id,
+                email: contact.email,
+                kind: IssueKind::Invalid,
+                stage: Stage::Skipped,
+                code: code.into(),
+                message,
+                since: None,
+            });
+            return;
+        }
     };
     let decision = index.decide_at(key, at, digest);
     decision.count(&mut batch.counts);

@@ -178,6 +178,10 @@ const MIGRATIONS: &[&str] = &[
         run_id INTEGER NOT NULL
     );
     "#,
+    // 5: the segment's size as the source knew it before reading.
+    r#"
+    ALTER TABLE runs ADD COLUMN segment_size INTEGER;
+    "#,
 ];
 
 /// The saved state. Safe to share between tasks and between processes (SQLite in WAL mode).

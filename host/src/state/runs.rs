@@ -73,6 +73,8 @@ pub struct RunRecord {
     pub mode: Option<String>,
     /// The leave action it applied (`none` when the export has none).
     pub leave_action: Option<String>,
+    /// Members of the segments, when the source knew before reading them.
+    pub segment_size: Option<u64>,
     /// The latest attempt's counts: everything the run settled, in its every attempt.
     #[serde(flatten)]
     pub counts: RunCounts,
@@ -168,7 +170,8 @@ impl State {
                  requests = requests + ?5, retries = retries + ?6, seconds = seconds + ?7,
                  refusals = ?8, mode = COALESCE(?9, mode),
                  leave_action = COALESCE(?10, leave_action),
-                 counts = COALESCE(?11, counts)
+                 counts = COALESCE(?11, counts),
+                 segment_size = COALESCE(?12, segment_size)
              WHERE id = ?1",
             params![
                 run_id,
@@ -184,6 +187,7 @@ impl State {
                 report
                     .map(|r| serde_json::to_string(&r.counts))
                     .transpose()?,
+                report.and_then(|r| r.segment_size),
             ],
         )?;
         Ok(())
@@ -277,7 +281,7 @@ impl State {
 
 const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trigger,
     r.started_by, r.status, r.error, r.started_at, r.finished_at, r.attempts, r.mode,
-    r.leave_action, r.counts, r.requests, r.retries, r.seconds, r.refusals
+    r.leave_action, r.counts, r.requests, r.retries, r.seconds, r.refusals, r.segment_size
     FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id";
 
 fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
@@ -296,6 +300,7 @@ fn run_row(r: &Row) -> rusqlite::Result<RunRecord> {
         attempts: r.get(10)?,
         mode: r.get(11)?,
         leave_action: r.get(12)?,
+        segment_size: r.get(18)?,
         counts: counts
             .and_then(|c| serde_json::from_str(&c).ok())
             .unwrap_or_default(),

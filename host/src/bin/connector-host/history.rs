@@ -161,7 +161,10 @@ fn print_run(r: &RunRecord) {
             r.attempts, c.resumed
         );
     }
-    println!("  profiles      {}", c.profiles);
+    if let Some(size) = r.segment_size {
+        println!("  segment       {size} members");
+    }
+    println!("  rows read     {}", c.profiles);
     println!(
         "  sent          {} (new {}, changed {}, returning {}, resent {})",
         c.sent(),
@@ -174,13 +177,19 @@ fn print_run(r: &RunRecord) {
     println!("    updated     {}", c.updated);
     println!("    suppressed  {}", c.suppressed);
     println!("    rejected    {}", c.rejected);
-    println!("  unchanged     {}", c.unchanged);
-    println!(
-        "  still refused {} rejected, {} suppressed",
-        c.still_rejected, c.still_suppressed
-    );
-    println!("  duplicates    {}", c.duplicates);
-    println!("  no email      {}", c.invalid);
+    println!("  not sent      {}", c.not_sent());
+    for (label, n) in [
+        ("unchanged", c.unchanged),
+        ("still rejected", c.still_rejected),
+        ("still suppressed", c.still_suppressed),
+        ("duplicates", c.duplicates),
+        ("invalid", c.invalid),
+        ("unreadable", c.unreadable),
+        ("repeated ids", c.repeated_ids),
+        ("unknown profiles", c.unknown_profiles),
+    ] {
+        println!("    {label:<17} {n}");
+    }
     println!(
         "  left          {} (leave action {}: {} acted on, {} untouched, {} refused)",
         c.leaving,
