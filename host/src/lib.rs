@@ -53,8 +53,9 @@ pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
 pub use progress::ConsoleProgress;
 pub use run::{
-    Connection, Credential, CredentialCheck, Export, IssueKind, NoProgress, Progress, RunCounts,
-    RunIssue, RunJournal, RunMode, RunOptions, RunPlan, RunReport, RunStatus, Stage,
+    Connection, Credential, CredentialCheck, Export, IssueKind, IssueListener, NoProgress,
+    Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan, RunReport,
+    RunStatus, Stage,
 };
 pub use sandbox::Limits;
 pub use schedule::Schedule;

@@ -449,7 +449,17 @@ impl Workspace {
             .attempt_run(&export, &record, run_id, full, progress, stop)
             .await;
         match attempt {
-            Ok((report, basis)) => {
+            Ok((mut report, basis)) => {
+                if resumed {
+                    // The report tells of the whole run, its earlier attempts included.
+                    report.reasons.clear();
+                    report.issues.clear();
+                    report.issues_not_listed = 0;
+                    self.state.for_each_issue(run_id, |issue| {
+                        report.note_issue(issue);
+                        Ok(())
+                    })?;
+                }
                 if report.succeeded() {
                     self.state.complete_sync(&export, run_id, &basis)?;
                 }

@@ -164,6 +164,15 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
         "{stdout}"
     );
     let csv = std::fs::read_to_string(&rejections).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&rejections).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the CSV of emails is readable by others"
+        );
+    }
     assert!(
         csv.starts_with("profile_id,email,kind,stage,code,message,since\n"),
         "{csv}"

@@ -387,6 +387,16 @@ async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
     let id = run_id(&out);
     let expected = Expected::for_segment(seed, count, "newsletter");
     let batches = expected.sent().div_ceil(1000) as usize;
+    // The summary tells of the whole run: the vendor's refusals of both attempts.
+    let refused = out
+        .lines()
+        .find(|l| l.contains(" rejected [1] Invalid Email Address"))
+        .unwrap_or_else(|| panic!("no vendor refusals in {out}"));
+    assert_eq!(
+        refused.split_whitespace().next(),
+        Some(expected.invalid.len().to_string().as_str()),
+        "{out}"
+    );
 
     // Every contact delivered, once in the list, and at most the batch in flight at the kill
     // sent twice.

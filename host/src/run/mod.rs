@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use counts::RunCounts;
 pub use plan::RunPlan;
-pub use report::{IssueKind, RunIssue, RunMode, RunReport, RunStatus, Stage};
+pub use report::{IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
 
 use crate::ConnectorHost;
@@ -120,7 +120,13 @@ pub struct RunOptions {
     /// Cancelled to stop the run cleanly: no new batch starts, the batches in flight finish and
     /// are settled, and the report says [`RunStatus::Interrupted`].
     pub stop: Option<CancellationToken>,
+    /// Hears every contact not delivered, once its piece is settled (the report lists only the
+    /// first [`report::MAX_REPORT_ISSUES`]); an error fails the run.
+    pub on_issue: Option<IssueListener>,
 }
+
+/// See [`RunOptions::on_issue`].
+pub type IssueListener = Arc<dyn Fn(&RunIssue) -> Result<()> + Send + Sync>;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -134,6 +140,7 @@ impl Default for RunOptions {
             journal: None,
             full: None,
             stop: None,
+            on_issue: None,
         }
     }
 }
@@ -213,6 +220,7 @@ impl ConnectorHost {
                 .journal
                 .clone()
                 .map(|journal| Recorder::start(journal, concurrency)),
+            on_issue: options.on_issue.clone(),
             progress,
             failure: None,
         };
@@ -390,6 +398,7 @@ struct Run<'a> {
     journal: Option<Arc<dyn RunJournal>>,
     /// Writes settled pieces to the journal (none without one).
     recorder: Option<Recorder>,
+    on_issue: Option<IssueListener>,
     progress: &'a dyn Progress,
     failure: Option<String>,
 }
@@ -435,7 +444,14 @@ impl Run<'_> {
     fn count(&mut self, piece: Piece) {
         self.progress.advance(piece.counts.profiles);
         self.report.counts.add(&piece.counts);
-        self.report.issues.extend(piece.issues);
+        for issue in piece.issues {
+            if let Some(listener) = &self.on_issue
+                && let Err(e) = listener(&issue)
+            {
+                self.fail(format!("passing on an undelivered contact failed: {e:#}"));
+            }
+            self.report.note_issue(issue);
+        }
     }
 
     /// Keeps the first failure.

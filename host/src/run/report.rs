@@ -1,7 +1,6 @@
 //! What a run did: its counts, every contact that was not delivered (with the reason), HTTP
 //! figures, and a summary for people.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -55,6 +54,25 @@ pub enum Stage {
     /// A contact who left the segment: the leave action was refused or not needed.
     Leaving,
 }
+
+/// The contacts not delivered for one reason (stage, kind and code), with a few examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    pub stage: Stage,
+    pub kind: IssueKind,
+    pub code: String,
+    pub count: u64,
+    /// The first few: who (an address, or `profile <id>`) and the message.
+    pub examples: Vec<(String, String)>,
+}
+
+/// Examples a [`Reason`] keeps.
+const EXAMPLES: usize = 3;
+/// Reasons a report tells apart; past them, a kind's further codes are counted as `other`.
+const MAX_REASONS: usize = 100;
+/// Undelivered contacts a report lists one by one (all go to the journal and to
+/// [`super::RunOptions::on_issue`]).
+pub const MAX_REPORT_ISSUES: usize = 10_000;
 
 /// One contact that was not created or updated, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,8 +135,12 @@ pub struct RunReport {
     /// What the host refused the connector (a host off its allow-list, a forbidden address, a
     /// body over a cap...), in words, each once.
     pub refusals: Vec<String>,
-    /// Contacts not created or updated, with the reasons.
+    /// Contacts not delivered, counted by reason, with examples.
+    pub reasons: Vec<Reason>,
+    /// The first contacts not delivered (at most [`MAX_REPORT_ISSUES`]), each with its reason.
     pub issues: Vec<RunIssue>,
+    /// Contacts not delivered beyond those listed in `issues`.
+    pub issues_not_listed: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -145,8 +167,57 @@ impl RunReport {
             requests: 0,
             retries: 0,
             refusals: vec![],
+            reasons: vec![],
             issues: vec![],
+            issues_not_listed: 0,
             duration: Duration::ZERO,
+        }
+    }
+
+    /// Takes in a contact that was not delivered: counted under its reason, and listed while
+    /// the list is short.
+    pub(crate) fn note_issue(&mut self, issue: RunIssue) {
+        let known = self.reasons.iter().position(|r| {
+            (r.stage, r.kind, r.code.as_str()) == (issue.stage, issue.kind, issue.code.as_str())
+        });
+        let at = match known {
+            Some(at) => at,
+            None => {
+                let code = if self.reasons.len() < MAX_REASONS {
+                    issue.code.clone()
+                } else {
+                    "other".into()
+                };
+                match self.reasons.iter().position(|r| {
+                    (r.stage, r.kind, r.code.as_str()) == (issue.stage, issue.kind, code.as_str())
+                }) {
+                    Some(at) => at,
+                    None => {
+                        self.reasons.push(Reason {
+                            stage: issue.stage,
+                            kind: issue.kind,
+                            code,
+                            count: 0,
+                            examples: vec![],
+                        });
+                        self.reasons.len() - 1
+                    }
+                }
+            }
+        };
+        let reason = &mut self.reasons[at];
+        reason.count += 1;
+        if reason.examples.len() < EXAMPLES {
+            let who = match issue.email.as_str() {
+                "" => format!("profile {}", issue.profile_id),
+                email => email.to_string(),
+            };
+            reason.examples.push((who, issue.message.clone()));
+        }
+        if self.issues.len() < MAX_REPORT_ISSUES {
+            self.issues.push(issue);
+        } else {
+            self.issues_not_listed += 1;
         }
     }
 
@@ -246,42 +317,48 @@ impl RunReport {
             );
         }
         let _ = writeln!(out, "  time {secs:.2} s ({rate:.0} profiles/s)");
-        // (stage, kind, code, message) -> (count, examples)
-        type Reasons<'a> = BTreeMap<(Stage, IssueKind, &'a str, &'a str), (u64, Vec<String>)>;
-        let mut reasons: Reasons = BTreeMap::new();
-        for issue in &self.issues {
-            let entry = reasons
-                .entry((
-                    issue.stage,
-                    issue.kind,
-                    issue.code.as_str(),
-                    issue.message.as_str(),
-                ))
-                .or_default();
-            entry.0 += 1;
-            if entry.1.len() < 3 {
-                entry.1.push(match issue.email.as_str() {
-                    "" => format!("profile {}", clean(&issue.profile_id, MAX_LABEL_CHARS)),
-                    email => clean(email, MAX_LABEL_CHARS),
-                });
-            }
-        }
-        if !reasons.is_empty() {
+        if !self.reasons.is_empty() {
             let _ = writeln!(out, "  not delivered, by reason:");
-            for ((stage, kind, code, message), (count, examples)) in reasons {
-                let what = match (stage, kind) {
+            let mut reasons: Vec<&Reason> = self.reasons.iter().collect();
+            reasons.sort_by_key(|r| (r.stage, r.kind, std::cmp::Reverse(r.count)));
+            for r in reasons {
+                let what = match (r.stage, r.kind) {
                     (Stage::Skipped, IssueKind::Rejected) => "still rejected".into(),
                     (Stage::Skipped, IssueKind::Suppressed) => "still suppressed".into(),
                     (Stage::Sent | Stage::Skipped, k) => k.label().to_string(),
                     (Stage::Leaving, IssueKind::Suppressed) => "left, untouched".into(),
                     (Stage::Leaving, _) => "left, refused".into(),
                 };
+                let messages: Vec<&str> = r.examples.iter().map(|(_, m)| m.as_str()).collect();
+                // One message for all: said once; several: each example with its own.
+                let examples = if messages.windows(2).all(|w| w[0] == w[1]) {
+                    format!(
+                        "{} (e.g. {})",
+                        clean(messages.first().copied().unwrap_or(""), MAX_MESSAGE_CHARS),
+                        r.examples
+                            .iter()
+                            .map(|(who, _)| clean(who, MAX_LABEL_CHARS))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    r.examples
+                        .iter()
+                        .map(|(who, m)| {
+                            format!(
+                                "{}: {}",
+                                clean(who, MAX_LABEL_CHARS),
+                                clean(m, MAX_MESSAGE_CHARS)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
                 let _ = writeln!(
                     out,
-                    "    {count:>7} {what} [{}] {} (e.g. {})",
-                    clean(code, MAX_LABEL_CHARS),
-                    clean(message, MAX_MESSAGE_CHARS),
-                    examples.join(", ")
+                    "    {:>7} {what} [{}] {examples}",
+                    r.count,
+                    clean(&r.code, MAX_LABEL_CHARS),
                 );
             }
         }

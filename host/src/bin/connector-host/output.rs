@@ -15,9 +15,19 @@ pub struct IssueCsv<W: Write> {
 
 impl IssueCsv<std::io::BufWriter<std::fs::File>> {
     /// A CSV file at `path`.
+    /// A new file readable by its owner only: it holds email addresses.
     pub fn create(path: &std::path::Path) -> Result<Self> {
-        let file = std::fs::File::create(path)
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        // An existing file keeps its mode through `open`: narrow it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
         IssueCsv::new(std::io::BufWriter::new(file))
     }
 }

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use connector_host::{
     BrokerPolicy, Connection, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
-    RunOptions,
+    IssueListener, RunIssue, RunOptions,
 };
 
 use crate::Session;
@@ -103,21 +104,32 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
             .context("--request-timeout-seconds")?,
         ..BrokerPolicy::default()
     };
+    // Undelivered contacts go to the CSV as they settle, however many there are.
+    let csv = match &args.rejections_csv {
+        Some(path) => Some(Arc::new(Mutex::new(IssueCsv::create(path)?))),
+        None => None,
+    };
+    let on_issue: Option<IssueListener> = csv.clone().map(|csv| {
+        Arc::new(move |issue: &RunIssue| csv.lock().unwrap_or_else(|p| p.into_inner()).write(issue))
+            as IssueListener
+    });
     let options = RunOptions {
         concurrency: args.concurrency,
         broker,
+        on_issue,
         ..RunOptions::default()
     };
     let progress = ConsoleProgress::new(&args.connector);
     let report = host
         .run_export(&connection, &export, &source, &options, &progress)
         .await?;
-    if let Some(path) = &args.rejections_csv {
-        let mut csv = IssueCsv::create(path)?;
-        for issue in &report.issues {
-            csv.write(issue)?;
-        }
-        csv.finish()?;
+    drop(options); // its listener holds the CSV
+    if let Some(csv) = csv {
+        let csv = Arc::try_unwrap(csv)
+            .map_err(|_| anyhow::anyhow!("the CSV of undelivered contacts is still in use"))?;
+        csv.into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish()?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
