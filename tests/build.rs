@@ -1,9 +1,8 @@
-//! Builds the guest connectors for wasm32-wasip2 (release-optimised `guest` profile) and hands
-//! their paths to the tests as constants in `artifacts.rs`, as wasmtime's test-programs do.
-//! Real connectors live under guest/, hostile test connectors under tests/guests/.
+//! Builds the guest connectors for wasm32-wasip2 and hands their paths to the tests as constants
+//! in `artifacts.rs`, as wasmtime's test-programs do. Real connectors live under guest/,
+//! hostile test connectors under tests/guests/.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 /// (cargo package, artifact file, constant name) of every guest the tests use.
 const GUESTS: &[(&str, &str, &str)] = &[
@@ -38,43 +37,9 @@ const GUESTS: &[(&str, &str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().unwrap().to_path_buf();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    for watched in ["guest", "wit", "tests/guests"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
-
-    ensure_wasm_target();
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .current_dir(&root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "guest"])
-        .env("CARGO_TARGET_DIR", &target_dir);
-    for (package, _, _) in GUESTS {
-        cargo.args(["-p", package]);
-    }
-    // Settings meant for this build script's own compilation must not leak into the guests'.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cargo.env_remove(var);
-    }
-    let status = cargo
-        .status()
-        .expect("run cargo to build the guest connectors");
-    assert!(
-        status.success(),
-        "building the guest connectors failed (see the errors above)"
-    );
-
-    let wasm_dir = target_dir.join("wasm32-wasip2").join("guest");
+    let packages: Vec<&str> = GUESTS.iter().map(|(package, _, _)| *package).collect();
+    let wasm_dir = guest_builder::build(&packages);
+    let target_dir = guest_builder::target_dir();
     let mut consts = String::new();
     for (package, file, name) in GUESTS {
         let path = wasm_dir.join(file);
@@ -91,30 +56,4 @@ fn main() {
     ));
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("artifacts.rs");
     std::fs::write(&out, consts).unwrap();
-}
-
-/// Installs the wasm32-wasip2 standard library when the toolchain lacks it (rust-toolchain.toml
-/// lists it, but rustup does not always install listed targets on its own).
-fn ensure_wasm_target() {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let libdir = Command::new(&rustc)
-        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if libdir.is_some_and(|d| d.is_dir() && has_files(&d)) {
-        return;
-    }
-    let status = Command::new("rustup")
-        .args(["target", "add", "wasm32-wasip2"])
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed"
-    );
-}
-
-fn has_files(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }

@@ -27,6 +27,7 @@ pub mod approval;
 pub mod broker;
 pub mod contract;
 pub mod email;
+pub mod failure;
 pub mod mapping;
 pub mod oauth;
 pub mod plugins;

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use crate::broker::{DialPolicy, Network, SendError, Transport, is_loopback_name};
+use crate::failure::Unavailable;
 use crate::secret::Secret;
 use crate::state::TokenRefresh;
 use crate::text;
@@ -69,14 +70,18 @@ pub async fn refresh(network: &Network, refresh: &TokenRefresh) -> Result<Tokens
     let response = match network.transport(dial, 0).send(request, TIMEOUT).await {
         Ok(response) => response,
         Err(SendError::Refused(why)) => bail!("the host refused {why}"),
-        Err(SendError::Failed(e)) => bail!("the token endpoint could not be reached: {e}"),
+        Err(SendError::Failed(e)) => {
+            return Err(
+                Unavailable(format!("the token endpoint could not be reached: {e}")).into(),
+            );
+        }
     };
     let (head, body) = response.into_parts();
     let collected = tokio::time::timeout(TIMEOUT, Limited::new(body, 64 << 10).collect())
         .await
-        .context("the token endpoint's answer did not arrive in time")?;
+        .map_err(|_| Unavailable("the token endpoint's answer did not arrive in time".into()))?;
     let bytes = collected
-        .map_err(|e| anyhow::anyhow!("reading the token endpoint's answer failed: {e}"))?
+        .map_err(|e| Unavailable(format!("reading the token endpoint's answer failed: {e}")))?
         .to_bytes();
     let answer: TokenAnswer = serde_json::from_slice(&bytes).with_context(|| {
         format!(

@@ -213,6 +213,15 @@ impl Plugins {
     }
 }
 
+/// A component file's content digest (SHA-256, hex), as approvals record it.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Checks a directory entry without reading it: a `.wasm` regular file (or a symlink to one
 /// inside the plugin directory) no larger than `cap`. Returns the path to read.
 fn admit(root: &Path, path: &Path, cap: u64) -> Result<PathBuf, String> {
@@ -298,13 +307,7 @@ async fn load(sandbox: &Sandbox, path: &Path, real: &Path) -> Result<Plugin> {
     let bytes = tokio::task::spawn_blocking(move || read_capped(&file, cap))
         .await
         .context("the plugin reader panicked")??;
-    let digest = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let digest = digest(&bytes);
     let component = sandbox
         .compile(bytes)
         .await

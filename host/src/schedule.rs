@@ -18,7 +18,13 @@ impl Schedule {
                 "the schedule `{text}` is not a cron expression ({e}); write five fields, minute hour day-of-month month day-of-week, in UTC, e.g. `0 6 * * *` for 06:00 every day"
             )
         })?;
-        Ok(Schedule { cron })
+        let schedule = Schedule { cron };
+        if schedule.next_after(Utc::now()).is_none() {
+            anyhow::bail!(
+                "the schedule `{text}` never fires (no date matches it, e.g. the 30th of February); nothing would ever run"
+            );
+        }
+        Ok(schedule)
     }
 
     /// The first time strictly after `after` that the schedule fires.
@@ -53,6 +59,10 @@ mod tests {
         for bad in ["every day", "61 * * * *", "* * *", ""] {
             let err = Schedule::parse(bad).unwrap_err().to_string();
             assert!(err.contains("is not a cron expression"), "{bad}: {err}");
+        }
+        for never in ["0 0 30 2 *", "0 0 31 4 *"] {
+            let err = Schedule::parse(never).unwrap_err().to_string();
+            assert!(err.contains("never fires"), "{never}: {err}");
         }
     }
 }

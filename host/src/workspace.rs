@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::approval::{self, Approval, ApprovalStatus};
+use crate::failure::AlreadyRunning;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
 use crate::run::{
@@ -27,6 +28,8 @@ use crate::{ConnectorHost, oauth};
 
 /// The setting that caps the profiles of one run.
 pub const MAX_PROFILES_SETTING: &str = "max-profiles";
+/// The setting holding how many unreadable rows a run skips before it stops (none: no limit).
+pub const MAX_BAD_ROWS_SETTING: &str = "max-bad-rows";
 /// The cap when the setting is absent.
 pub const DEFAULT_MAX_PROFILES: u64 = 1_000_000;
 
@@ -44,6 +47,36 @@ pub struct ConnectionRequest {
     /// The acting user accepted the data-privacy notice: exported profiles leave the
     /// platform's compliance boundary. A connection is never saved without it.
     pub accept_privacy_notice: bool,
+}
+
+/// What to change in a saved connection; `None` leaves a part as it is.
+#[derive(Default)]
+pub struct ConnectionChanges {
+    /// A new credential (the vendor must accept it before it replaces the old one).
+    pub credential: Option<StoredCredential>,
+    /// For a new OAuth credential: how long its access token is valid, if the vendor said.
+    pub token_expires_in: Option<Duration>,
+    pub access: Option<Access>,
+}
+
+/// What to change in a saved export; `None` leaves a part as it is. The export is checked
+/// again as a whole, with the vendor, before the change is saved.
+#[derive(Default)]
+pub struct ExportChanges {
+    /// Settings to set (others are kept).
+    pub set: Vec<(String, String)>,
+    /// Settings to remove.
+    pub unset: Vec<String>,
+    /// The whole mapping, `field=column` pairs.
+    pub mapping: Option<Vec<String>>,
+    /// The whole list of segments.
+    pub segments: Option<Vec<String>>,
+    /// `Some(None)` removes the schedule.
+    pub schedule: Option<Option<String>>,
+    /// `Some(None)` removes the leave action.
+    pub leave_action: Option<Option<String>>,
+    /// Confirms an irreversible leave action being chosen.
+    pub confirm_irreversible: bool,
 }
 
 /// An export to save.
@@ -132,6 +165,7 @@ impl Workspace {
     /// Unlocks the stored credentials; refuses a key other than the state's.
     pub fn with_master_key(mut self, key: MasterKey) -> Result<Workspace> {
         self.state.check_master_key(&key)?;
+        self.state.rekey_fingerprints(&key)?;
         self.key = Some(key);
         Ok(self)
     }
@@ -181,6 +215,18 @@ impl Workspace {
                 format!("the setting {MAX_PROFILES_SETTING} is `{v}`, not a number")
             }),
         }
+    }
+
+    /// Unreadable rows a run skips before it stops, as the settings say (`None`: no limit).
+    pub fn max_bad_rows(&self) -> Result<Option<u64>> {
+        self.state
+            .setting(MAX_BAD_ROWS_SETTING)?
+            .map(|v| {
+                v.parse().with_context(|| {
+                    format!("the setting {MAX_BAD_ROWS_SETTING} is `{v}`, not a number")
+                })
+            })
+            .transpose()
     }
 
     // ---- connectors ----
@@ -290,9 +336,70 @@ impl Workspace {
         Ok(check)
     }
 
-    /// Removes a connection and the exports over it; history stays. Administrators only.
-    pub fn remove_connection(&self, actor: &Actor, name: &str) -> Result<Vec<String>> {
+    /// Replaces a connection's credential (once the vendor accepted the new one) or who may
+    /// use it. Administrators only.
+    pub async fn update_connection(
+        &self,
+        actor: &Actor,
+        name: &str,
+        changes: ConnectionChanges,
+    ) -> Result<ConnectionRecord> {
+        require_administrator(actor, "change connections")?;
+        let record = self.state.connection(name)?;
+        if let Some(credential) = changes.credential {
+            let key = self.key()?;
+            self.approved_connector(&record.connector)?;
+            let connection = Connection {
+                connector: record.connector.clone(),
+                base_url: record.base_url.clone(),
+                data_centre: record.data_centre.clone(),
+                credential: library_credential(&credential),
+            };
+            self.host()?
+                .check_connection(&connection)
+                .await
+                .with_context(|| format!("connection `{name}` keeps its old credential"))?;
+            self.state.replace_credential(
+                key,
+                &record,
+                &credential,
+                changes.token_expires_in.map(expires_at),
+            )?;
+        }
+        if let Some(access) = changes.access {
+            self.state.set_access(record.id, access)?;
+        }
+        self.state.connection(name)
+    }
+
+    /// Removes a connection; history stays. A connection exports use is removed only with
+    /// `with_exports`, and its exports with it. Administrators only. Returns the exports
+    /// removed.
+    pub fn remove_connection(
+        &self,
+        actor: &Actor,
+        name: &str,
+        with_exports: bool,
+    ) -> Result<Vec<String>> {
         require_administrator(actor, "remove connections")?;
+        let record = self.state.connection(name)?;
+        let users: Vec<String> = self
+            .state
+            .exports()?
+            .into_iter()
+            .filter(|e| e.connection_id == record.id)
+            .map(|e| e.name)
+            .collect();
+        if !users.is_empty() && !with_exports {
+            let (which, those, them) = match users.len() {
+                1 => ("export", "that export", "it"),
+                _ => ("exports", "those exports", "them"),
+            };
+            bail!(
+                "connection `{name}` is used by {which} {}; remove {those} first, or give --with-exports to remove {them} too",
+                users.join(", ")
+            );
+        }
         self.state.remove_connection(name, actor)
     }
 
@@ -346,35 +453,11 @@ impl Workspace {
         check_name("export", &request.name)?;
         let connection = self.state.connection(&request.connection)?;
         permit(actor, &connection)?;
-        if let Some(schedule) = &request.schedule {
-            Schedule::parse(schedule)?;
-        }
         if self.state.export(&request.name).is_ok() {
             bail!("an export named `{}` already exists", request.name);
         }
-        let export = Export {
-            settings: request.settings.clone(),
-            mapping: FieldMapping::parse(&request.mapping)?,
-            segments: request.segments.clone(),
-            leave_action: request.leave_action.clone(),
-        };
-        let plugin = self.approved_connector(&connection.connector)?;
-        if let Some(id) = &request.leave_action
-            && let Some(action) = plugin.info.leave_actions.iter().find(|a| a.id == *id)
-            && !action.reversible
-            && !request.confirm_irreversible
-        {
-            bail!(
-                "export `{}` was not saved: its leave action `{id}` is irreversible ({}); confirm it (--confirm-irreversible) to save the export",
-                request.name,
-                action.help
-            );
-        }
-        let library_connection = self.connection(&connection).await?;
-        self.host()?
-            .check_export(&library_connection, &export, self.source()?)
-            .await
-            .with_context(|| format!("export `{}` was not saved", request.name))?;
+        self.check_export_request(&request, &connection, "saved")
+            .await?;
         self.state.add_export(
             &NewExport {
                 name: &request.name,
@@ -387,6 +470,99 @@ impl Workspace {
             },
             actor,
         )
+    }
+
+    /// Changes a saved export, checking it again as a whole (with the vendor) first. A changed
+    /// mapping or settings make its next run full; a changed segment makes those no longer in
+    /// it leavers.
+    pub async fn edit_export(
+        &self,
+        actor: &Actor,
+        name: &str,
+        changes: ExportChanges,
+    ) -> Result<ExportRecord> {
+        let current = self.state.export(name)?;
+        let connection = self.state.connection_by_id(current.connection_id)?;
+        permit(actor, &connection)?;
+        let mut settings = current.settings.clone();
+        settings.retain(|(k, _)| {
+            !changes.unset.contains(k) && !changes.set.iter().any(|(s, _)| s == k)
+        });
+        settings.extend(changes.set.iter().cloned());
+        let request = ExportRequest {
+            name: current.name.clone(),
+            connection: connection.name.clone(),
+            settings,
+            mapping: changes.mapping.unwrap_or(current.mapping.clone()),
+            segments: changes.segments.unwrap_or(current.segments.clone()),
+            schedule: changes.schedule.unwrap_or(current.schedule.clone()),
+            leave_action: changes.leave_action.unwrap_or(current.leave_action.clone()),
+            confirm_irreversible: false,
+        };
+        // The leave action the export already had was confirmed when it was saved.
+        let request = ExportRequest {
+            confirm_irreversible: changes.confirm_irreversible
+                || request.leave_action == current.leave_action,
+            ..request
+        };
+        self.check_export_request(&request, &connection, "changed")
+            .await?;
+        self.state.update_export(
+            current.id,
+            &NewExport {
+                name: &request.name,
+                connection_id: connection.id,
+                settings: &request.settings,
+                mapping: &request.mapping,
+                segments: &request.segments,
+                schedule: request.schedule.as_deref(),
+                leave_action: request.leave_action.as_deref(),
+            },
+        )?;
+        self.state.export(name)
+    }
+
+    /// Checks an export as a whole, with the vendor, before it is saved or changed (`done`
+    /// says which, for the error).
+    async fn check_export_request(
+        &self,
+        request: &ExportRequest,
+        connection: &ConnectionRecord,
+        done: &str,
+    ) -> Result<()> {
+        let not_done = || format!("export `{}` was not {done}", request.name);
+        if let Some(schedule) = &request.schedule {
+            Schedule::parse(schedule).with_context(not_done)?;
+        }
+        let export = Export {
+            settings: request.settings.clone(),
+            mapping: FieldMapping::parse(&request.mapping).with_context(not_done)?,
+            segments: request.segments.clone(),
+            leave_action: request.leave_action.clone(),
+        };
+        let plugin = self.approved_connector(&connection.connector)?;
+        if let Some(id) = &request.leave_action
+            && let Some(action) = plugin.info.leave_actions.iter().find(|a| a.id == *id)
+            && !action.reversible
+            && !request.confirm_irreversible
+        {
+            bail!(
+                "{}: its leave action `{id}` is irreversible ({}); confirm it (--confirm-irreversible) to save the export",
+                not_done(),
+                action.help
+            );
+        }
+        let library_connection = self.connection(connection).await?;
+        self.host()?
+            .check_export(&library_connection, &export, self.source()?)
+            .await
+            .with_context(not_done)
+    }
+
+    /// What a look at a sample of the profile source finds wrong, in words (for the person
+    /// saving an export: runs skip such rows and record them either way).
+    pub fn source_warnings(&self) -> Result<Vec<String>> {
+        self.source()?.sample_warnings()
     }
 
     /// Removes an export and its schedule; its runs stay readable.
@@ -420,7 +596,12 @@ impl Workspace {
         permit(actor, &record)?;
         let _lock = match self.state.lock_export(&export) {
             Ok(Some(lock)) => lock,
-            Ok(None) => bail!("export `{name}` is already running (one run at a time per export)"),
+            Ok(None) => {
+                return Err(AlreadyRunning(format!(
+                    "export `{name}` is already running (one run at a time per export)"
+                ))
+                .into());
+            }
             Err(e) => {
                 // The run was asked for and cannot start: the history says why.
                 let why = format!("the run could not start: {e:#}");
@@ -505,6 +686,10 @@ impl Workspace {
         let connection = self.connection(record).await?;
         let options = RunOptions {
             max_profiles: self.max_profiles()?,
+            max_bad_rows: match self.options.max_bad_rows {
+                Some(n) => Some(n),
+                None => self.max_bad_rows()?,
+            },
             journal: Some(Arc::new(self.state.journal(export, run_id))),
             full,
             stop,

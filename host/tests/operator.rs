@@ -58,8 +58,22 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
 
     let out = op.add_connection("acme", &sim, &[]);
     assert!(out.contains("the vendor accepted the credential"), "{out}");
-    let fingerprint = connector_host::Secret::new(API_KEY.into()).fingerprint();
-    assert!(out.contains(&format!("sha256:{fingerprint}")), "{out}");
+    // The fingerprint is keyed with the master key: whoever lacks it cannot test a guessed
+    // key against it, as they could against a plain hash.
+    let key = connector_host::MasterKey::from_file(&op.path("master.key")).unwrap();
+    let fingerprint = key.fingerprint(&connector_host::Secret::new(API_KEY.into()));
+    assert!(
+        out.contains(&format!("credential fingerprint {fingerprint}")),
+        "{out}"
+    );
+    let plain: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(API_KEY.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(!fingerprint.starts_with(&plain), "a plain hash of the key");
     let err = op.fails(&[&add[..], &["--accept-privacy-notice"]].concat());
     assert!(
         err.contains("a connection named `acme` already exists"),
@@ -73,7 +87,7 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     );
     let show = op.ok(&["connection", "show", "acme"]);
     assert!(
-        show.contains(&format!("api-key sha256:{fingerprint}")),
+        show.contains(&format!("api-key fingerprint {fingerprint}")),
         "{show}"
     );
     assert!(
@@ -248,7 +262,14 @@ async fn operator_keeps_connections_and_exports_and_reads_the_history() {
     );
     assert_eq!(field(&op.ok(&["runs", "show", &id]), "status"), "succeeded");
     op.add_export("daily", "acme", &list, &["--schedule", "0 6 * * *"]);
-    let out = op.ok(&["connection", "remove", "acme"]);
+    // Exports use it: it stays unless their removal is asked for too.
+    let err = op.fails(&["connection", "remove", "acme"]);
+    assert!(
+        err.contains("connection `acme` is used by export daily; remove that export first, or give --with-exports to remove it too"),
+        "{err}"
+    );
+    assert!(op.ok(&["export", "list"]).contains("daily"));
+    let out = op.ok(&["connection", "remove", "acme", "--with-exports"]);
     assert!(
         out.contains("removed with it, schedules stopped: daily"),
         "{out}"
@@ -650,7 +671,7 @@ async fn an_expired_oauth_token_is_renewed_by_the_host() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let show = op.ok(&["connection", "show", "acme-oauth"]);
     let old_fingerprint = field(&show, "credential").to_string();
-    assert!(old_fingerprint.starts_with("oauth sha256:"), "{show}");
+    assert!(old_fingerprint.starts_with("oauth fingerprint "), "{show}");
 
     // The token expires within the minute, so its next use renews it first.
     op.add_export("oauth-export", "acme-oauth", &list, &[]);

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use super::{Connection, CredentialCheck, Export, RunOptions};
 use crate::ConnectorHost;
 use crate::broker::{AllowList, Broker, BrokerSetup, VendorLimits, check_default_base_url};
-use crate::contract::{self, ExportConfig};
+use crate::contract::{self, ErrorKind, ExportConfig};
+use crate::failure::Unavailable;
 use crate::mapping::ResolvedMapping;
 use crate::plugins::Plugin;
 use crate::source::ProfileSource;
@@ -166,11 +167,11 @@ impl ConnectorHost {
                 async |c, store| c.validate(store, config).await,
             )
             .await
-            .with_context(|| {
-                format!(
-                    "connector `{}` failed while validating",
+            .map_err(|e| {
+                anyhow::Error::new(Unavailable(format!(
+                    "connector `{}` failed while validating: {e:#}",
                     prepared.plugin.info.id
-                )
+                )))
             })?;
         outcome.map_err(|e| {
             let refusals = prepared.broker.stats().refusals();
@@ -178,11 +179,30 @@ impl ConnectorHost {
                 true => String::new(),
                 false => format!("; the host refused {}", refusals.join("; ")),
             };
-            anyhow::anyhow!(
-                "{refused} ({}): {}{host_words}; nothing was sent",
-                e.kind,
-                text::clean(&e.message, MAX_MESSAGE_CHARS)
-            )
+            let vendor = &prepared.plugin.info.display_name;
+            let message = text::clean(&e.message, MAX_MESSAGE_CHARS);
+            // Say what failed: the configuration, or the way to the vendor.
+            let (lead, unavailable) = match e.kind {
+                ErrorKind::Unauthorized | ErrorKind::NotFound | ErrorKind::InvalidConfig => {
+                    (refused.to_string(), false)
+                }
+                ErrorKind::Transport => (format!("could not reach {vendor}"), true),
+                ErrorKind::RateLimited => (
+                    format!("{vendor} is throttling requests (try again later)"),
+                    true,
+                ),
+                ErrorKind::Vendor => (format!("{vendor} answered with an error"), true),
+                ErrorKind::Internal => (
+                    format!("connector `{}` failed", prepared.plugin.info.id),
+                    true,
+                ),
+            };
+            let text = format!("{lead}: {message}{host_words}; nothing was sent");
+            if unavailable {
+                anyhow::Error::new(Unavailable(text))
+            } else {
+                anyhow::anyhow!(text)
+            }
         })
     }
 }

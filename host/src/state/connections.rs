@@ -103,7 +103,7 @@ impl State {
                 new.data_centre,
                 to_text(&new.credential.kind),
                 seal_credential(key, new.name, new.credential)?,
-                new.credential.secret.fingerprint(),
+                key.fingerprint(&new.credential.secret),
                 new.token_expires_at,
                 to_text(&new.access),
                 actor.name,
@@ -194,10 +194,43 @@ impl State {
             params![
                 connection.id,
                 seal_credential(key, &connection.name, credential)?,
-                credential.secret.fingerprint(),
+                key.fingerprint(&credential.secret),
                 token_expires_at,
                 now(),
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Recomputes the fingerprints written before they were keyed (12 hex digits of a plain
+    /// SHA-256) with `key`; an erased credential keeps none.
+    pub fn rekey_fingerprints(&self, key: &MasterKey) -> Result<()> {
+        let old: Vec<ConnectionRecord> = {
+            let db = self.db();
+            let mut q = db.prepare(&format!(
+                "{CONNECTION_COLUMNS} WHERE length(fingerprint) = 12"
+            ))?;
+            q.query_map([], connection_row)?.collect::<Result<_, _>>()?
+        };
+        for connection in old {
+            let fingerprint = match self.credential(key, &connection) {
+                Ok(credential) => key.fingerprint(&credential.secret),
+                Err(_) if connection.removed_at.is_some() => "(erased)".into(),
+                Err(e) => return Err(e),
+            };
+            self.db().execute(
+                "UPDATE connections SET fingerprint = ?2 WHERE id = ?1",
+                params![connection.id, fingerprint],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sets who may use a connection.
+    pub fn set_access(&self, connection_id: i64, access: Access) -> Result<()> {
+        self.db().execute(
+            "UPDATE connections SET access = ?2 WHERE id = ?1",
+            params![connection_id, to_text(&access)],
         )?;
         Ok(())
     }

@@ -79,6 +79,23 @@ impl State {
         self.export(new.name)
     }
 
+    /// Replaces what an export sends and when (its name and connection stay).
+    pub fn update_export(&self, id: i64, new: &NewExport) -> Result<()> {
+        self.db().execute(
+            "UPDATE exports SET settings = ?2, mapping = ?3, segments = ?4, schedule = ?5,
+                 leave_action = ?6 WHERE id = ?1",
+            params![
+                id,
+                serde_json::to_string(new.settings)?,
+                serde_json::to_string(new.mapping)?,
+                serde_json::to_string(new.segments)?,
+                new.schedule,
+                new.leave_action,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// The active export called `name`.
     pub fn export(&self, name: &str) -> Result<ExportRecord> {
         self.db()

@@ -21,6 +21,9 @@ const NONCE_BYTES: usize = 24;
 pub struct MasterKey {
     cipher: XChaCha20Poly1305,
     id: String,
+    /// Keys the credential fingerprints: derived from the master key, so that only who holds
+    /// it can compute (or test guesses against) a fingerprint.
+    fingerprint_key: [u8; 32],
 }
 
 impl MasterKey {
@@ -96,17 +99,35 @@ impl MasterKey {
 
     fn from_bytes(bytes: &[u8]) -> MasterKey {
         use sha2::{Digest, Sha256};
-        let mut hash = Sha256::new();
-        hash.update(b"connector-host master key id\0");
-        hash.update(bytes);
-        let id = hash.finalize()[..8]
+        let derive = |label: &[u8]| {
+            Sha256::new()
+                .chain_update(label)
+                .chain_update(bytes)
+                .finalize()
+        };
+        let id = derive(b"connector-host master key id\0")[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         MasterKey {
             cipher: XChaCha20Poly1305::new_from_slice(bytes).expect("32-byte key"),
             id,
+            fingerprint_key: derive(b"connector-host credential fingerprint\0").into(),
         }
+    }
+
+    /// A short, stable identifier of a credential (HMAC-SHA-256 under a key derived from this
+    /// one, 16 hex digits): it tells credentials apart in output and history, and without the
+    /// master key nobody can check a guessed credential against it.
+    pub fn fingerprint(&self, secret: &crate::secret::Secret) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(secret.expose().as_bytes());
+        mac.finalize().into_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// A public identifier of the key (a hash), to tell keys apart without revealing them.

@@ -415,14 +415,15 @@ pub(crate) fn from_text<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite:
     })
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` (and its parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .with_context(|| format!("cannot create the state directory {}", dir.display()))
+        .with_context(|| format!("cannot create the directory {}", dir.display()))
 }
 
 fn migrate(db: &rusqlite::Connection, path: &Path) -> Result<()> {

@@ -83,6 +83,13 @@ impl Operator {
         text(&out.stdout)
     }
 
+    /// Runs a command; its exit code, stdout and stderr.
+    pub fn code(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.run(args);
+        let code = out.status.code().expect("exited, not killed");
+        (code, text(&out.stdout), text(&out.stderr))
+    }
+
     /// Runs a command that must fail; its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -209,6 +209,13 @@ impl CampaignMonitorSim {
         id
     }
 
+    /// Gives a client a new API key; the old one stops working (as regenerating a key in the
+    /// account settings does).
+    pub fn rotate_key(&self, client_id: &str, api_key: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.clients.get_mut(client_id).expect("known client").api_key = api_key.into();
+    }
+
     /// Adds a list to a client; returns its ListID.
     pub fn add_list(&self, client_id: &str, title: &str) -> String {
         let mut s = self.state.lock().unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use connector_host::state::{CredentialKind, StoredCredential, TokenRefresh};
+use connector_host::workspace::ConnectionChanges;
 use connector_host::{Access, ConnectionRequest, CredentialCheck};
 
 use crate::Session;
@@ -52,14 +53,68 @@ pub enum ConnectionCommand {
         #[arg(long)]
         accept_privacy_notice: bool,
     },
+    /// Replace a connection's credential (the vendor must accept the new one first) or change
+    /// who may use it (administrators only).
+    Update {
+        /// The connection's name.
+        name: String,
+        /// Replace the credential with the one in the --secret-env variable.
+        #[arg(long)]
+        rotate_credential: bool,
+        /// Environment variable holding the new credential.
+        #[arg(
+            long,
+            default_value = "CONNECTOR_SECRET",
+            requires = "rotate_credential"
+        )]
+        secret_env: String,
+        /// The new credential is an OAuth access token (sent as Bearer), not an API key.
+        #[arg(long, requires = "rotate_credential")]
+        oauth: bool,
+        /// Environment variable holding the new OAuth refresh token.
+        #[arg(long, requires_all = ["oauth", "token_url"])]
+        refresh_token_env: Option<String>,
+        /// The vendor's OAuth token endpoint.
+        #[arg(long, requires = "refresh_token_env")]
+        token_url: Option<String>,
+        /// Seconds the new OAuth access token stays valid.
+        #[arg(long, requires = "oauth")]
+        expires_in: Option<u64>,
+        /// Let contributors use the connection too.
+        #[arg(long, conflicts_with = "administrators_only")]
+        contributors: bool,
+        /// Let administrators only use the connection.
+        #[arg(long)]
+        administrators_only: bool,
+    },
     /// List the connections.
-    List,
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a connection (its credential only as a fingerprint).
-    Show { name: String },
+    Show {
+        /// The connection's name.
+        name: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the connection's credential with the vendor again.
-    Test { name: String },
-    /// Remove a connection and the exports that use it; run history stays (administrators only).
-    Remove { name: String },
+    Test {
+        /// The connection's name.
+        name: String,
+    },
+    /// Remove a connection and erase its credential; run history stays (administrators only).
+    /// A connection exports use is removed only with --with-exports.
+    Remove {
+        /// The connection's name.
+        name: String,
+        /// Remove the exports that use it too (their schedules stop).
+        #[arg(long)]
+        with_exports: bool,
+    },
 }
 
 pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<ExitCode> {
@@ -115,7 +170,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             };
             let (record, check) = workspace.add_connection(&actor, request).await?;
             println!(
-                "saved connection `{}` ({}), credential sha256:{}",
+                "saved connection `{}` ({}), credential fingerprint {}",
                 record.name, record.connector, record.fingerprint
             );
             match check {
@@ -126,17 +181,86 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 ),
             }
         }
-        ConnectionCommand::List => {
+        ConnectionCommand::Update {
+            name,
+            rotate_credential,
+            secret_env,
+            oauth,
+            refresh_token_env,
+            token_url,
+            expires_in,
+            contributors,
+            administrators_only,
+        } => {
+            let credential = if *rotate_credential {
+                let refresh = match (refresh_token_env, token_url) {
+                    (Some(var), Some(url)) => Some(TokenRefresh {
+                        refresh_token: read_secret(var, "the OAuth refresh token")?,
+                        token_url: url.clone(),
+                    }),
+                    _ => None,
+                };
+                Some(StoredCredential {
+                    kind: if *oauth {
+                        CredentialKind::OAuth
+                    } else {
+                        CredentialKind::ApiKey
+                    },
+                    secret: read_secret(secret_env, "the new credential")?,
+                    refresh,
+                })
+            } else {
+                None
+            };
+            let access = match (contributors, administrators_only) {
+                (true, _) => Some(Access::Contributors),
+                (_, true) => Some(Access::Administrators),
+                _ => None,
+            };
+            if credential.is_none() && access.is_none() {
+                bail!(
+                    "nothing to change: give --rotate-credential, --contributors or --administrators-only"
+                );
+            }
+            // Only a new credential needs the connector and the vendor.
+            let workspace = if credential.is_some() {
+                session.workspace_with_host().await?
+            } else {
+                session.workspace(false)?
+            };
+            let record = workspace
+                .update_connection(
+                    &actor,
+                    name,
+                    ConnectionChanges {
+                        credential,
+                        token_expires_in: expires_in.map(Duration::from_secs),
+                        access,
+                    },
+                )
+                .await?;
+            println!(
+                "updated connection `{}`: credential fingerprint {}, usable by {}",
+                record.name,
+                record.fingerprint,
+                self::access(record.access)
+            );
+        }
+        ConnectionCommand::List { json } => {
             let state = session.state()?;
-            let rows: Vec<Vec<String>> = state
-                .connections()?
+            let connections = state.connections()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&connections)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = connections
                 .into_iter()
                 .map(|c| {
                     vec![
                         c.name,
                         c.connector,
                         kind(c.credential_kind).into(),
-                        format!("sha256:{}", c.fingerprint),
+                        c.fingerprint,
                         access(c.access).into(),
                         c.checked_at.unwrap_or_else(|| "never".into()),
                     ]
@@ -158,9 +282,13 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 );
             }
         }
-        ConnectionCommand::Show { name } => {
+        ConnectionCommand::Show { name, json } => {
             let state = session.state()?;
             let c = state.connection(name)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("connection {}", c.name);
             println!("  connector         {}", c.connector);
             println!(
@@ -171,7 +299,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 println!("  data centre       {dc}");
             }
             println!(
-                "  credential        {} sha256:{}",
+                "  credential        {} fingerprint {}",
                 kind(c.credential_kind),
                 c.fingerprint
             );
@@ -214,9 +342,9 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 ),
             }
         }
-        ConnectionCommand::Remove { name } => {
+        ConnectionCommand::Remove { name, with_exports } => {
             let workspace = session.workspace(false)?;
-            let exports = workspace.remove_connection(&actor, name)?;
+            let exports = workspace.remove_connection(&actor, name, *with_exports)?;
             println!("removed connection `{name}`; its credential was erased");
             if !exports.is_empty() {
                 println!(

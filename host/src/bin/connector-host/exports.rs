@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use connector_host::state::Trigger;
-use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_PROFILES_SETTING};
+use connector_host::workspace::ExportChanges;
+use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_BAD_ROWS_SETTING, MAX_PROFILES_SETTING};
 use connector_host::{ConsoleProgress, ExportRequest, RunRequest, Schedule};
 
+use crate::exit;
 use crate::input::parse_settings;
 use crate::output::print_table;
 use crate::{Session, stop_on_signals};
@@ -44,12 +46,59 @@ pub enum ExportCommand {
         #[arg(long, requires = "leave_action")]
         confirm_irreversible: bool,
     },
-    /// List the exports.
-    List,
-    /// Show an export and its latest runs.
-    Show { name: String },
+    /// Change a saved export: what is given replaces what it had, and the export is checked
+    /// again as a whole with the vendor before the change is saved. A changed mapping or
+    /// setting makes its next run full.
+    Edit {
+        /// The export's name.
+        name: String,
+        /// Set a connector setting, KEY=VALUE (others are kept); repeat for several.
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// Remove a connector setting; repeat for several.
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+        /// The whole new mapping, FIELD=COLUMN; repeat for several.
+        #[arg(long = "map", value_name = "FIELD=COLUMN")]
+        mappings: Vec<String>,
+        /// The whole new list of segments; repeat for several.
+        #[arg(long = "segment")]
+        segments: Vec<String>,
+        /// A new schedule (cron, UTC).
+        #[arg(long, conflicts_with = "no_schedule")]
+        schedule: Option<String>,
+        /// Run on demand only.
+        #[arg(long)]
+        no_schedule: bool,
+        /// A new leave action (`connector-host plugins show ID` lists them).
+        #[arg(long, value_name = "ACTION", conflicts_with = "no_leave_action")]
+        leave_action: Option<String>,
+        /// Only report leavers from now on.
+        #[arg(long)]
+        no_leave_action: bool,
+        /// Confirm a new irreversible leave action.
+        #[arg(long)]
+        confirm_irreversible: bool,
+    },
+    /// List the exports, with their last and next runs.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an export, its sync state and its latest runs.
+    Show {
+        /// The export's name.
+        name: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an export and its schedule; its run history stays.
-    Remove { name: String },
+    Remove {
+        /// The export's name.
+        name: String,
+    },
     /// Run an export now: only contacts that are new, changed, returning or unsettled are sent,
     /// and the leave action applies to those who left. A run cut short or failed is continued.
     Run {
@@ -68,6 +117,14 @@ pub enum ExportCommand {
         /// Batches in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Rows of the segment that cannot be read (each recorded with its line and reason)
+        /// tolerated before the run stops as failed [default: the max-bad-rows setting, else
+        /// no limit].
+        #[arg(long)]
+        max_bad_rows: Option<u64>,
+        /// Exit with 5 when the run succeeded but some contacts were not delivered.
+        #[arg(long)]
+        fail_on_undelivered: bool,
         /// Print the run report as JSON on stdout instead of the summary.
         #[arg(long)]
         json: bool,
@@ -78,8 +135,13 @@ pub enum ExportCommand {
 pub enum SettingsCommand {
     /// Show the settings.
     Show,
-    /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N.
-    Set { key: String, value: String },
+    /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N, max-bad-rows N.
+    Set {
+        /// profiles, memberships, id-column, max-profiles or max-bad-rows.
+        key: String,
+        /// The value: a file, a column name or a number.
+        value: String,
+    },
 }
 
 pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitCode> {
@@ -117,31 +179,92 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             );
             if let Some(text) = &record.schedule {
                 println!(
-                    "schedule: {text} (UTC): {}",
-                    Schedule::parse(text)?.describe()
+                    "schedule: {text} (UTC): {}; next run {}",
+                    Schedule::parse(text)?.describe(),
+                    next_run(&record.schedule)
                 );
             }
+            warn_about_source(&workspace);
         }
-        ExportCommand::List => {
+        ExportCommand::Edit {
+            name,
+            settings,
+            unset,
+            mappings,
+            segments,
+            schedule,
+            no_schedule,
+            leave_action,
+            no_leave_action,
+            confirm_irreversible,
+        } => {
+            let changes = ExportChanges {
+                set: parse_settings(settings)?,
+                unset: unset.clone(),
+                mapping: (!mappings.is_empty()).then(|| mappings.clone()),
+                segments: (!segments.is_empty()).then(|| segments.clone()),
+                schedule: match (schedule, no_schedule) {
+                    (Some(text), _) => Some(Some(text.clone())),
+                    (None, true) => Some(None),
+                    (None, false) => None,
+                },
+                leave_action: match (leave_action, no_leave_action) {
+                    (Some(action), _) => Some(Some(action.clone())),
+                    (None, true) => Some(None),
+                    (None, false) => None,
+                },
+                confirm_irreversible: *confirm_irreversible,
+            };
+            let workspace = session.workspace_with_host().await?;
+            let record = workspace.edit_export(&actor, name, changes).await?;
+            println!(
+                "changed export `{}`: mapping {}; segments {}; leave action {}; schedule {} (next run {})",
+                record.name,
+                record.mapping.join(", "),
+                record.segments.join(", "),
+                record.leave_action.as_deref().unwrap_or("none"),
+                record.schedule.as_deref().unwrap_or("none"),
+                next_run(&record.schedule)
+            );
+            warn_about_source(&workspace);
+        }
+        ExportCommand::List { json } => {
             let state = session.state()?;
-            let rows: Vec<Vec<String>> = state
-                .exports()?
+            let mut listed = vec![];
+            for e in state.exports()? {
+                let last = state
+                    .runs(Some(&e.name), 1)?
+                    .into_iter()
+                    .next()
+                    // A removed export of the same name had its own runs.
+                    .filter(|r| r.export_id == e.id);
+                listed.push((e, last));
+            }
+            if *json {
+                let values: Vec<serde_json::Value> = listed
+                    .iter()
+                    .map(|(e, last)| {
+                        serde_json::json!({
+                            "export": e,
+                            "last_run": last,
+                            "next_run": next_run_at(&e.schedule).map(|at| at.to_rfc3339()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&values)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = listed
                 .into_iter()
-                .map(|e| {
-                    let last = state
-                        .runs(Some(&e.name), 1)
-                        .ok()
-                        .and_then(|r| r.into_iter().next())
-                        // A removed export of the same name had its own runs.
-                        .filter(|r| r.export_id == e.id)
-                        .map(|r| format!("#{} {} {}", r.id, r.status, r.started_at))
-                        .unwrap_or_else(|| "never run".into());
+                .map(|(e, last)| {
                     vec![
                         e.name,
                         e.connection,
                         e.segments.join(","),
-                        e.schedule.unwrap_or_else(|| "on demand".into()),
-                        last,
+                        e.schedule.clone().unwrap_or_else(|| "on demand".into()),
+                        last.map(|r| format!("#{} {} {}", r.id, r.status, r.started_at))
+                            .unwrap_or_else(|| "never run".into()),
+                        next_run(&e.schedule),
                     ]
                 })
                 .collect();
@@ -149,14 +272,41 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 println!("no exports; add one with `connector-host export add`");
             } else {
                 print_table(
-                    &["NAME", "CONNECTION", "SEGMENTS", "SCHEDULE", "LAST RUN"],
+                    &[
+                        "NAME",
+                        "CONNECTION",
+                        "SEGMENTS",
+                        "SCHEDULE",
+                        "LAST RUN",
+                        "NEXT RUN",
+                    ],
                     &rows,
                 );
             }
         }
-        ExportCommand::Show { name } => {
+        ExportCommand::Show { name, json } => {
             let state = session.state()?;
             let e = state.export(name)?;
+            if *json {
+                let runs: Vec<_> = state
+                    .runs(Some(name), 5)?
+                    .into_iter()
+                    .filter(|r| r.export_id == e.id)
+                    .collect();
+                let synced: serde_json::Map<String, serde_json::Value> = state
+                    .sync_counts(&e)?
+                    .into_iter()
+                    .map(|(state, n)| (state.to_string(), n.into()))
+                    .collect();
+                let value = serde_json::json!({
+                    "export": e,
+                    "sync_state": synced,
+                    "next_run": next_run_at(&e.schedule).map(|at| at.to_rfc3339()),
+                    "runs": runs,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("export {}", e.name);
             println!("  connection   {} ({})", e.connection, e.connector);
             for (k, v) in &e.settings {
@@ -180,8 +330,9 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
             match &e.schedule {
                 Some(text) => println!(
-                    "  schedule     {text} (UTC): {}",
-                    Schedule::parse(text)?.describe()
+                    "  schedule     {text} (UTC): {}; next run {}",
+                    Schedule::parse(text)?.describe(),
+                    next_run(&e.schedule)
                 ),
                 None => println!("  schedule     none (on demand)"),
             }
@@ -214,6 +365,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             full,
             dry_run,
             concurrency,
+            max_bad_rows,
+            fail_on_undelivered,
             json,
         } => {
             if *dry_run {
@@ -232,6 +385,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     .await?
                     .with_run_options(connector_host::RunOptions {
                         concurrency: *concurrency,
+                        max_bad_rows: *max_bad_rows,
                         ..Default::default()
                     });
             let progress = ConsoleProgress::new(name);
@@ -264,14 +418,36 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     );
                 }
             }
-            return Ok(if outcome.report.succeeded() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(exit::of_report(&outcome.report, *fail_on_undelivered));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a schedule next fires (UTC), if the export has one that parses.
+fn next_run_at(schedule: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
+    Schedule::parse(schedule.as_deref()?)
+        .ok()?
+        .next_after(chrono::Utc::now())
+}
+
+/// [`next_run_at`] for people: `2026-11-24 06:00:00 UTC`, or `-` (on demand).
+fn next_run(schedule: &Option<String>) -> String {
+    next_run_at(schedule)
+        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Warns of rows the profile source will skip, from a look at a sample of it.
+fn warn_about_source(workspace: &connector_host::Workspace) {
+    match workspace.source_warnings() {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(e) => eprintln!("warning: could not look at the profile data: {e:#}"),
+    }
 }
 
 pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<ExitCode> {
@@ -301,6 +477,10 @@ pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<Exit
                 "max-profiles  {}",
                 get(MAX_PROFILES_SETTING).unwrap_or_else(|| DEFAULT_MAX_PROFILES.to_string())
             );
+            println!(
+                "max-bad-rows  {}",
+                get(MAX_BAD_ROWS_SETTING).unwrap_or_else(|| "no limit".into())
+            );
         }
         SettingsCommand::Set { key, value } => {
             if session.actor().role != connector_host::Role::Administrator {
@@ -316,8 +496,12 @@ pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<Exit
                     Ok(n) if n > 0 => n.to_string(),
                     _ => bail!("max-profiles must be a positive whole number, not `{value}`"),
                 },
+                MAX_BAD_ROWS_SETTING => match value.parse::<u64>() {
+                    Ok(n) => n.to_string(),
+                    _ => bail!("max-bad-rows must be a whole number, not `{value}`"),
+                },
                 _ => bail!(
-                    "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles"
+                    "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles, max-bad-rows"
                 ),
             };
             state.set_setting(key, &value)?;

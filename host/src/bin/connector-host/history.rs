@@ -18,6 +18,9 @@ pub struct RunsArgs {
     /// How many runs to list, newest first.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// As JSON.
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     command: Option<RunsCommand>,
 }
@@ -26,6 +29,7 @@ pub struct RunsArgs {
 enum RunsCommand {
     /// One run in full.
     Show {
+        /// The run's number, as `connector-host runs` lists it.
         id: i64,
         /// As JSON.
         #[arg(long)]
@@ -33,8 +37,9 @@ enum RunsCommand {
     },
     /// The contacts of a run that were not delivered, with the reasons.
     Rejections {
+        /// The run's number.
         id: i64,
-        /// As CSV (profile_id, email, kind, code, message).
+        /// As CSV (profile_id, email, kind, stage, code, message, since).
         #[arg(long)]
         csv: bool,
         /// Write to this file instead of stdout.
@@ -48,6 +53,10 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
     match &args.command {
         None => {
             let runs = state.runs(args.export.as_deref(), args.limit)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if runs.is_empty() {
                 println!("no runs yet");
                 return Ok(ExitCode::SUCCESS);

@@ -1,6 +1,7 @@
 //! `connector-host`: the operator's command line.
 
 mod connections;
+mod exit;
 mod exports;
 mod history;
 mod input;
@@ -31,14 +32,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Export customer-profile segments to email-marketing vendors through sandboxed connector plugins"
 )]
 struct Cli {
-    /// Directory holding the connector components (.wasm).
-    #[arg(
-        long,
-        global = true,
-        env = "CONNECTOR_HOST_PLUGINS",
-        default_value = "plugins"
-    )]
-    plugins: PathBuf,
+    /// Directory holding the connector components (.wasm); `plugins install` puts the bundled
+    /// ones there [default: $XDG_DATA_HOME/connector-host/plugins or
+    /// ~/.local/share/connector-host/plugins, created on first use].
+    #[arg(long, global = true, env = "CONNECTOR_HOST_PLUGINS")]
+    plugins: Option<PathBuf>,
     /// Where compiled connectors are cached [default: $XDG_CACHE_HOME/connector-host or ~/.cache/connector-host].
     #[arg(long, global = true, env = "CONNECTOR_HOST_CACHE")]
     cache_dir: Option<PathBuf>,
@@ -133,6 +131,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`connector-host runs | head -1`) instead of failing to write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // Connectors' sockets are capped at half the descriptors the process may open; raising
     // the soft limit to the hard one gives them, and the host's own files, room.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -155,7 +157,7 @@ fn main() -> ExitCode {
                 "error: {}",
                 connector_host::text::clean(&format!("{e:#}"), 8_000)
             );
-            ExitCode::FAILURE
+            exit::of_error(&e)
         }
     }
 }
@@ -251,11 +253,23 @@ impl Session<'_> {
         Ok(Arc::new(State::open(&dir.join("state.db"))?))
     }
 
+    /// The plugin directory: the one given, or the default, created (0700) if missing.
+    pub fn plugin_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.cli.plugins {
+            return Ok(dir.clone());
+        }
+        let dir = default_plugin_dir().context("no plugin directory: give --plugins")?;
+        if !dir.is_dir() {
+            connector_host::state::create_private_dir(&dir)?;
+        }
+        Ok(dir)
+    }
+
     /// The connectors of the plugin directory, loaded on first use.
     pub async fn host(&self) -> Result<&Arc<ConnectorHost>> {
         self.host
             .get_or_try_init(|| async {
-                let host = ConnectorHost::open(&self.cli.plugins, self.options.clone()).await?;
+                let host = ConnectorHost::open(&self.plugin_dir()?, self.options.clone()).await?;
                 Ok(Arc::new(host))
             })
             .await
@@ -342,6 +356,13 @@ fn default_state_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
     Some(base.join("connector-host"))
+}
+
+fn default_plugin_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("connector-host/plugins"))
 }
 
 fn default_key_file() -> Option<PathBuf> {

@@ -2,23 +2,61 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use connector_host::approval::short;
 use connector_host::plugins::display_path;
 use connector_host::{ApprovalStatus, Plugin};
+use serde_json::json;
 
 use crate::Session;
+
+/// The connectors this build of connector-host carries, as `plugins install` writes them.
+const BUNDLED: [(&str, &[u8]); 2] = [
+    (
+        "campaign-monitor.wasm",
+        include_bytes!(concat!(
+            env!("CONNECTOR_HOST_BUNDLED_DIR"),
+            "/campaign_monitor_connector.wasm"
+        )),
+    ),
+    (
+        "mailchimp.wasm",
+        include_bytes!(concat!(
+            env!("CONNECTOR_HOST_BUNDLED_DIR"),
+            "/mailchimp_connector.wasm"
+        )),
+    ),
+];
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct PluginsArgs {
+    /// List as JSON.
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     command: Option<PluginsCommand>,
 }
 
 #[derive(Subcommand)]
 enum PluginsCommand {
+    /// Everything one connector declares: settings, contact fields and their limits, leave
+    /// actions, hosts, limits, approval.
+    Show {
+        /// The connector id, as `connector-host plugins` lists it.
+        id: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the connectors bundled with connector-host (Campaign Monitor, Mailchimp) into
+    /// the plugin directory; an administrator then approves each.
+    Install {
+        /// Replace a file of the same name that differs.
+        #[arg(long)]
+        force: bool,
+    },
     /// Approve a connector as it is now (its content digest and hosts), so connections and
     /// exports may use it (administrators only). A changed file needs approving again.
     Approve {
@@ -34,14 +72,50 @@ enum PluginsCommand {
 }
 
 pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> {
+    if let Some(PluginsCommand::Install { force }) = &args.command {
+        return install(session, *force);
+    }
     let workspace = session
         .workspace(false)?
         .with_host(session.host().await?.clone());
     let actor = session.actor();
     match &args.command {
+        None if args.json => {
+            let listed: Vec<serde_json::Value> = workspace
+                .connectors()?
+                .iter()
+                .map(|(plugin, status)| plugin_json(plugin, status))
+                .collect();
+            let skipped: Vec<serde_json::Value> = workspace
+                .host()?
+                .plugins()
+                .skipped
+                .iter()
+                .map(|s| json!({"file": display_path(&s.path), "reason": s.reason}))
+                .collect();
+            let value = json!({"connectors": listed, "skipped": skipped});
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
         None => {
             list(&workspace)?;
         }
+        Some(PluginsCommand::Show { id, json }) => {
+            let connectors = workspace.connectors()?;
+            let Some((plugin, status)) = connectors.iter().find(|(p, _)| p.info.id == *id) else {
+                // The same error as any use of an unknown connector, with what there is.
+                workspace.host()?.plugins().require(id)?;
+                unreachable!("require fails for a connector not loaded");
+            };
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plugin_json(plugin, status))?
+                );
+            } else {
+                print_plugin(plugin, status);
+            }
+        }
+        Some(PluginsCommand::Install { .. }) => unreachable!("handled above"),
         Some(PluginsCommand::Approve { id }) => {
             let approval = workspace.approve_connector(&actor, id)?;
             println!(
@@ -60,6 +134,73 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the bundled connectors into the plugin directory (created if need be).
+fn install(session: &Session<'_>, force: bool) -> Result<ExitCode> {
+    let dir = session.plugin_dir()?;
+    if !dir.is_dir() {
+        connector_host::state::create_private_dir(&dir)?;
+    }
+    for (file, bytes) in BUNDLED {
+        let path = dir.join(file);
+        match std::fs::read(&path) {
+            Ok(existing) if existing == bytes => {
+                println!("{} is already installed", path.display());
+                continue;
+            }
+            Ok(_) if !force => bail!(
+                "{} exists and differs from the bundled connector; give --force to replace it",
+                path.display()
+            ),
+            _ => {}
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "installed {} (sha256:{})",
+            path.display(),
+            short(&connector_host::plugins::digest(bytes))
+        );
+    }
+    println!(
+        "an administrator approves each before use: `connector-host plugins` shows what they ask for, `connector-host plugins approve ID` allows one"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A connector as JSON: what it declares and where its approval stands.
+fn plugin_json(plugin: &Plugin, status: &ApprovalStatus) -> serde_json::Value {
+    let info = &plugin.info;
+    json!({
+        "id": info.id,
+        "display_name": info.display_name,
+        "version": info.version,
+        "contract": plugin.contract_version.to_string(),
+        "file": display_path(&plugin.path),
+        "sha256": plugin.digest,
+        "approval": match status {
+            ApprovalStatus::Approved => json!("approved"),
+            ApprovalStatus::NotApproved => json!("not approved"),
+            ApprovalStatus::Changed(changes) => json!({"changed": changes}),
+        },
+        "hosts": info.hosts,
+        "default_base_url": info.default_base_url,
+        "max_batch_size": info.max_batch_size,
+        "max_concurrent_requests": info.max_concurrent_requests,
+        "max_requests_per_second": info.max_requests_per_second,
+        "settings": info.config_fields.iter().map(|f| json!({
+            "key": f.key, "label": f.label, "help": f.help, "required": f.required,
+        })).collect::<Vec<_>>(),
+        "contact_fields": info.contact_fields.iter().map(|f| json!({
+            "key": f.key, "label": f.label, "required": f.required,
+            "max_length": (f.max_length > 0).then_some(f.max_length),
+        })).collect::<Vec<_>>(),
+        "custom_fields": info.custom_fields,
+        "custom_field_max_length": (info.custom_field_max_length > 0).then_some(info.custom_field_max_length),
+        "leave_actions": info.leave_actions.iter().map(|a| json!({
+            "id": a.id, "label": a.label, "help": a.help, "reversible": a.reversible,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn list(workspace: &connector_host::Workspace) -> Result<()> {
@@ -108,26 +249,28 @@ fn print_plugin(plugin: &Plugin, status: &ApprovalStatus) {
             f.help
         );
     }
-    let fields: Vec<String> = info
-        .contact_fields
-        .iter()
-        .map(|f| {
-            if f.required {
-                format!("{} (required)", f.key)
-            } else {
-                f.key.clone()
-            }
-        })
-        .collect();
-    println!(
-        "  fields:    {}{}",
-        fields.join(", "),
-        if info.custom_fields {
-            ", and the list's own fields (checked when an export is saved)"
+    let limit = |n: u32| {
+        if n > 0 {
+            format!("up to {n} characters")
         } else {
-            ""
+            "no published limit".into()
         }
-    );
+    };
+    for f in &info.contact_fields {
+        println!(
+            "  field:     {}{} ({}): {}",
+            f.key,
+            if f.required { " (required)" } else { "" },
+            f.label,
+            limit(f.max_length)
+        );
+    }
+    if info.custom_fields {
+        println!(
+            "  field:     the list's own fields, checked when an export is saved: {}",
+            limit(info.custom_field_max_length)
+        );
+    }
     if info.leave_actions.is_empty() {
         println!("  leave:     no leave actions (leavers are only reported)");
     }

@@ -12,9 +12,9 @@ use connector_host::{
     IssueListener, RunIssue, RunOptions,
 };
 
-use crate::Session;
 use crate::input::{parse_settings, read_secret};
 use crate::output::IssueCsv;
+use crate::{Session, exit};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -67,6 +67,13 @@ pub struct RunArgs {
     /// Write the contacts that were not delivered, with reasons, to this CSV file.
     #[arg(long)]
     pub rejections_csv: Option<PathBuf>,
+    /// Rows of the segment that cannot be read (each recorded with its line and reason)
+    /// tolerated before the run stops as failed [default: no limit].
+    #[arg(long)]
+    pub max_bad_rows: Option<u64>,
+    /// Exit with 5 when the run succeeded but some contacts were not delivered.
+    #[arg(long)]
+    pub fail_on_undelivered: bool,
     /// Print the run report as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -116,6 +123,7 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
     let options = RunOptions {
         concurrency: args.concurrency,
         broker,
+        max_bad_rows: args.max_bad_rows,
         on_issue,
         ..RunOptions::default()
     };
@@ -136,9 +144,5 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
     } else {
         print!("{}", report.summary());
     }
-    Ok(if report.succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit::of_report(&report, args.fail_on_undelivered))
 }

@@ -1,0 +1,33 @@
+//! Errors a caller tells apart from mistakes of configuration, e.g. to choose an exit code or
+//! to try again later. Everything else the host returns is about what it was asked to do.
+
+use std::fmt;
+
+/// The vendor, the network on the way to it, or the connector failed. The export's
+/// configuration may be right; trying again later may succeed.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+/// The export already has a run under way (one at a time per export, across processes).
+#[derive(Debug)]
+pub struct AlreadyRunning(pub String);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for AlreadyRunning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+impl std::error::Error for AlreadyRunning {}
+
+/// Whether `error`, or what caused it, is one of `E`.
+pub fn is<E: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<E>())
+}
