@@ -640,6 +640,7 @@ impl Workspace {
                         report.note_issue(issue);
                         Ok(())
                     })?;
+                    report.assert_adds_up(true);
                 }
                 if report.succeeded() {
                     self.state.complete_sync(&export, run_id, &basis)?;

@@ -226,6 +226,82 @@ impl RunReport {
         self.status == RunStatus::Succeeded
     }
 
+    /// A report that does not add up is a bug of the host's: debug builds (every test) stop
+    /// here; release builds log it and carry on.
+    pub(crate) fn assert_adds_up(&self, reasons_of_whole_run: bool) {
+        if let Err(e) = self.check(reasons_of_whole_run) {
+            debug_assert!(false, "the run's report does not add up: {e}");
+            tracing::error!("the run's report does not add up: {e}");
+        }
+    }
+
+    /// Checks that the report adds up: its counts' identities ([`RunCounts::check`]), a
+    /// finished run read the whole segment, and every contact not delivered is counted under
+    /// one reason and listed (or counted as not listed). The reasons of a resumed run's
+    /// attempt cover that attempt only, so they are checked once `reasons_of_whole_run` (as
+    /// the workspace rebuilds them from the run's history).
+    pub fn check(&self, reasons_of_whole_run: bool) -> Result<(), String> {
+        let c = &self.counts;
+        c.check()?;
+        if let (RunStatus::Succeeded, Some(size)) = (&self.status, self.segment_size)
+            && c.profiles != size
+        {
+            return Err(format!(
+                "the segment has {size} rows but the finished run read {}",
+                c.profiles
+            ));
+        }
+        if !reasons_of_whole_run && c.resumed > 0 {
+            return Ok(());
+        }
+        let counted = |stage: Stage, kind: IssueKind| -> u64 {
+            self.reasons
+                .iter()
+                .filter(|r| r.stage == stage && r.kind == kind)
+                .map(|r| r.count)
+                .sum()
+        };
+        use IssueKind::*;
+        use Stage::*;
+        for (stage, kind, count, what) in [
+            (Sent, Rejected, c.rejected, "rejected"),
+            (Sent, Suppressed, c.suppressed, "suppressed"),
+            (Skipped, Rejected, c.still_rejected, "still rejected"),
+            (Skipped, Suppressed, c.still_suppressed, "still suppressed"),
+            (
+                Skipped,
+                Duplicate,
+                c.duplicates + c.repeated_ids,
+                "duplicates",
+            ),
+            (Skipped, Invalid, c.invalid, "invalid"),
+            (Skipped, Unreadable, c.unreadable, "unreadable"),
+            (
+                Skipped,
+                UnknownProfile,
+                c.unknown_profiles,
+                "unknown profiles",
+            ),
+            (Leaving, Suppressed, c.left_untouched, "left untouched"),
+            (Leaving, Rejected, c.left_refused, "left refused"),
+        ] {
+            let reasons = counted(stage, kind);
+            if reasons != count {
+                return Err(format!(
+                    "{count} contacts counted {what} but {reasons} under its reasons"
+                ));
+            }
+        }
+        let reasons: u64 = self.reasons.iter().map(|r| r.count).sum();
+        let listed = self.issues.len() as u64 + self.issues_not_listed;
+        if reasons != listed {
+            return Err(format!(
+                "{reasons} contacts under reasons but {listed} listed or counted as not listed"
+            ));
+        }
+        Ok(())
+    }
+
     /// A human summary: counts, time, and the reasons contacts were not delivered, grouped.
     /// Every text that came from a connector or a profile is cleaned, so no line of the
     /// summary can be forged or hidden.
@@ -363,5 +439,61 @@ impl RunReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(stage: Stage, kind: IssueKind, code: &str) -> RunIssue {
+        RunIssue {
+            profile_id: "p1".into(),
+            email: "a@example.com".into(),
+            kind,
+            stage,
+            code: code.into(),
+            message: "why".into(),
+            since: None,
+        }
+    }
+
+    #[test]
+    fn a_report_adds_up_only_when_every_undelivered_contact_has_its_reason() {
+        let mut report = RunReport::new("cm", &["vip".into()], RunMode::Delta, None);
+        report.segment_size = Some(3);
+        report.counts = RunCounts {
+            profiles: 3,
+            new: 2,
+            invalid: 1,
+            created: 1,
+            rejected: 1,
+            ..RunCounts::default()
+        };
+        report.note_issue(issue(Stage::Sent, IssueKind::Rejected, "1"));
+        let missing = report.check(true).unwrap_err();
+        assert_eq!(
+            missing,
+            "1 contacts counted invalid but 0 under its reasons"
+        );
+        report.note_issue(issue(Stage::Skipped, IssueKind::Invalid, "invalid-email"));
+        report.check(true).unwrap();
+
+        // A finished run that read less than the segment, and counts that do not balance.
+        report.segment_size = Some(4);
+        assert!(
+            report
+                .check(true)
+                .unwrap_err()
+                .contains("the segment has 4 rows")
+        );
+        report.segment_size = Some(3);
+        report.counts.created = 2;
+        assert!(
+            report
+                .check(true)
+                .unwrap_err()
+                .contains("2 contacts sent but 3 outcomes")
+        );
     }
 }
