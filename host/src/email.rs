@@ -12,7 +12,8 @@ const MAX_LOCAL_LEN: usize = 64;
 /// An address ready to send, and the key an export knows the person by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
-    /// As the profile has it, trimmed, with an internationalised domain in its `xn--` form.
+    /// As the profile has it, trimmed, with its domain lowercased and, when internationalised,
+    /// in its `xn--` form (the local part keeps its case: a mailbox may depend on it).
     pub send: String,
     /// `send`, lowercased: the same person whatever the case.
     pub key: String,
@@ -52,7 +53,7 @@ pub fn address(raw: &str) -> Result<Address, Unusable> {
     };
     check_local(local).map_err(Unusable::Invalid)?;
     let ascii = if domain.is_ascii() {
-        domain.to_string()
+        domain.to_ascii_lowercase()
     } else {
         match idna::domain_to_ascii(domain) {
             Ok(ascii) => ascii,
@@ -127,7 +128,7 @@ mod tests {
     #[test]
     fn addresses_are_keyed_case_insensitively_and_sent_with_ascii_domains() {
         let a = address("  Ada.Lovelace@Example.COM\n").unwrap();
-        assert_eq!(a.send, "Ada.Lovelace@Example.COM");
+        assert_eq!(a.send, "Ada.Lovelace@example.com");
         assert_eq!(a.key, "ada.lovelace@example.com");
         let b = address("zoë@bücher.example").unwrap();
         assert_eq!(b.send, "zoë@xn--bcher-kva.example");
