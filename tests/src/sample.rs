@@ -12,6 +12,10 @@ use connector_host::{Profile, ProfileSource, ProfileStream};
 
 /// The segments sample profiles belong to; `everyone` holds every profile.
 pub const SEGMENTS: [&str; 4] = ["newsletter", "vip", "churned", "everyone"];
+/// The seed and size of the sample data `vendor-sim --sample-data` writes for README.md's
+/// first session (and its test).
+pub const README_SEED: u64 = 2026;
+pub const README_PROFILES: u64 = 5_000;
 /// The columns of sample profiles.
 pub const COLUMNS: [&str; 5] = ["id", "email", "first_name", "last_name", "city"];
 

@@ -487,7 +487,7 @@ mod tests {
             report
                 .check(true)
                 .unwrap_err()
-                .contains("the segment has 4 rows")
+                .contains("the segment has 4 members")
         );
         report.segment_size = Some(3);
         report.counts.created = 2;

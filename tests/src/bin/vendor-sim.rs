@@ -1,9 +1,11 @@
 //! Runs a vendor simulator on its own, for connector authors and manual runs:
 //! `cargo run -p connector-tests --bin vendor-sim -- campaign-monitor --port 8080`.
-//! Prints the base URL, credential and list to use, then serves until Ctrl-C.
+//! Prints the base URL, credential and list to use, then serves until Ctrl-C. With
+//! `--sample-data DIR` it also writes sample profiles to export (README.md's first session).
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
+use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 use connector_tests::sim::mailchimp::MailchimpSim;
 
@@ -27,11 +29,26 @@ struct Args {
     /// Mailchimp: the data centre of the simulated account.
     #[arg(long, default_value = "us21")]
     data_centre: String,
+    /// Also write sample profiles (profiles.csv, memberships.csv) into this directory.
+    #[arg(long, value_name = "DIR")]
+    sample_data: Option<std::path::PathBuf>,
+    /// How many sample profiles to write.
+    #[arg(long, default_value_t = sample::README_PROFILES)]
+    profiles: u64,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.sample_data {
+        let files = sample::write_csv(dir, sample::README_SEED, args.profiles)?;
+        println!(
+            "{} sample profiles: {} and {}",
+            args.profiles,
+            files.profiles.display(),
+            files.memberships.display()
+        );
+    }
     match args.vendor {
         Vendor::CampaignMonitor => {
             let sim = CampaignMonitorSim::start(args.port).await?;

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The heading of the options every command takes, shown after each command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "connector-host",
@@ -35,47 +38,47 @@ struct Cli {
     /// Directory holding the connector components (.wasm); `plugins install` puts the bundled
     /// ones there [default: $XDG_DATA_HOME/connector-host/plugins or
     /// ~/.local/share/connector-host/plugins, created on first use].
-    #[arg(long, global = true, env = "CONNECTOR_HOST_PLUGINS")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_PLUGINS")]
     plugins: Option<PathBuf>,
     /// Where compiled connectors are cached [default: $XDG_CACHE_HOME/connector-host or ~/.cache/connector-host].
-    #[arg(long, global = true, env = "CONNECTOR_HOST_CACHE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_CACHE")]
     cache_dir: Option<PathBuf>,
     /// Compile connectors at every start instead of caching them.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_cache: bool,
     /// Largest memory a connector instance may use, in MiB.
-    #[arg(long, global = true, default_value_t = 128)]
+    #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 128)]
     memory_mib: usize,
     /// CPU time one connector call may use, in seconds (network waits not counted).
-    #[arg(long, global = true, default_value_t = 30.0)]
+    #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 30.0)]
     cpu_seconds: f64,
     /// Wall-clock time one connector call may take, in seconds.
-    #[arg(long, global = true, default_value_t = 300.0)]
+    #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 300.0)]
     call_timeout_seconds: f64,
     /// Time compiling one connector may take when the plugin directory loads, in seconds
     /// (compiled connectors are cached, so this is paid once per file).
     #[arg(
         long,
-        global = true,
+        global = true, help_heading = GLOBAL,
         env = "CONNECTOR_HOST_COMPILE_TIMEOUT",
         default_value_t = 10.0
     )]
     compile_timeout_seconds: f64,
     /// Largest connector file loaded from the plugin directory, in MiB.
-    #[arg(long, global = true, default_value_t = 32)]
+    #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 32)]
     max_plugin_mib: u64,
     /// Directory of the saved state (connections, exports, run history) [default: $XDG_STATE_HOME/connector-host or ~/.local/state/connector-host].
-    #[arg(long, global = true, env = "CONNECTOR_HOST_STATE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_STATE")]
     state: Option<PathBuf>,
     /// File holding the master key that seals credentials (mode 0600); the environment
     /// variable CONNECTOR_HOST_MASTER_KEY takes precedence [default: $XDG_CONFIG_HOME/connector-host/master.key].
-    #[arg(long, global = true, env = "CONNECTOR_HOST_MASTER_KEY_FILE")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// The role you act in: administrator or contributor.
-    #[arg(long = "as", global = true, env = "CONNECTOR_HOST_ROLE", default_value = "administrator", value_parser = parse_role)]
+    #[arg(long = "as", global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_ROLE", default_value = "administrator", value_parser = parse_role)]
     role: Role,
     /// Your name, recorded with what you do [default: $USER].
-    #[arg(long, global = true, env = "CONNECTOR_HOST_USER")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_USER")]
     user: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -88,10 +91,10 @@ enum Command {
     /// Export segments once, with the connection and export given on the command line
     /// (nothing saved).
     Run(Box<run_once::RunArgs>),
-    /// Saved vendor accounts: add, list, show, test, remove.
+    /// Saved vendor accounts: add, list, show, test, update, remove.
     #[command(subcommand)]
     Connection(connections::ConnectionCommand),
-    /// Saved exports: add, list, show, remove, run.
+    /// Saved exports: add, list, show, edit, run, remove.
     #[command(subcommand)]
     Export(exports::ExportCommand),
     /// Run history: `runs [EXPORT]`, `runs show ID`, `runs rejections ID --csv`.
@@ -102,7 +105,7 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         poll_seconds: f64,
     },
-    /// Settings of the saved state: the profile source and the per-run profile limit.
+    /// Settings of the saved state: the profile source and the per-run limits (profiles, bad rows).
     #[command(subcommand)]
     Settings(exports::SettingsCommand),
     /// The master key that seals stored credentials.
