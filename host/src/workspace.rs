@@ -97,6 +97,21 @@ pub struct ExportRequest {
     pub confirm_irreversible: bool,
 }
 
+impl ExportRequest {
+    /// The export as the state saves it, on the connection `connection_id`.
+    fn to_save(&self, connection_id: i64) -> NewExport<'_> {
+        NewExport {
+            name: &self.name,
+            connection_id,
+            settings: &self.settings,
+            mapping: &self.mapping,
+            segments: &self.segments,
+            schedule: self.schedule.as_deref(),
+            leave_action: self.leave_action.as_deref(),
+        }
+    }
+}
+
 /// How to run a saved export.
 #[derive(Debug, Clone, Copy)]
 pub struct RunRequest {
@@ -458,18 +473,8 @@ impl Workspace {
         }
         self.check_export_request(&request, &connection, "saved")
             .await?;
-        self.state.add_export(
-            &NewExport {
-                name: &request.name,
-                connection_id: connection.id,
-                settings: &request.settings,
-                mapping: &request.mapping,
-                segments: &request.segments,
-                schedule: request.schedule.as_deref(),
-                leave_action: request.leave_action.as_deref(),
-            },
-            actor,
-        )
+        self.state
+            .add_export(&request.to_save(connection.id), actor)
     }
 
     /// Changes a saved export, checking it again as a whole (with the vendor) first. A changed
@@ -507,18 +512,8 @@ impl Workspace {
         };
         self.check_export_request(&request, &connection, "changed")
             .await?;
-        self.state.update_export(
-            current.id,
-            &NewExport {
-                name: &request.name,
-                connection_id: connection.id,
-                settings: &request.settings,
-                mapping: &request.mapping,
-                segments: &request.segments,
-                schedule: request.schedule.as_deref(),
-                leave_action: request.leave_action.as_deref(),
-            },
-        )?;
+        self.state
+            .update_export(current.id, &request.to_save(connection.id))?;
         self.state.export(name)
     }
 

@@ -150,6 +150,14 @@ async fn credentials_rotate_and_exports_change_without_starting_over() {
         json(&op.ok(&["runs", "show", &id, "--json"]))["status"],
         "succeeded"
     );
+    let settings = json(&op.ok(&["settings", "show", "--json"]));
+    assert!(
+        settings["profiles"]
+            .as_str()
+            .unwrap()
+            .ends_with("profiles.csv")
+    );
+    assert_eq!(settings["max-bad-rows"], Value::Null);
     let plugins = json(&op.ok(&["plugins", "--json"]));
     assert_eq!(plugins["connectors"].as_array().unwrap().len(), 2);
     let cm = json(&op.ok(&["plugins", "show", "campaign-monitor", "--json"]));

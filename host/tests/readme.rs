@@ -207,7 +207,8 @@ fn alternatives(command: &str) -> Vec<String> {
     parts
 }
 
-/// Every command the reference block names exists, with every option it shows.
+/// Every command the reference block names exists, with every option it shows, and each of
+/// their arguments and options has help.
 #[test]
 fn every_command_and_option_the_readme_names_exists() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
@@ -243,6 +244,24 @@ fn every_command_and_option_the_readme_names_exists() {
                 parent = vec![names[0].to_string()];
             }
             let text = help(&path).unwrap_or_else(|| panic!("no command `{}`", path.join(" ")));
+            // Every argument and option says what it is.
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with(['<', '-']))
+            {
+                let described = line.trim().contains("  ")
+                    || text
+                        .lines()
+                        .skip_while(|l| *l != line)
+                        .nth(1)
+                        .is_some_and(|next| next.starts_with("          "));
+                assert!(
+                    described,
+                    "`connector-host {}`: `{}` has no help",
+                    path.join(" "),
+                    line.trim()
+                );
+            }
             for option in words
                 .iter()
                 .filter(|w| w.trim_start_matches('[').starts_with("--"))

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use connector_host::{
-    Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource, IssueKind, NoProgress,
-    ProfileSource, RunIssue, RunOptions, RunReport, Secret, Stage,
+    Connection, Credential, Export, FieldMapping, FileSource, IssueKind, NoProgress, ProfileSource,
+    RunIssue, RunOptions, RunReport, Secret, Stage,
 };
 use connector_tests::artifacts;
 use connector_tests::harness::{open_host, plugin_dir};
@@ -153,32 +153,36 @@ impl Vendor {
     }
 }
 
-async fn host() -> (ConnectorHost, tempfile::TempDir) {
+/// Exports the segment `corpus` of `source` to a fresh list at each vendor.
+async fn export_to_each_vendor(source: &FileSource) -> Vec<(Vendor, RunReport)> {
     let plugins = plugin_dir(&[
         ("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR),
         ("mailchimp.wasm", artifacts::MAILCHIMP),
     ]);
-    (open_host(plugins.path()).await, plugins)
-}
-
-/// Exports `corpus` to each vendor and checks every row's outcome.
-async fn check_corpus(name: &str) {
-    let dir = corpus(name);
-    let rows = expected(&dir);
-    let source = source(&dir);
-    let (host, _plugins) = host().await;
+    let host = open_host(plugins.path()).await;
+    let mut done = vec![];
     for mailchimp in [false, true] {
         let (vendor, connection, export) = Vendor::start(mailchimp).await;
         let report = host
             .run_export(
                 &connection,
                 &export,
-                &source,
+                source,
                 &RunOptions::default(),
                 &NoProgress,
             )
             .await
             .unwrap();
+        done.push((vendor, report));
+    }
+    done
+}
+
+/// Exports `corpus` to each vendor and checks every row's outcome.
+async fn check_corpus(name: &str) {
+    let dir = corpus(name);
+    let rows = expected(&dir);
+    for (vendor, report) in export_to_each_vendor(&source(&dir)).await {
         let at = format!("{name} to {}", vendor.name());
         check_report(&at, &report, &rows, &vendor.contacts());
     }
@@ -301,20 +305,7 @@ async fn a_huge_value_is_refused_locally_with_the_fields_name() {
         "profile_id,segment\n1,corpus\n2,corpus\n",
     )
     .unwrap();
-    let source = source(dir.path());
-    let (host, _plugins) = host().await;
-    for mailchimp in [false, true] {
-        let (vendor, connection, export) = Vendor::start(mailchimp).await;
-        let report = host
-            .run_export(
-                &connection,
-                &export,
-                &source,
-                &RunOptions::default(),
-                &NoProgress,
-            )
-            .await
-            .unwrap();
+    for (vendor, report) in export_to_each_vendor(&source(dir.path())).await {
         report.check(true).unwrap();
         let issue = &report.issues[0];
         assert_eq!(

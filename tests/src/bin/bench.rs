@@ -18,7 +18,7 @@ use connector_host::{
     RunRequest, Secret, State, Workspace,
 };
 use connector_tests::artifacts;
-use connector_tests::sample::GeneratedSource;
+use connector_tests::sample::{self, GeneratedSource};
 use connector_tests::sim::campaign_monitor::{self, CampaignMonitorSim};
 use connector_tests::sim::mailchimp::{self, MailchimpSim};
 use serde::Serialize;
@@ -49,7 +49,7 @@ struct Args {
     /// Connector components in the start-up plugin directory.
     #[arg(long, default_value_t = 50)]
     copies: usize,
-    /// Run only these sections (1 to 5; repeat the flag for several). All by default.
+    /// Run only these sections (1 to 6; repeat the flag for several). All by default.
     #[arg(long = "section")]
     sections: Vec<u8>,
 }
@@ -408,6 +408,9 @@ async fn main() -> Result<()> {
     if wanted(5) {
         bench.sync().await?;
     }
+    if wanted(6) {
+        bench.files().await?;
+    }
     Ok(())
 }
 
@@ -422,6 +425,58 @@ struct Bench {
 }
 
 impl Bench {
+    /// The same profiles from files: reading the segment alone (CSV, JSON Lines, against the
+    /// generator), then a Campaign Monitor export from each source, so the ratios come from
+    /// one run.
+    async fn files(&self) -> Result<()> {
+        let count = self.args.profiles;
+        println!("\n6. Profile files: {count} profiles, segment `everyone`");
+        let dir = self.work.join("files");
+        let csv = sample::write_csv(&dir.join("csv"), self.source.seed, count)?;
+        let jsonl = sample::write_jsonl(&dir.join("jsonl"), self.source.seed, count)?;
+        let csv = connector_host::FileSource::new(&csv.profiles, &csv.memberships, "id")?;
+        let jsonl = connector_host::FileSource::new(&jsonl.profiles, &jsonl.memberships, "id")?;
+        let sources: [(&str, &dyn ProfileSource); 3] = [
+            ("generated", &self.source),
+            ("CSV", &csv),
+            ("JSON Lines", &jsonl),
+        ];
+        println!(
+            "   {:<12} {:>8} {:>12} {:>13} {:>10} {:>13} {:>9}",
+            "source", "read s", "rows/s", "read RSS MB", "export s", "export RSS MB", "vs gen."
+        );
+        let mut baseline = None;
+        for (name, source) in sources {
+            reset_peak_rss();
+            let started = Instant::now();
+            let segment = ["everyone".to_string()];
+            let mut rows = 0u64;
+            for row in source.profiles(&segment)?.rows {
+                row?;
+                rows += 1;
+            }
+            let read = started.elapsed();
+            let read_rss = peak_rss_mb();
+            let sim = SimProcess::start("campaign-monitor", 0)?;
+            let (report, wall, rss) =
+                run(&self.host, "campaign-monitor", &sim, source, None).await?;
+            anyhow::ensure!(report.counts.profiles == rows, "{name}: rows differ");
+            let base = *baseline.get_or_insert(wall.as_secs_f64());
+            println!(
+                "   {:<12} {:>8.2} {:>12.0} {:>13.1} {:>10.2} {:>13.1} {:>9.2}",
+                name,
+                read.as_secs_f64(),
+                rows as f64 / read.as_secs_f64(),
+                read_rss,
+                wall.as_secs_f64(),
+                rss,
+                wall.as_secs_f64() / base
+            );
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
     async fn throughput(&self) -> Result<()> {
         println!(
             "\n1. {} profiles, segment `everyone`, no injected latency",

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use connector_host::state::{CredentialKind, StoredCredential, TokenRefresh};
 use connector_host::workspace::ConnectionChanges;
 use connector_host::{Access, ConnectionRequest, CredentialCheck};
@@ -29,22 +29,8 @@ pub enum ConnectionCommand {
         /// taken from the API key's suffix.
         #[arg(long)]
         data_centre: Option<String>,
-        /// Environment variable holding the credential (never pass it as an argument).
-        #[arg(long, default_value = "CONNECTOR_SECRET")]
-        secret_env: String,
-        /// The credential is an OAuth access token (sent as Bearer), not an API key.
-        #[arg(long)]
-        oauth: bool,
-        /// Environment variable holding the OAuth refresh token, for vendors whose tokens
-        /// expire; the host renews the access token with it.
-        #[arg(long, requires_all = ["oauth", "token_url"])]
-        refresh_token_env: Option<String>,
-        /// The vendor's OAuth token endpoint, e.g. https://api.createsend.com/oauth/token.
-        #[arg(long, requires = "refresh_token_env")]
-        token_url: Option<String>,
-        /// Seconds the OAuth access token stays valid (the token answer's expires_in).
-        #[arg(long, requires = "oauth")]
-        expires_in: Option<u64>,
+        #[command(flatten)]
+        credential: CredentialArgs,
         /// Let contributors use the connection too (by default, administrators only).
         #[arg(long)]
         contributors: bool,
@@ -61,25 +47,9 @@ pub enum ConnectionCommand {
         /// Replace the credential with the one in the --secret-env variable.
         #[arg(long)]
         rotate_credential: bool,
-        /// Environment variable holding the new credential.
-        #[arg(
-            long,
-            default_value = "CONNECTOR_SECRET",
-            requires = "rotate_credential"
-        )]
-        secret_env: String,
-        /// The new credential is an OAuth access token (sent as Bearer), not an API key.
-        #[arg(long, requires = "rotate_credential")]
-        oauth: bool,
-        /// Environment variable holding the new OAuth refresh token.
-        #[arg(long, requires_all = ["oauth", "token_url"])]
-        refresh_token_env: Option<String>,
-        /// The vendor's OAuth token endpoint.
-        #[arg(long, requires = "refresh_token_env")]
-        token_url: Option<String>,
-        /// Seconds the new OAuth access token stays valid.
-        #[arg(long, requires = "oauth")]
-        expires_in: Option<u64>,
+        /// The new credential, when rotating.
+        #[command(flatten)]
+        credential: CredentialArgs,
         /// Let contributors use the connection too.
         #[arg(long, conflicts_with = "administrators_only")]
         contributors: bool,
@@ -117,6 +87,58 @@ pub enum ConnectionCommand {
     },
 }
 
+/// How a credential is given: from environment variables, never as an argument.
+#[derive(Args)]
+pub struct CredentialArgs {
+    /// Environment variable holding the credential (never pass it as an argument).
+    #[arg(long, default_value = "CONNECTOR_SECRET")]
+    secret_env: String,
+    /// The credential is an OAuth access token (sent as Bearer), not an API key.
+    #[arg(long)]
+    oauth: bool,
+    /// Environment variable holding the OAuth refresh token, for vendors whose tokens
+    /// expire; the host renews the access token with it.
+    #[arg(long, requires_all = ["oauth", "token_url"])]
+    refresh_token_env: Option<String>,
+    /// The vendor's OAuth token endpoint, e.g. https://api.createsend.com/oauth/token.
+    #[arg(long, requires = "refresh_token_env")]
+    token_url: Option<String>,
+    /// Seconds the OAuth access token stays valid (the token answer's expires_in).
+    #[arg(long, requires = "oauth")]
+    expires_in: Option<u64>,
+}
+
+impl CredentialArgs {
+    /// The credential, read from its environment variables.
+    fn read(&self) -> Result<StoredCredential> {
+        let refresh = match (&self.refresh_token_env, &self.token_url) {
+            (Some(var), Some(url)) => Some(TokenRefresh {
+                refresh_token: read_secret(var, "the OAuth refresh token")?,
+                token_url: url.clone(),
+            }),
+            _ => None,
+        };
+        let (kind, what) = if self.oauth {
+            (CredentialKind::OAuth, "the OAuth access token")
+        } else {
+            (CredentialKind::ApiKey, "the vendor API key")
+        };
+        Ok(StoredCredential {
+            kind,
+            secret: read_secret(&self.secret_env, what)?,
+            refresh,
+        })
+    }
+
+    fn is_oauth(&self) -> bool {
+        self.oauth || self.refresh_token_env.is_some() || self.expires_in.is_some()
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        self.expires_in.map(Duration::from_secs)
+    }
+}
+
 pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<ExitCode> {
     let actor = session.actor();
     match command {
@@ -125,42 +147,18 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             connector,
             base_url,
             data_centre,
-            secret_env,
-            oauth,
-            refresh_token_env,
-            token_url,
-            expires_in,
+            credential,
             contributors,
             accept_privacy_notice,
         } => {
             let workspace = session.workspace_with_host().await?;
-            let what = if *oauth {
-                "the OAuth access token"
-            } else {
-                "the vendor API key"
-            };
-            let refresh = match (refresh_token_env, token_url) {
-                (Some(var), Some(url)) => Some(TokenRefresh {
-                    refresh_token: read_secret(var, "the OAuth refresh token")?,
-                    token_url: url.clone(),
-                }),
-                _ => None,
-            };
             let request = ConnectionRequest {
                 name: name.clone(),
                 connector: connector.clone(),
                 base_url: base_url.clone(),
                 data_centre: data_centre.clone(),
-                credential: StoredCredential {
-                    kind: if *oauth {
-                        CredentialKind::OAuth
-                    } else {
-                        CredentialKind::ApiKey
-                    },
-                    secret: read_secret(secret_env, what)?,
-                    refresh,
-                },
-                token_expires_in: expires_in.map(Duration::from_secs),
+                credential: credential.read()?,
+                token_expires_in: credential.expires_in(),
                 access: if *contributors {
                     Access::Contributors
                 } else {
@@ -184,31 +182,16 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
         ConnectionCommand::Update {
             name,
             rotate_credential,
-            secret_env,
-            oauth,
-            refresh_token_env,
-            token_url,
-            expires_in,
+            credential: new_credential,
             contributors,
             administrators_only,
         } => {
             let credential = if *rotate_credential {
-                let refresh = match (refresh_token_env, token_url) {
-                    (Some(var), Some(url)) => Some(TokenRefresh {
-                        refresh_token: read_secret(var, "the OAuth refresh token")?,
-                        token_url: url.clone(),
-                    }),
-                    _ => None,
-                };
-                Some(StoredCredential {
-                    kind: if *oauth {
-                        CredentialKind::OAuth
-                    } else {
-                        CredentialKind::ApiKey
-                    },
-                    secret: read_secret(secret_env, "the new credential")?,
-                    refresh,
-                })
+                Some(new_credential.read()?)
+            } else if new_credential.is_oauth() {
+                bail!(
+                    "--oauth and its options describe a new credential: give --rotate-credential too"
+                );
             } else {
                 None
             };
@@ -234,7 +217,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                     name,
                     ConnectionChanges {
                         credential,
-                        token_expires_in: expires_in.map(Duration::from_secs),
+                        token_expires_in: new_credential.expires_in(),
                         access,
                     },
                 )

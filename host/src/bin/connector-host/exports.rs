@@ -134,7 +134,11 @@ pub enum ExportCommand {
 #[derive(Subcommand)]
 pub enum SettingsCommand {
     /// Show the settings.
-    Show,
+    Show {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N, max-bad-rows N.
     Set {
         /// profiles, memberships, id-column, max-profiles or max-bad-rows.
@@ -453,7 +457,7 @@ fn warn_about_source(workspace: &connector_host::Workspace) {
 pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<ExitCode> {
     let state = session.state()?;
     match command {
-        SettingsCommand::Show => {
+        SettingsCommand::Show { json } => {
             let settings = state.settings()?;
             let get = |key: &str| {
                 settings
@@ -461,26 +465,34 @@ pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<Exit
                     .find(|(k, _)| k == key)
                     .map(|(_, v)| v.clone())
             };
-            println!(
-                "profiles      {}",
-                get("profiles").unwrap_or_else(|| "(not set)".into())
-            );
-            println!(
-                "memberships   {}",
-                get("memberships").unwrap_or_else(|| "(not set)".into())
-            );
-            println!(
-                "id-column     {}",
-                get("id-column").unwrap_or_else(|| "id".into())
-            );
-            println!(
-                "max-profiles  {}",
-                get(MAX_PROFILES_SETTING).unwrap_or_else(|| DEFAULT_MAX_PROFILES.to_string())
-            );
-            println!(
-                "max-bad-rows  {}",
-                get(MAX_BAD_ROWS_SETTING).unwrap_or_else(|| "no limit".into())
-            );
+            // Each setting with its value in effect (the default when unset), or none.
+            let shown = [
+                ("profiles", get("profiles"), None),
+                ("memberships", get("memberships"), None),
+                ("id-column", get("id-column"), Some("id".to_string())),
+                (
+                    MAX_PROFILES_SETTING,
+                    get(MAX_PROFILES_SETTING),
+                    Some(DEFAULT_MAX_PROFILES.to_string()),
+                ),
+                (MAX_BAD_ROWS_SETTING, get(MAX_BAD_ROWS_SETTING), None),
+            ];
+            if *json {
+                let object: serde_json::Map<String, serde_json::Value> = shown
+                    .into_iter()
+                    .map(|(key, value, default)| (key.to_string(), value.or(default).into()))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&object)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (key, value, default) in shown {
+                let unset = match key {
+                    MAX_BAD_ROWS_SETTING => "no limit",
+                    _ => "(not set)",
+                };
+                let value = value.or(default).unwrap_or_else(|| unset.to_string());
+                println!("{key:<13} {value}");
+            }
         }
         SettingsCommand::Set { key, value } => {
             if session.actor().role != connector_host::Role::Administrator {
