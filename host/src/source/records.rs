@@ -384,6 +384,9 @@ impl Splitter {
 
 /// A JSON Lines record as an object, or why it is not one.
 fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    // Without its line ending, so an error's column is on the record's own line.
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "not UTF-8 (byte 0x{:02X} at column {})",
