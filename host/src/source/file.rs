@@ -648,4 +648,40 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_line_too_long_to_hold_is_skipped_unread_and_lone_cr_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let members = write(dir, "m.csv", b"profile_id,segment\n1,all\n2,all\n3,all\n");
+        // 17 MiB with no line end in the middle of the file, in each format.
+        let huge = vec![b'x'; 17 << 20];
+        let mut csv = b"id,email\n1,a@x.io\n2,".to_vec();
+        csv.extend_from_slice(&huge);
+        csv.extend_from_slice(b"\n3,c@x.io\n");
+        let mut jsonl = b"{\"id\":\"1\",\"email\":\"a@x.io\"}\n{\"id\":\"2\",\"email\":\"".to_vec();
+        jsonl.extend_from_slice(&huge);
+        jsonl.extend_from_slice(b"\"}\n{\"id\":\"3\",\"email\":\"c@x.io\"}\n");
+        for (profiles, line) in [
+            (write(dir, "p.csv", &csv), "line 3"),
+            (write(dir, "p.jsonl", &jsonl), "line 2"),
+        ] {
+            let source = FileSource::new(&profiles, &members, "id").unwrap();
+            assert_eq!(source.columns().unwrap(), ["id", "email"]);
+            let (_, got) = rows(&source, &["all"]);
+            assert_eq!(ids(&got), ["1", "3"]);
+            let skipped = skipped(&got);
+            assert_eq!(skipped.len(), 2, "{skipped:?}");
+            assert_eq!(skipped[0].0, SkipReason::Unreadable);
+            assert!(skipped[0].2.ends_with(line), "{skipped:?}");
+            assert_eq!(skipped[0].3, "the line is longer than 16 MiB");
+            // The profile on that line could not be read, so its membership names no profile.
+            assert_eq!(skipped[1].0, SkipReason::UnknownProfile);
+        }
+
+        let mac = write(dir, "mac.csv", b"id,email\r1,a@x.io\r2,b@x.io\r");
+        let source = FileSource::new(&mac, &members, "id").unwrap();
+        let err = format!("{:#}", source.columns().unwrap_err());
+        assert!(err.contains("lines end with a lone CR"), "{err}");
+    }
 }

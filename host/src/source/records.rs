@@ -21,6 +21,11 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 const MAX_RECORD_LINES: usize = 1000;
 /// Bytes a record may hold before its quote counts as never closing.
 const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Bytes one physical line may hold: a longer one is skipped as unreadable without being held
+/// (a file with no line ends, or with lone-CR ones, is not read into memory whole).
+const MAX_LINE_BYTES: usize = 16 << 20;
+/// Why a line over [`MAX_LINE_BYTES`] was skipped.
+const LINE_TOO_LONG: &str = "the line is longer than 16 MiB";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Format {
@@ -80,11 +85,7 @@ impl Records {
         json_columns: impl FnOnce() -> Result<Vec<String>>,
     ) -> Result<Records> {
         let format = format_of(path)?;
-        let mut lines = Lines {
-            reader: open(path, what)?,
-            read: 0,
-            pending: VecDeque::new(),
-        };
+        let mut lines = Lines::new(open(path, what)?);
         let columns = match format {
             Format::Csv => match lines
                 .next_csv()
@@ -191,8 +192,15 @@ impl Iterator for Records {
                 .map(|record| record.map(|r| self.csv_record(r))),
             Format::JsonLines => loop {
                 match self.lines.next_line() {
-                    Ok(Some((_, bytes))) if bytes.iter().all(u8::is_ascii_whitespace) => {}
-                    Ok(Some((line, bytes))) => break Ok(Some(self.json_record(line, &bytes))),
+                    Ok(Some(l)) if l.too_long => {
+                        break Ok(Some(Record {
+                            line: l.number,
+                            values: vec![None; self.columns.len()],
+                            problem: Some(LINE_TOO_LONG.into()),
+                        }));
+                    }
+                    Ok(Some(l)) if l.bytes.iter().all(u8::is_ascii_whitespace) => {}
+                    Ok(Some(l)) => break Ok(Some(self.json_record(l.number, &l.bytes))),
                     Ok(None) => break Ok(None),
                     Err(e) => break Err(e),
                 }
@@ -220,6 +228,12 @@ fn header_names(path: &Path, line: u64, header: &[Vec<u8>]) -> Result<Vec<String
                 i + 1
             )
         };
+        if field.contains(&b'\r') {
+            bail!(
+                "{} line {line}: its lines end with a lone CR (as old Mac files do); save the file with LF or CRLF line ends",
+                path.display()
+            );
+        }
         let Ok(name) = std::str::from_utf8(field) else {
             bail!("{} is not UTF-8", at());
         };
@@ -253,16 +267,52 @@ struct Lines {
     /// Lines read from the file so far.
     read: u64,
     /// Lines read but given back, to read again (after a quote that never closed).
-    pending: VecDeque<(u64, Vec<u8>)>,
+    pending: VecDeque<Line>,
+}
+
+/// One physical line, with its line end.
+struct Line {
+    number: u64,
+    bytes: Vec<u8>,
+    /// Longer than [`MAX_LINE_BYTES`]: `bytes` holds its start only, the rest was passed over.
+    too_long: bool,
 }
 
 impl Lines {
-    fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    fn new(reader: BufReader<File>) -> Lines {
+        Lines {
+            reader,
+            read: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         if let Some(line) = self.pending.pop_front() {
             return Ok(Some(line));
         }
         let mut bytes = Vec::new();
-        if self.reader.read_until(b'\n', &mut bytes)? == 0 {
+        let mut too_long = false;
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                break;
+            }
+            let (end, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(bytes.len());
+            if end > room {
+                too_long = true;
+            }
+            bytes.extend_from_slice(&available[..end.min(room)]);
+            self.reader.consume(end);
+            if done {
+                break;
+            }
+        }
+        if bytes.is_empty() && !too_long {
             return Ok(None);
         }
         self.read += 1;
@@ -271,21 +321,34 @@ impl Lines {
         {
             bytes = rest.to_vec();
         }
-        Ok(Some((self.read, bytes)))
+        Ok(Some(Line {
+            number: self.read,
+            bytes,
+            too_long,
+        }))
     }
 
     /// The next CSV record, its lines joined where a quoted field spans them; blank lines are
     /// passed over.
     fn next_csv(&mut self) -> std::io::Result<Option<CsvRecord>> {
-        let (line, first) = loop {
+        let first = loop {
             match self.next_line()? {
                 None => return Ok(None),
-                Some((_, bytes)) if bytes.iter().all(u8::is_ascii_whitespace) => {}
+                Some(l) if l.bytes.iter().all(u8::is_ascii_whitespace) && !l.too_long => {}
                 Some(first) => break first,
             }
         };
+        let line = first.number;
+        if first.too_long {
+            return Ok(Some(CsvRecord {
+                line,
+                fields: vec![],
+                problem: Some(LINE_TOO_LONG.into()),
+            }));
+        }
+        let first = first.bytes;
         let mut split = Splitter::default();
-        let (mut size, mut more) = (first.len(), vec![]);
+        let (mut size, mut more): (usize, Vec<Line>) = (first.len(), vec![]);
         let mut complete = split.feed(&first);
         while !complete {
             let capped = more.len() >= MAX_RECORD_LINES || size > MAX_RECORD_BYTES;
@@ -312,8 +375,14 @@ impl Lines {
                     )),
                 }));
             };
-            size += next.1.len();
-            complete = split.feed(&next.1);
+            size += next.bytes.len();
+            if next.too_long {
+                // Counts as past the cap: the quote fails, and the line is read again alone.
+                size = usize::MAX;
+                more.push(next);
+                continue;
+            }
+            complete = split.feed(&next.bytes);
             more.push(next);
         }
         Ok(Some(CsvRecord {
@@ -435,26 +504,16 @@ pub(super) fn value_text(value: &serde_json::Value) -> Option<String> {
 /// The columns of a JSON Lines file: the keys of all its records, in the order they first
 /// appear. Records that are not JSON objects are passed over (runs report them).
 pub(super) fn json_columns(path: &Path, what: &str) -> Result<Vec<String>> {
-    let mut reader = open(path, what)?;
+    let mut lines = Lines::new(open(path, what)?);
     let (mut columns, mut known) = (Vec::new(), std::collections::HashSet::new());
-    let mut buffer = Vec::new();
-    let mut line = 0u64;
-    loop {
-        buffer.clear();
-        if reader
-            .read_until(b'\n', &mut buffer)
-            .with_context(|| format!("{} line {}", path.display(), line + 1))?
-            == 0
-        {
-            break;
+    while let Some(line) = lines
+        .next_line()
+        .with_context(|| format!("{} line {}", path.display(), lines.read + 1))?
+    {
+        if line.too_long {
+            continue;
         }
-        line += 1;
-        let bytes = if line == 1 {
-            buffer.strip_prefix(BOM).unwrap_or(&buffer)
-        } else {
-            &buffer
-        };
-        let Ok(keys) = serde_json::from_slice::<Keys>(bytes) else {
+        let Ok(keys) = serde_json::from_slice::<Keys>(&line.bytes) else {
             continue;
         };
         for key in keys.0 {
