@@ -358,23 +358,7 @@ async fn bad_rows_are_warned_of_skipped_recorded_and_capped_on_request() {
     op.ok(&["settings", "set", "memberships", &members.to_string_lossy()]);
     op.add_connection("acme", &sim, &[]);
     let out = op
-        .command(&[
-            "export",
-            "add",
-            "messy",
-            "--connection",
-            "acme",
-            "--setting",
-            &format!("list-id={list}"),
-            "--map",
-            "email=email",
-            "--map",
-            "first-name=first_name",
-            "--map",
-            "last-name=last_name",
-            "--segment",
-            "newsletter",
-        ])
+        .command(&export_add("messy", "acme", &list))
         .output()
         .unwrap();
     let err = text(&out.stderr);

@@ -311,16 +311,11 @@ async fn a_new_connector_version_makes_the_next_run_full_and_contract_0_1_plugin
     );
 
     // A connector built for contract 0.1 has no leave actions: refused at save, with the reason.
-    op.ok(&[
-        "connection",
-        "add",
+    op.ok(&connection_add(
         "old",
-        "--connector",
         "legacy-campaign-monitor",
-        "--base-url",
         &sim.base_url(),
-        "--accept-privacy-notice",
-    ]);
+    ));
     let setting = format!("list-id={list}");
     let legacy = [
         "export",
@@ -357,16 +352,7 @@ async fn a_new_connector_version_makes_the_next_run_full_and_contract_0_1_plugin
     );
 
     // The hostile connector, version 1.0.0 then 2.0.0: the new version's first run is full.
-    op.ok(&[
-        "connection",
-        "add",
-        "shady",
-        "--connector",
-        "hostile",
-        "--base-url",
-        &sim.base_url(),
-        "--accept-privacy-notice",
-    ]);
+    op.ok(&connection_add("shady", "hostile", &sim.base_url()));
     op.ok(&[
         "export",
         "add",

@@ -14,16 +14,7 @@ use support::*;
 
 /// Saves a connection and an export through the hostile connector in `mode`.
 fn hostile_export(op: &Operator, sim_url: &str, list: &str, mode: &str, extra: &[&str]) {
-    op.ok(&[
-        "connection",
-        "add",
-        "shady",
-        "--connector",
-        "hostile",
-        "--base-url",
-        sim_url,
-        "--accept-privacy-notice",
-    ]);
+    op.ok(&connection_add("shady", "hostile", sim_url));
     let (list, mode) = (format!("list-id={list}"), format!("mode={mode}"));
     let mut args = vec![
         "export",
@@ -67,16 +58,7 @@ async fn connectors_are_used_only_as_an_administrator_approved_them() {
     assert!(listing.contains("  sha256:    "), "{listing}");
 
     // Nobody can use it, and only an administrator can approve it.
-    let err = op.fails(&[
-        "connection",
-        "add",
-        "shady",
-        "--connector",
-        "hostile",
-        "--base-url",
-        &sim.base_url(),
-        "--accept-privacy-notice",
-    ]);
+    let err = op.fails(&connection_add("shady", "hostile", &sim.base_url()));
     assert!(err.contains("connector `hostile` has not been approved: an administrator must review what it asks for (`connector-host plugins`) and approve it (`connector-host plugins approve hostile`)"), "{err}");
     assert!(op.ok(&["connection", "list"]).contains("no connections"));
     let err = op.fails(&["--as", "contributor", "plugins", "approve", "hostile"]);

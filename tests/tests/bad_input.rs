@@ -230,8 +230,8 @@ fn check_report(at: &str, report: &RunReport, rows: &[Outcome], held: &[(String,
                 !report
                     .issues
                     .iter()
+                    // A later row repeating a sent row's id is that row's issue, not this one's.
                     .any(|i| i.profile_id == row.id.clone().unwrap_or_default()
-                        && i.kind != IssueKind::Duplicate
                         && i.code != "repeated-id"),
                 "{at}: {row:?} has an issue: {:#?}",
                 report.issues

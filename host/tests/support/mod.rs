@@ -15,6 +15,50 @@ use tempfile::TempDir;
 
 pub const API_KEY: &str = "operator-secret-key-7d41c09e";
 
+/// A command-line argument as the helpers take it: `&str` or `String`.
+pub trait Arg: AsRef<std::ffi::OsStr> + std::fmt::Debug {}
+impl<T: AsRef<std::ffi::OsStr> + std::fmt::Debug> Arg for T {}
+
+/// `connection add NAME` through `connector` at `base_url`, the privacy notice accepted.
+pub fn connection_add(name: &str, connector: &str, base_url: &str) -> Vec<String> {
+    [
+        "connection",
+        "add",
+        name,
+        "--connector",
+        connector,
+        "--base-url",
+        base_url,
+        "--accept-privacy-notice",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `export add NAME` on `connection` to the Campaign Monitor list `list`: email, first and
+/// last name mapped, segment `newsletter`.
+pub fn export_add(name: &str, connection: &str, list: &str) -> Vec<String> {
+    [
+        "export",
+        "add",
+        name,
+        "--connection",
+        connection,
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--map",
+        "first-name=first_name",
+        "--map",
+        "last-name=last_name",
+        "--segment",
+        "newsletter",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// An operator's machine: plugins, a state directory, a master key file, sample profiles.
 pub struct Operator {
     pub root: TempDir,
@@ -47,9 +91,9 @@ impl Operator {
         self.root.path().join(name)
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub fn command<S: Arg>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector-host"));
-        cmd.args(args)
+        cmd.args(args.iter().map(|a| a.as_ref()))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CONNECTOR_HOST_PLUGINS", self.path("plugins"))
@@ -65,14 +109,14 @@ impl Operator {
         cmd
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub fn run<S: Arg>(&self, args: &[S]) -> Output {
         let out = self.command(args).output().unwrap();
         self.keep_log(&out);
         out
     }
 
     /// Runs a command that must succeed; its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub fn ok<S: Arg>(&self, args: &[S]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -84,14 +128,14 @@ impl Operator {
     }
 
     /// Runs a command; its exit code, stdout and stderr.
-    pub fn code(&self, args: &[&str]) -> (i32, String, String) {
+    pub fn code<S: Arg>(&self, args: &[S]) -> (i32, String, String) {
         let out = self.run(args);
         let code = out.status.code().expect("exited, not killed");
         (code, text(&out.stdout), text(&out.stderr))
     }
 
     /// Runs a command that must fail; its stderr.
-    pub fn fails(&self, args: &[&str]) -> String {
+    pub fn fails<S: Arg>(&self, args: &[S]) -> String {
         let out = self.run(args);
         assert!(
             !out.status.success(),
@@ -114,41 +158,14 @@ impl Operator {
     }
 
     pub fn add_connection(&self, name: &str, sim: &CampaignMonitorSim, extra: &[&str]) -> String {
-        let base_url = sim.base_url();
-        let mut args = vec![
-            "connection",
-            "add",
-            name,
-            "--connector",
-            "campaign-monitor",
-            "--base-url",
-            &base_url,
-            "--accept-privacy-notice",
-        ];
-        args.extend(extra);
+        let mut args = connection_add(name, "campaign-monitor", &sim.base_url());
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.ok(&args)
     }
 
     pub fn add_export(&self, name: &str, connection: &str, list: &str, extra: &[&str]) -> String {
-        let setting = format!("list-id={list}");
-        let mut args = vec![
-            "export",
-            "add",
-            name,
-            "--connection",
-            connection,
-            "--setting",
-            &setting,
-            "--map",
-            "email=email",
-            "--map",
-            "first-name=first_name",
-            "--map",
-            "last-name=last_name",
-            "--segment",
-            "newsletter",
-        ];
-        args.extend(extra);
+        let mut args = export_add(name, connection, list);
+        args.extend(extra.iter().map(|a| a.to_string()));
         self.ok(&args)
     }
 
