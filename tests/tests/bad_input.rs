@@ -3,7 +3,8 @@
 //! case or with internationalised domains, values longer than a vendor takes. Each corpus in
 //! `tests/corpus/bad-input/` lists the outcome of every row (`expected.tsv`); it is exported to
 //! both vendors' simulators, and every row must end as listed: nothing stops the run, nothing
-//! vanishes, nothing the host refuses reaches a vendor, and the report adds up.
+//! vanishes, nothing the host refuses reaches a vendor, and the report adds up. A mapping to a
+//! field the vendor's list lacks is refused when the export is checked.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -321,5 +322,51 @@ async fn a_huge_value_is_refused_locally_with_the_fields_name() {
         );
         let held = vendor.contacts();
         assert_eq!(held, vec![("fine@example.com".into(), "Fine Name".into())]);
+    }
+}
+
+/// A mapping to a field the vendor's list does not have is refused when the export is checked,
+/// naming the field and those the list has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_the_list_lacks_is_refused_with_the_fields_it_has() {
+    let dir = corpus("bom-crlf");
+    let plugins = plugin_dir(&[
+        ("campaign-monitor.wasm", artifacts::CAMPAIGN_MONITOR),
+        ("mailchimp.wasm", artifacts::MAILCHIMP),
+    ]);
+    let host = open_host(plugins.path()).await;
+    for mailchimp in [false, true] {
+        let (vendor, connection, mut export) = Vendor::start(mailchimp).await;
+        let (field, said) = match &vendor {
+            Vendor::CampaignMonitor { sim, list } => {
+                sim.add_custom_field(list, "plan", "Text");
+                (
+                    "nickname",
+                    "has no custom field `nickname` (its custom fields: [plan])",
+                )
+            }
+            Vendor::Mailchimp { sim, audience } => {
+                sim.add_merge_field(audience, "PLAN");
+                (
+                    "NICKNAME",
+                    "has no merge field `NICKNAME` (its merge fields: FNAME, LNAME, PLAN)",
+                )
+            }
+        };
+        export.mapping =
+            FieldMapping::parse(&["email=email", &format!("{field}=first_name")]).unwrap();
+        let err = host
+            .check_export(&connection, &export, &source(&dir))
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(said), "{}: {err}", vendor.name());
+        // The same export mapping a field the list has is accepted.
+        let have = if mailchimp { "PLAN" } else { "plan" };
+        export.mapping =
+            FieldMapping::parse(&["email=email", &format!("{have}=first_name")]).unwrap();
+        host.check_export(&connection, &export, &source(&dir))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", vendor.name()));
     }
 }

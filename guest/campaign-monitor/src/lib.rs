@@ -129,21 +129,14 @@ impl Connector for CampaignMonitor {
             return Err(vendor_error(&response, settings.list_id));
         }
         let fields: Vec<CustomField> = response.json()?;
-        for wanted in custom {
-            if !fields.iter().any(|f| same_key(&f.key, wanted)) {
-                let known: Vec<&str> = fields.iter().map(|f| f.key.as_str()).collect();
-                return Err(ConnectorError::invalid_config(format!(
-                    "list `{}` has no custom field `{wanted}` (its custom fields: {})",
-                    settings.list_id,
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            }
+        let keys: Vec<&str> = fields.iter().map(|f| f.key.as_str()).collect();
+        match missing_field(&custom, &keys, same_key) {
+            Some((wanted, known)) => Err(ConnectorError::invalid_config(format!(
+                "list `{}` has no custom field `{wanted}` (its custom fields: {known})",
+                settings.list_id
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn export_batch(

@@ -167,25 +167,14 @@ impl Connector for Mailchimp {
             return Err(vendor_error(&response, settings.audience));
         }
         let known: MergeFields = response.json()?;
-        for tag in merged {
-            if !known
-                .merge_fields
-                .iter()
-                .any(|f| f.tag.eq_ignore_ascii_case(tag))
-            {
-                let tags: Vec<&str> = known.merge_fields.iter().map(|f| f.tag.as_str()).collect();
-                return Err(ConnectorError::invalid_config(format!(
-                    "audience `{}` has no merge field `{tag}` (its merge fields: {})",
-                    settings.audience,
-                    if tags.is_empty() {
-                        "none".into()
-                    } else {
-                        tags.join(", ")
-                    }
-                )));
-            }
+        let tags: Vec<&str> = known.merge_fields.iter().map(|f| f.tag.as_str()).collect();
+        match missing_field(&merged, &tags, |known, tag| known.eq_ignore_ascii_case(tag)) {
+            Some((tag, known)) => Err(ConnectorError::invalid_config(format!(
+                "audience `{}` has no merge field `{tag}` (its merge fields: {known})",
+                settings.audience
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn export_batch(

@@ -80,6 +80,23 @@ impl ExportConfig {
     }
 }
 
+/// The first of `wanted` (fields an export maps to the vendor's list) that none of `known` (the
+/// fields the list has) matches by `same(known, wanted)`, with `known` in words for the error
+/// message ("none" when the list has none).
+pub fn missing_field<'a>(
+    wanted: &[&'a str],
+    known: &[&str],
+    same: impl Fn(&str, &str) -> bool,
+) -> Option<(&'a str, String)> {
+    let missing = wanted.iter().find(|w| !known.iter().any(|k| same(k, w)))?;
+    let listed = if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    };
+    Some((missing, listed))
+}
+
 impl ContactField {
     /// A contact field to declare in `describe`; `max_length` is the longest value the vendor
     /// takes, in characters (0: no published limit).
