@@ -63,7 +63,9 @@ pub use schedule::Schedule;
 pub use secret::Secret;
 pub use source::{FileSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow};
 pub use state::{Access, Actor, MasterKey, Role, State};
-pub use workspace::{ConnectionRequest, ExportRequest, RunOutcome, RunRequest, Workspace};
+pub use workspace::{
+    ConnectionRequest, ExportRequest, RunOutcome, RunRequest, ServeOptions, Workspace,
+};
 
 /// How to set up a host.
 #[derive(Debug, Clone, Default)]

@@ -21,8 +21,8 @@ use crate::run::{
 use crate::schedule::Schedule;
 use crate::source::ProfileSource;
 use crate::state::{
-    Access, Actor, ConnectionRecord, CredentialKind, ExportRecord, MasterKey, NewConnection,
-    NewExport, Role, RunState, State, StoredCredential, SyncBasis, Trigger,
+    Access, Actor, Claim, ConnectionRecord, CredentialKind, ExportLock, ExportRecord, MasterKey,
+    NewConnection, NewExport, Role, RunState, State, StoredCredential, SyncBasis, Trigger,
 };
 use crate::{ConnectorHost, oauth};
 
@@ -149,14 +149,6 @@ pub struct Workspace {
     options: RunOptions,
 }
 
-/// The scheduler acts as this administrator.
-fn scheduler() -> Actor {
-    Actor {
-        name: "scheduler".into(),
-        role: Role::Administrator,
-    }
-}
-
 impl Workspace {
     /// A workspace over `state`. Add the connector host to use connectors, the master key to
     /// reach credentials and a profile source to save or run exports; what needs none of them
@@ -178,9 +170,9 @@ impl Workspace {
     }
 
     /// Unlocks the stored credentials; refuses a key other than the state's.
-    pub fn with_master_key(mut self, key: MasterKey) -> Result<Workspace> {
-        self.state.check_master_key(&key)?;
-        self.state.rekey_fingerprints(&key)?;
+    pub async fn with_master_key(mut self, key: MasterKey) -> Result<Workspace> {
+        self.state.check_master_key(&key).await?;
+        self.state.rekey_fingerprints(&key).await?;
         self.key = Some(key);
         Ok(self)
     }
@@ -223,8 +215,8 @@ impl Workspace {
     }
 
     /// The per-run profile cap (the `max-profiles` setting).
-    pub fn max_profiles(&self) -> Result<u64> {
-        match self.state.setting(MAX_PROFILES_SETTING)? {
+    pub async fn max_profiles(&self) -> Result<u64> {
+        match self.state.setting(MAX_PROFILES_SETTING).await? {
             None => Ok(DEFAULT_MAX_PROFILES),
             Some(v) => v.parse().with_context(|| {
                 format!("the setting {MAX_PROFILES_SETTING} is `{v}`, not a number")
@@ -233,9 +225,10 @@ impl Workspace {
     }
 
     /// Unreadable rows a run skips before it stops, as the settings say (`None`: no limit).
-    pub fn max_bad_rows(&self) -> Result<Option<u64>> {
+    pub async fn max_bad_rows(&self) -> Result<Option<u64>> {
         self.state
-            .setting(MAX_BAD_ROWS_SETTING)?
+            .setting(MAX_BAD_ROWS_SETTING)
+            .await?
             .map(|v| {
                 v.parse().with_context(|| {
                     format!("the setting {MAX_BAD_ROWS_SETTING} is `{v}`, not a number")
@@ -247,8 +240,8 @@ impl Workspace {
     // ---- connectors ----
 
     /// The connectors loaded, each with where it stands with its approval.
-    pub fn connectors(&self) -> Result<Vec<(Arc<Plugin>, ApprovalStatus)>> {
-        let approvals = self.state.approvals()?;
+    pub async fn connectors(&self) -> Result<Vec<(Arc<Plugin>, ApprovalStatus)>> {
+        let approvals = self.state.approvals().await?;
         Ok(self
             .host()?
             .plugins()
@@ -263,28 +256,28 @@ impl Workspace {
 
     /// Approves a loaded connector as it is now: its content digest and its hosts.
     /// Administrators only.
-    pub fn approve_connector(&self, actor: &Actor, id: &str) -> Result<Approval> {
+    pub async fn approve_connector(&self, actor: &Actor, id: &str) -> Result<Approval> {
         require_administrator(actor, "approve connectors")?;
         let plugin = self.host()?.plugins().require(id)?;
         let approval = Approval::of(plugin, &actor.name, crate::state::now());
-        self.state.approve_connector(&approval)?;
+        self.state.approve_connector(&approval).await?;
         Ok(approval)
     }
 
     /// Withdraws a connector's approval: its connections and exports stop working until it is
     /// approved again. Administrators only.
-    pub fn revoke_connector(&self, actor: &Actor, id: &str) -> Result<()> {
+    pub async fn revoke_connector(&self, actor: &Actor, id: &str) -> Result<()> {
         require_administrator(actor, "revoke connectors")?;
-        if !self.state.revoke_connector(id)? {
+        if !self.state.revoke_connector(id).await? {
             bail!("connector `{id}` has no approval to revoke");
         }
         Ok(())
     }
 
     /// The connector with this id, if an administrator approved it as it is loaded now.
-    pub fn approved_connector(&self, id: &str) -> Result<Arc<Plugin>> {
+    pub async fn approved_connector(&self, id: &str) -> Result<Arc<Plugin>> {
         let plugin = self.host()?.plugins().require(id)?;
-        approval::require(plugin, self.state.approval(id)?.as_ref())?;
+        approval::require(plugin, self.state.approval(id).await?.as_ref())?;
         Ok(plugin.clone())
     }
 
@@ -306,8 +299,8 @@ impl Workspace {
             );
         }
         let key = self.key()?;
-        self.approved_connector(&request.connector)?;
-        if self.state.connection(&request.name).is_ok() {
+        self.approved_connector(&request.connector).await?;
+        if self.state.connection(&request.name).await.is_ok() {
             bail!("a connection named `{}` already exists", request.name);
         }
         let connection = Connection {
@@ -321,32 +314,35 @@ impl Workspace {
             .check_connection(&connection)
             .await
             .with_context(|| format!("connection `{}` was not saved", request.name))?;
-        let record = self.state.add_connection(
-            key,
-            &NewConnection {
-                name: &request.name,
-                connector: &request.connector,
-                base_url: request.base_url.as_deref(),
-                data_centre: request.data_centre.as_deref(),
-                credential: &request.credential,
-                token_expires_at: request.token_expires_in.map(expires_at),
-                access: request.access,
-                checked_at: (check == CredentialCheck::Accepted).then(crate::state::now),
-            },
-            actor,
-        )?;
+        let record = self
+            .state
+            .add_connection(
+                key,
+                &NewConnection {
+                    name: &request.name,
+                    connector: &request.connector,
+                    base_url: request.base_url.as_deref(),
+                    data_centre: request.data_centre.as_deref(),
+                    credential: &request.credential,
+                    token_expires_at: request.token_expires_in.map(expires_at),
+                    access: request.access,
+                    checked_at: (check == CredentialCheck::Accepted).then(crate::state::now),
+                },
+                actor,
+            )
+            .await?;
         Ok((record, check))
     }
 
     /// Checks a saved connection's credential with the vendor again.
     pub async fn test_connection(&self, actor: &Actor, name: &str) -> Result<CredentialCheck> {
-        let record = self.state.connection(name)?;
+        let record = self.state.connection(name).await?;
         permit(actor, &record)?;
-        self.approved_connector(&record.connector)?;
+        self.approved_connector(&record.connector).await?;
         let connection = self.connection(&record).await?;
         let check = self.host()?.check_connection(&connection).await?;
         if check == CredentialCheck::Accepted {
-            self.state.mark_checked(record.id)?;
+            self.state.mark_checked(record.id).await?;
         }
         Ok(check)
     }
@@ -360,10 +356,10 @@ impl Workspace {
         changes: ConnectionChanges,
     ) -> Result<ConnectionRecord> {
         require_administrator(actor, "change connections")?;
-        let record = self.state.connection(name)?;
+        let record = self.state.connection(name).await?;
         if let Some(credential) = changes.credential {
             let key = self.key()?;
-            self.approved_connector(&record.connector)?;
+            self.approved_connector(&record.connector).await?;
             let connection = Connection {
                 connector: record.connector.clone(),
                 base_url: record.base_url.clone(),
@@ -374,33 +370,36 @@ impl Workspace {
                 .check_connection(&connection)
                 .await
                 .with_context(|| format!("connection `{name}` keeps its old credential"))?;
-            self.state.replace_credential(
-                key,
-                &record,
-                &credential,
-                changes.token_expires_in.map(expires_at),
-            )?;
+            self.state
+                .replace_credential(
+                    key,
+                    &record,
+                    &credential,
+                    changes.token_expires_in.map(expires_at),
+                )
+                .await?;
         }
         if let Some(access) = changes.access {
-            self.state.set_access(record.id, access)?;
+            self.state.set_access(record.id, access).await?;
         }
-        self.state.connection(name)
+        self.state.connection(name).await
     }
 
     /// Removes a connection; history stays. A connection exports use is removed only with
     /// `with_exports`, and its exports with it. Administrators only. Returns the exports
     /// removed.
-    pub fn remove_connection(
+    pub async fn remove_connection(
         &self,
         actor: &Actor,
         name: &str,
         with_exports: bool,
     ) -> Result<Vec<String>> {
         require_administrator(actor, "remove connections")?;
-        let record = self.state.connection(name)?;
+        let record = self.state.connection(name).await?;
         let users: Vec<String> = self
             .state
-            .exports()?
+            .exports()
+            .await?
             .into_iter()
             .filter(|e| e.connection_id == record.id)
             .map(|e| e.name)
@@ -415,13 +414,13 @@ impl Workspace {
                 users.join(", ")
             );
         }
-        self.state.remove_connection(name, actor)
+        self.state.remove_connection(name, actor).await
     }
 
     /// The library's view of a saved connection, its OAuth token renewed if it expired.
     async fn connection(&self, record: &ConnectionRecord) -> Result<Connection> {
         let key = self.key()?;
-        let mut stored = self.state.credential(key, record)?;
+        let mut stored = self.state.credential(key, record).await?;
         if stored.kind == CredentialKind::OAuth && token_expired(record.token_expires_at.as_deref())
         {
             let Some(refresh) = stored.refresh.clone() else {
@@ -444,12 +443,9 @@ impl Workspace {
                     token_url: refresh.token_url,
                 }),
             };
-            self.state.replace_credential(
-                key,
-                record,
-                &stored,
-                tokens.expires_in.map(expires_at),
-            )?;
+            self.state
+                .replace_credential(key, record, &stored, tokens.expires_in.map(expires_at))
+                .await?;
             tracing::info!(connection = %record.name, "renewed the OAuth access token");
         }
         Ok(Connection {
@@ -466,15 +462,16 @@ impl Workspace {
     /// connector's `validate` against the vendor) and saves it. Does not run it.
     pub async fn add_export(&self, actor: &Actor, request: ExportRequest) -> Result<ExportRecord> {
         check_name("export", &request.name)?;
-        let connection = self.state.connection(&request.connection)?;
+        let connection = self.state.connection(&request.connection).await?;
         permit(actor, &connection)?;
-        if self.state.export(&request.name).is_ok() {
+        if self.state.export(&request.name).await.is_ok() {
             bail!("an export named `{}` already exists", request.name);
         }
         self.check_export_request(&request, &connection, "saved")
             .await?;
         self.state
             .add_export(&request.to_save(connection.id), actor)
+            .await
     }
 
     /// Changes a saved export, checking it again as a whole (with the vendor) first. A changed
@@ -486,8 +483,8 @@ impl Workspace {
         name: &str,
         changes: ExportChanges,
     ) -> Result<ExportRecord> {
-        let current = self.state.export(name)?;
-        let connection = self.state.connection_by_id(current.connection_id)?;
+        let current = self.state.export(name).await?;
+        let connection = self.state.connection_by_id(current.connection_id).await?;
         permit(actor, &connection)?;
         let mut settings = current.settings.clone();
         settings.retain(|(k, _)| {
@@ -513,8 +510,9 @@ impl Workspace {
         self.check_export_request(&request, &connection, "changed")
             .await?;
         self.state
-            .update_export(current.id, &request.to_save(connection.id))?;
-        self.state.export(name)
+            .update_export(current.id, &request.to_save(connection.id))
+            .await?;
+        self.state.export(name).await
     }
 
     /// Checks an export as a whole, with the vendor, before it is saved or changed (`done`
@@ -535,7 +533,7 @@ impl Workspace {
             segments: request.segments.clone(),
             leave_action: request.leave_action.clone(),
         };
-        let plugin = self.approved_connector(&connection.connector)?;
+        let plugin = self.approved_connector(&connection.connector).await?;
         if let Some(id) = &request.leave_action
             && let Some(action) = plugin.info.leave_actions.iter().find(|a| a.id == *id)
             && !action.reversible
@@ -561,18 +559,21 @@ impl Workspace {
     }
 
     /// Removes an export and its schedule; its runs stay readable.
-    pub fn remove_export(&self, actor: &Actor, name: &str) -> Result<()> {
-        let export = self.state.export(name)?;
-        permit(actor, &self.state.connection_by_id(export.connection_id)?)?;
-        self.state.remove_export(name, actor)
+    pub async fn remove_export(&self, actor: &Actor, name: &str) -> Result<()> {
+        let export = self.state.export(name).await?;
+        permit(
+            actor,
+            &self.state.connection_by_id(export.connection_id).await?,
+        )?;
+        self.state.remove_export(name, actor).await
     }
 
     // ---- runs ----
 
-    /// Runs a saved export: continues its run cut short or failed if there is one (unless
-    /// `fresh`), else starts a new one. Only what changed is sent (everything with `full`, or
-    /// when the mapping, settings or connector version changed since the last completed run);
-    /// every settled piece is recorded; `stop` ends the run cleanly.
+    /// Runs a saved export in this process: continues its run cut short or failed if there
+    /// is one (unless `fresh`), else starts a new one. Only what changed is sent (everything
+    /// with `full`, or when the mapping, settings or connector version changed since the last
+    /// completed run); every settled piece is recorded; `stop` ends the run cleanly.
     pub async fn run_export(
         &self,
         actor: &Actor,
@@ -586,10 +587,10 @@ impl Workspace {
             fresh,
             full,
         } = how;
-        let export = self.state.export(name)?;
-        let record = self.state.connection_by_id(export.connection_id)?;
+        let export = self.state.export(name).await?;
+        let record = self.state.connection_by_id(export.connection_id).await?;
         permit(actor, &record)?;
-        let _lock = match self.state.lock_export(&export) {
+        let lock = match self.state.lock_export(&export).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 return Err(AlreadyRunning(format!(
@@ -602,28 +603,115 @@ impl Workspace {
                 let why = format!("the run could not start: {e:#}");
                 let run_id = self
                     .state
-                    .record_refused_run(&export, trigger, actor, &why)?;
+                    .record_refused_run(&export, trigger, actor, &why)
+                    .await?;
                 return Err(e.context(format!("run {run_id} of export `{name}` could not start")));
             }
         };
 
-        let unfinished = self.state.unfinished_run(&export)?;
+        let unfinished = self.state.unfinished_run(&export).await?;
         let (run_id, resumed) = match unfinished {
             Some(id) if !fresh => {
-                self.state.resume_run(id)?;
+                self.state.resume_run(id).await?;
                 (id, true)
             }
             other => {
                 if let Some(id) = other {
                     self.state
-                        .abandon_run(id, &format!("abandoned: {} started afresh", actor.name))?;
+                        .abandon_run(id, &format!("abandoned: {} started afresh", actor.name))
+                        .await?;
                 }
-                (self.state.start_run(&export, trigger, actor)?, false)
+                (self.state.start_run(&export, trigger, actor).await?, false)
             }
         };
+        self.execute_run(
+            &export, &record, run_id, resumed, full, lock, progress, stop,
+        )
+        .await
+    }
+
+    /// Queues a run of a saved export for the `serve` workers (the same queue scheduled runs
+    /// go through); the run's id. A run cut short or failed is queued to be continued, unless
+    /// `fresh`; an export has at most one queued run.
+    pub async fn queue_export(&self, actor: &Actor, name: &str, how: RunRequest) -> Result<i64> {
+        let export = self.state.export(name).await?;
+        let record = self.state.connection_by_id(export.connection_id).await?;
+        permit(actor, &record)?;
+        self.approved_connector(&record.connector).await?;
+        self.state
+            .enqueue_run(&export, how.trigger, actor, how.fresh, how.full)
+            .await
+    }
+
+    /// Runs a run this worker claimed from the queue: continues it when an earlier attempt
+    /// made progress (its worker died, or it was queued to continue), else starts it.
+    pub async fn run_claimed(
+        &self,
+        claim: Claim,
+        progress: &dyn Progress,
+        stop: Option<CancellationToken>,
+    ) -> Result<RunOutcome> {
+        let export = self.state.export_by_id(claim.export_id).await?;
+        let record = self.state.connection_by_id(export.connection_id).await?;
+        let (resumed, full) = self.state.start_claimed(claim.run_id).await?;
+        self.execute_run(
+            &export,
+            &record,
+            claim.run_id,
+            resumed,
+            full,
+            claim.lock,
+            progress,
+            stop,
+        )
+        .await
+    }
+
+    /// Runs an attempt of a recorded run while holding its export's lock, and records how it
+    /// ended. The run stops cleanly on `stop`, and when the lock is lost (a lease that could not
+    /// be renewed: another worker may take the run over).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private step of two entry points"
+    )]
+    async fn execute_run(
+        &self,
+        export: &ExportRecord,
+        record: &ConnectionRecord,
+        run_id: i64,
+        resumed: bool,
+        full: bool,
+        lock: ExportLock,
+        progress: &dyn Progress,
+        stop: Option<CancellationToken>,
+    ) -> Result<RunOutcome> {
+        let run_stop = lock.lost().clone();
+        let forward = stop.map(|stop| {
+            let run_stop = run_stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                run_stop.cancel();
+            })
+        });
         let attempt = self
-            .attempt_run(&export, &record, run_id, full, progress, stop)
+            .attempt_run(export, record, run_id, full, progress, Some(run_stop))
             .await;
+        if let Some(forward) = forward {
+            forward.abort();
+        }
+        let outcome = self.record_attempt(export, run_id, resumed, attempt).await;
+        lock.release().await;
+        outcome
+    }
+
+    /// Records how an attempt ended.
+    async fn record_attempt(
+        &self,
+        export: &ExportRecord,
+        run_id: i64,
+        resumed: bool,
+        attempt: Result<(RunReport, SyncBasis)>,
+    ) -> Result<RunOutcome> {
         match attempt {
             Ok((mut report, basis)) => {
                 if resumed {
@@ -631,21 +719,25 @@ impl Workspace {
                     report.reasons.clear();
                     report.issues.clear();
                     report.issues_not_listed = 0;
-                    self.state.for_each_issue(run_id, |issue| {
-                        report.note_issue(issue);
-                        Ok(())
-                    })?;
+                    self.state
+                        .for_each_issue(run_id, &mut |issue| {
+                            report.note_issue(issue);
+                            Ok(())
+                        })
+                        .await?;
                     report.assert_adds_up(true);
                 }
                 if report.succeeded() {
-                    self.state.complete_sync(&export, run_id, &basis)?;
+                    self.state.complete_sync(export, run_id, &basis).await?;
                 }
                 let (state, error) = match &report.status {
                     RunStatus::Succeeded => (RunState::Succeeded, None),
                     RunStatus::Failed(e) => (RunState::Failed, Some(e.as_str())),
                     RunStatus::Interrupted => (RunState::Interrupted, None),
                 };
-                self.state.finish_run(run_id, state, error, Some(&report))?;
+                self.state
+                    .finish_run(run_id, state, error, Some(&report))
+                    .await?;
                 Ok(RunOutcome {
                     run_id,
                     resumed,
@@ -661,8 +753,9 @@ impl Workspace {
                     RunState::Failed
                 };
                 self.state
-                    .finish_run(run_id, state, Some(&format!("{e:#}")), None)?;
-                Err(e.context(format!("run {run_id} of export `{name}`")))
+                    .finish_run(run_id, state, Some(&format!("{e:#}")), None)
+                    .await?;
+                Err(e.context(format!("run {run_id} of export `{}`", export.name)))
             }
         }
     }
@@ -677,14 +770,14 @@ impl Workspace {
         stop: Option<CancellationToken>,
     ) -> Result<(RunReport, SyncBasis)> {
         let source = self.source()?;
-        let plugin = self.approved_connector(&record.connector)?;
-        let (basis, full) = self.sync_mode(export, &plugin, full)?;
+        let plugin = self.approved_connector(&record.connector).await?;
+        let (basis, full) = self.sync_mode(export, &plugin, full).await?;
         let connection = self.connection(record).await?;
         let options = RunOptions {
-            max_profiles: self.max_profiles()?,
+            max_profiles: self.max_profiles().await?,
             max_bad_rows: match self.options.max_bad_rows {
                 Some(n) => Some(n),
-                None => self.max_bad_rows()?,
+                None => self.max_bad_rows().await?,
             },
             journal: Some(Arc::new(self.state.journal(export, run_id))),
             full,
@@ -701,11 +794,11 @@ impl Workspace {
     /// What the next run of a saved export would do, without sending anything or changing any
     /// state (a dry run). `full` plans a full run.
     pub async fn plan_export(&self, actor: &Actor, name: &str, full: bool) -> Result<RunPlan> {
-        let export = self.state.export(name)?;
-        let record = self.state.connection_by_id(export.connection_id)?;
+        let export = self.state.export(name).await?;
+        let record = self.state.connection_by_id(export.connection_id).await?;
         permit(actor, &record)?;
-        let plugin = self.approved_connector(&record.connector)?;
-        let (_, full) = self.sync_mode(&export, &plugin, full)?;
+        let plugin = self.approved_connector(&record.connector).await?;
+        let (_, full) = self.sync_mode(&export, &plugin, full).await?;
         let options = RunOptions {
             journal: Some(Arc::new(self.state.sync_reader(&export))),
             full,
@@ -723,7 +816,7 @@ impl Workspace {
 
     /// What a run syncs with, and why it must be full, if it must: asked for, or the mapping,
     /// settings or connector version changed since the last completed run.
-    fn sync_mode(
+    async fn sync_mode(
         &self,
         export: &ExportRecord,
         plugin: &Plugin,
@@ -738,26 +831,33 @@ impl Workspace {
         if asked {
             return Ok((basis, Some("a full run was asked for".into())));
         }
-        let before = self.state.sync_basis(export)?;
+        let before = self.state.sync_basis(export).await?;
         let why = before.and_then(|before| basis.full_because(&before));
         Ok((basis, why))
     }
 
-    /// Runs due exports by their schedules until `stop` is cancelled, one run at a time per
-    /// export. Exports added, changed or removed meanwhile are picked up within `poll`. On
-    /// stop, runs under way finish their batches in flight, checkpoint and end interrupted;
-    /// the next run of each resumes it.
-    pub async fn serve(self: Arc<Self>, stop: CancellationToken, poll: Duration) -> Result<()> {
+    /// Works as one of the state's workers until `stop` is cancelled: fires the schedules
+    /// that fall due (each fire queues one run, whichever worker fires it first) and runs
+    /// queued runs, and runs whose worker died, up to `options.max_runs` at a time. Exports
+    /// added, changed or removed meanwhile are picked up within `options.poll`. On stop, runs
+    /// under way finish their batches in flight, checkpoint and end interrupted; the next run
+    /// of each resumes it.
+    pub async fn serve(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        options: ServeOptions,
+    ) -> Result<()> {
         self.key()?;
         self.source()?;
         self.host()?;
+        let worker = self.state.worker().to_string();
         let mut due: HashMap<i64, (String, chrono::DateTime<Utc>)> = HashMap::new();
         let mut running: HashMap<i64, String> = HashMap::new();
         let mut runs: JoinSet<(i64, String, Result<RunOutcome>)> = JoinSet::new();
-        tracing::info!("serving scheduled exports");
+        tracing::info!(%worker, state = %self.state.location(), "serving: scheduled and queued runs");
         loop {
             let now = Utc::now();
-            let exports = self.state.exports()?;
+            let exports = self.state.exports().await?;
             due.retain(|id, _| exports.iter().any(|e| e.id == *id));
             for export in &exports {
                 let Some(text) = &export.schedule else {
@@ -780,24 +880,46 @@ impl Workspace {
                 let Some((text, at)) = due.get_mut(&export.id) else {
                     continue;
                 };
-                if *at > now || running.contains_key(&export.id) {
+                if *at > now {
                     continue;
                 }
+                let fire = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 if let Some(next) = Schedule::parse(text).ok().and_then(|s| s.next_after(now)) {
                     *at = next;
                 }
-                running.insert(export.id, export.name.clone());
+                match self.state.fire_schedule(export, &fire).await {
+                    Ok(Some(run)) => {
+                        tracing::info!(export = %export.name, run, %fire, "schedule fired: run queued")
+                    }
+                    Ok(None) => {
+                        tracing::debug!(export = %export.name, %fire, "schedule fired by another worker")
+                    }
+                    Err(e) => {
+                        tracing::warn!(export = %export.name, "the schedule could not fire: {e:#}")
+                    }
+                }
+            }
+            while running.len() < options.max_runs.max(1) {
+                let claim = match self.state.claim_run().await {
+                    Ok(Some(claim)) => claim,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("could not claim a queued run: {e:#}");
+                        break;
+                    }
+                };
+                let name = self
+                    .state
+                    .export_by_id(claim.export_id)
+                    .await
+                    .map(|e| e.name)
+                    .unwrap_or_else(|_| format!("#{}", claim.export_id));
+                tracing::info!(%worker, export = %name, run = claim.run_id, "run claimed");
+                running.insert(claim.export_id, name.clone());
                 let workspace = self.clone();
-                let (id, name, stop) = (export.id, export.name.clone(), stop.child_token());
-                tracing::info!(export = %name, "scheduled run starting");
+                let (id, stop) = (claim.export_id, stop.child_token());
                 runs.spawn(async move {
-                    let how = RunRequest {
-                        trigger: Trigger::Schedule,
-                        ..RunRequest::default()
-                    };
-                    let outcome = workspace
-                        .run_export(&scheduler(), &name, how, &NoProgress, Some(stop))
-                        .await;
+                    let outcome = workspace.run_claimed(claim, &NoProgress, Some(stop)).await;
                     (id, name, outcome)
                 });
             }
@@ -806,12 +928,12 @@ impl Workspace {
                 .map(|(_, at)| *at)
                 .min()
                 .map(|at| (at - Utc::now()).to_std().unwrap_or_default())
-                .unwrap_or(poll)
-                .min(poll);
+                .unwrap_or(options.poll)
+                .min(options.poll);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(next_due) => {}
-                Some(done) = runs.join_next(), if !runs.is_empty() => log_run(&mut running, done),
+                Some(done) = runs.join_next(), if !runs.is_empty() => log_run(&worker, &mut running, done),
             }
         }
         tracing::info!(
@@ -819,13 +941,32 @@ impl Workspace {
             "stopping: finishing the batches in flight"
         );
         while let Some(done) = runs.join_next().await {
-            log_run(&mut running, done);
+            log_run(&worker, &mut running, done);
         }
         Ok(())
     }
 }
 
+/// How a worker serves.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How often the worker looks for changed exports and queued runs.
+    pub poll: Duration,
+    /// Runs this worker makes at a time.
+    pub max_runs: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            poll: Duration::from_secs(5),
+            max_runs: 8,
+        }
+    }
+}
+
 fn log_run(
+    worker: &str,
     running: &mut HashMap<i64, String>,
     done: std::result::Result<(i64, String, Result<RunOutcome>), tokio::task::JoinError>,
 ) {
@@ -834,17 +975,18 @@ fn log_run(
             running.remove(&id);
             match outcome {
                 Ok(o) => tracing::info!(
+                    %worker,
                     export = %name,
                     run = o.run_id,
                     status = ?o.report.status,
                     profiles = o.report.counts.profiles,
                     sent = o.report.counts.sent(),
-                    "scheduled run ended"
+                    "run ended"
                 ),
-                Err(e) => tracing::warn!(export = %name, "scheduled run refused: {e:#}"),
+                Err(e) => tracing::warn!(%worker, export = %name, "run refused: {e:#}"),
             }
         }
-        Err(e) => tracing::error!("a scheduled run panicked: {e}"),
+        Err(e) => tracing::error!("a run panicked: {e}"),
     }
 }
 

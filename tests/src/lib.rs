@@ -9,5 +9,6 @@ pub mod artifacts {
 pub mod harness;
 pub mod hostile;
 pub mod live;
+pub mod postgres;
 pub mod sample;
 pub mod sim;

@@ -55,6 +55,7 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
     let workspace = Workspace::new(state)
         .with_host(host)
         .with_master_key(MasterKey::generate())
+        .await
         .unwrap()
         .with_source(source.clone())
         .with_run_options(options);
@@ -96,7 +97,10 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
             "plan=plan",
         )
     };
-    workspace.approve_connector(&admin, connector).unwrap();
+    workspace
+        .approve_connector(&admin, connector)
+        .await
+        .unwrap();
     workspace
         .add_connection(
             &admin,
@@ -625,7 +629,7 @@ async fn a_vendor_outage_fails_a_run_and_the_next_continues_it_sending_nothing_t
         "a contact the vendor acknowledged was sent again"
     );
     assert_eq!(imports(), 5);
-    let record = w.workspace.state().run(outcome.run_id).unwrap();
+    let record = w.workspace.state().run(outcome.run_id).await.unwrap();
     assert_eq!((record.attempts, record.counts.created), (2, 5_000));
 }
 

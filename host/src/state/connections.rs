@@ -1,10 +1,10 @@
 //! Saved connections: vendor accounts with their credential sealed under the master key.
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Access, Actor, MasterKey, State, from_text, now, to_text};
+use super::db::{DbRow, Step, params};
+use super::{Access, Actor, MasterKey, State, now, to_text};
 use crate::secret::Secret;
 
 /// How a connection authenticates (the secret itself is sealed).
@@ -75,88 +75,94 @@ pub struct NewConnection<'a> {
 
 impl State {
     /// Saves a connection, sealing its credential under `key`.
-    pub fn add_connection(
+    pub async fn add_connection(
         &self,
         key: &MasterKey,
-        new: &NewConnection,
+        new: &NewConnection<'_>,
         actor: &Actor,
     ) -> Result<ConnectionRecord> {
-        let db = self.db();
-        let taken: bool = db.query_row(
-            "SELECT EXISTS (SELECT 1 FROM connections WHERE name = ?1 AND removed_at IS NULL)",
-            [new.name],
-            |r| r.get(0),
-        )?;
-        if taken {
+        let now = now();
+        // The unique index on active names settles two processes adding the same name.
+        let added = self
+            .db
+            .execute(
+                "INSERT INTO connections (name, connector, base_url, data_centre, credential_kind,
+                     credential, fingerprint, token_expires_at, access, privacy_accepted_by,
+                     privacy_accepted_at, created_by, created_at, checked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?11, ?12)
+                 ON CONFLICT DO NOTHING",
+                params![
+                    new.name,
+                    new.connector,
+                    new.base_url,
+                    new.data_centre,
+                    to_text(&new.credential.kind),
+                    seal_credential(key, new.name, new.credential)?,
+                    key.fingerprint(&new.credential.secret),
+                    new.token_expires_at.clone(),
+                    to_text(&new.access),
+                    &actor.name,
+                    now,
+                    new.checked_at.clone(),
+                ],
+            )
+            .await?;
+        if added == 0 {
             bail!("a connection named `{}` already exists", new.name);
         }
-        let now = now();
-        db.execute(
-            "INSERT INTO connections (name, connector, base_url, data_centre, credential_kind,
-                 credential, fingerprint, token_expires_at, access, privacy_accepted_by,
-                 privacy_accepted_at, created_by, created_at, checked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?11, ?12)",
-            params![
-                new.name,
-                new.connector,
-                new.base_url,
-                new.data_centre,
-                to_text(&new.credential.kind),
-                seal_credential(key, new.name, new.credential)?,
-                key.fingerprint(&new.credential.secret),
-                new.token_expires_at,
-                to_text(&new.access),
-                actor.name,
-                now,
-                new.checked_at,
-            ],
-        )?;
-        drop(db);
-        self.connection(new.name)
+        self.connection(new.name).await
     }
 
     /// The active connection called `name`.
-    pub fn connection(&self, name: &str) -> Result<ConnectionRecord> {
-        self.db()
-            .query_row(
+    pub async fn connection(&self, name: &str) -> Result<ConnectionRecord> {
+        self.db
+            .query_opt(
                 &format!("{CONNECTION_COLUMNS} WHERE name = ?1 AND removed_at IS NULL"),
-                [name],
-                connection_row,
+                params![name],
             )
-            .optional()?
+            .await?
+            .map(|r| connection_row(&r))
+            .transpose()?
             .with_context(|| format!("there is no connection named `{name}`"))
     }
 
     /// A connection by id, removed or not (for history).
-    pub fn connection_by_id(&self, id: i64) -> Result<ConnectionRecord> {
-        Ok(self.db().query_row(
-            &format!("{CONNECTION_COLUMNS} WHERE id = ?1"),
-            [id],
-            connection_row,
-        )?)
+    pub async fn connection_by_id(&self, id: i64) -> Result<ConnectionRecord> {
+        connection_row(
+            &self
+                .db
+                .query_one(&format!("{CONNECTION_COLUMNS} WHERE id = ?1"), params![id])
+                .await?,
+        )
     }
 
     /// The active connections, by name.
-    pub fn connections(&self) -> Result<Vec<ConnectionRecord>> {
-        let db = self.db();
-        let mut q = db.prepare(&format!(
-            "{CONNECTION_COLUMNS} WHERE removed_at IS NULL ORDER BY name"
-        ))?;
-        let rows = q.query_map([], connection_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub async fn connections(&self) -> Result<Vec<ConnectionRecord>> {
+        self.db
+            .query(
+                &format!("{CONNECTION_COLUMNS} WHERE removed_at IS NULL ORDER BY name"),
+                vec![],
+            )
+            .await?
+            .iter()
+            .map(connection_row)
+            .collect()
     }
 
     /// Unseals a connection's credential.
-    pub fn credential(
+    pub async fn credential(
         &self,
         key: &MasterKey,
         connection: &ConnectionRecord,
     ) -> Result<StoredCredential> {
-        let sealed: Option<Vec<u8>> = self.db().query_row(
-            "SELECT credential FROM connections WHERE id = ?1",
-            [connection.id],
-            |r| r.get(0),
-        )?;
+        let sealed: Option<Vec<u8>> = self
+            .db
+            .query_one(
+                "SELECT credential FROM connections WHERE id = ?1",
+                params![connection.id],
+            )
+            .await?
+            .get(0)?;
         let sealed = sealed.with_context(|| {
             format!(
                 "connection `{}` was removed; its credential was erased",
@@ -181,94 +187,107 @@ impl State {
     }
 
     /// Replaces a connection's credential (after an OAuth refresh).
-    pub fn replace_credential(
+    pub async fn replace_credential(
         &self,
         key: &MasterKey,
         connection: &ConnectionRecord,
         credential: &StoredCredential,
         token_expires_at: Option<String>,
     ) -> Result<()> {
-        self.db().execute(
-            "UPDATE connections SET credential = ?2, fingerprint = ?3, token_expires_at = ?4,
-                 checked_at = ?5 WHERE id = ?1",
-            params![
-                connection.id,
-                seal_credential(key, &connection.name, credential)?,
-                key.fingerprint(&credential.secret),
-                token_expires_at,
-                now(),
-            ],
-        )?;
+        self.db
+            .execute(
+                "UPDATE connections SET credential = ?2, fingerprint = ?3, token_expires_at = ?4,
+                     checked_at = ?5 WHERE id = ?1",
+                params![
+                    connection.id,
+                    seal_credential(key, &connection.name, credential)?,
+                    key.fingerprint(&credential.secret),
+                    token_expires_at,
+                    now(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     /// Recomputes the fingerprints written before they were keyed (12 hex digits of a plain
     /// SHA-256) with `key`; an erased credential keeps none.
-    pub fn rekey_fingerprints(&self, key: &MasterKey) -> Result<()> {
-        let old: Vec<ConnectionRecord> = {
-            let db = self.db();
-            let mut q = db.prepare(&format!(
-                "{CONNECTION_COLUMNS} WHERE length(fingerprint) = 12"
-            ))?;
-            q.query_map([], connection_row)?.collect::<Result<_, _>>()?
-        };
+    pub async fn rekey_fingerprints(&self, key: &MasterKey) -> Result<()> {
+        let old: Vec<ConnectionRecord> = self
+            .db
+            .query(
+                &format!("{CONNECTION_COLUMNS} WHERE length(fingerprint) = 12"),
+                vec![],
+            )
+            .await?
+            .iter()
+            .map(connection_row)
+            .collect::<Result<_>>()?;
         for connection in old {
-            let fingerprint = match self.credential(key, &connection) {
+            let fingerprint = match self.credential(key, &connection).await {
                 Ok(credential) => key.fingerprint(&credential.secret),
                 Err(_) if connection.removed_at.is_some() => "(erased)".into(),
                 Err(e) => return Err(e),
             };
-            self.db().execute(
-                "UPDATE connections SET fingerprint = ?2 WHERE id = ?1",
-                params![connection.id, fingerprint],
-            )?;
+            self.db
+                .execute(
+                    "UPDATE connections SET fingerprint = ?2 WHERE id = ?1",
+                    params![connection.id, fingerprint],
+                )
+                .await?;
         }
         Ok(())
     }
 
     /// Sets who may use a connection.
-    pub fn set_access(&self, connection_id: i64, access: Access) -> Result<()> {
-        self.db().execute(
-            "UPDATE connections SET access = ?2 WHERE id = ?1",
-            params![connection_id, to_text(&access)],
-        )?;
+    pub async fn set_access(&self, connection_id: i64, access: Access) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE connections SET access = ?2 WHERE id = ?1",
+                params![connection_id, to_text(&access)],
+            )
+            .await?;
         Ok(())
     }
 
     /// Notes that the vendor accepted a connection's credential now.
-    pub fn mark_checked(&self, connection_id: i64) -> Result<()> {
-        self.db().execute(
-            "UPDATE connections SET checked_at = ?2 WHERE id = ?1",
-            params![connection_id, now()],
-        )?;
+    pub async fn mark_checked(&self, connection_id: i64) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE connections SET checked_at = ?2 WHERE id = ?1",
+                params![connection_id, now()],
+            )
+            .await?;
         Ok(())
     }
 
     /// Removes a connection and the exports that use it (their schedules stop). The sealed
     /// credential is erased; the records stay so that run history remains readable. Returns
     /// the names of the exports removed with it.
-    pub fn remove_connection(&self, name: &str, actor: &Actor) -> Result<Vec<String>> {
-        let connection = self.connection(name)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let exports: Vec<String> = {
-            let mut q = tx.prepare(
-                "SELECT name FROM exports WHERE connection_id = ?1 AND removed_at IS NULL ORDER BY name",
-            )?;
-            q.query_map([connection.id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
+    pub async fn remove_connection(&self, name: &str, actor: &Actor) -> Result<Vec<String>> {
+        let connection = self.connection(name).await?;
         let now = now();
-        tx.execute(
-            "UPDATE exports SET removed_at = ?2, removed_by = ?3
-             WHERE connection_id = ?1 AND removed_at IS NULL",
-            params![connection.id, now, actor.name],
-        )?;
-        tx.execute(
-            "UPDATE connections SET removed_at = ?2, removed_by = ?3, credential = NULL WHERE id = ?1",
-            params![connection.id, now, actor.name],
-        )?;
-        tx.commit()?;
+        let done = self
+            .db
+            .batch(&[
+                Step::new(
+                    "UPDATE exports SET removed_at = ?2, removed_by = ?3
+                     WHERE connection_id = ?1 AND removed_at IS NULL RETURNING name",
+                    params![connection.id, &now, &actor.name],
+                ),
+                Step::new(
+                    "UPDATE connections SET removed_at = ?2, removed_by = ?3, credential = NULL
+                     WHERE id = ?1",
+                    params![connection.id, &now, &actor.name],
+                ),
+            ])
+            .await?
+            .context("removing the connection changed nothing")?;
+        let mut exports = done[0]
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<Vec<String>>>()?;
+        exports.sort();
         Ok(exports)
     }
 }
@@ -277,17 +296,17 @@ const CONNECTION_COLUMNS: &str = "SELECT id, name, connector, base_url, data_cen
     credential_kind, fingerprint, token_expires_at, access, privacy_accepted_by,
     privacy_accepted_at, created_by, created_at, checked_at, removed_at FROM connections";
 
-fn connection_row(r: &Row) -> rusqlite::Result<ConnectionRecord> {
+fn connection_row(r: &DbRow) -> Result<ConnectionRecord> {
     Ok(ConnectionRecord {
         id: r.get(0)?,
         name: r.get(1)?,
         connector: r.get(2)?,
         base_url: r.get(3)?,
         data_centre: r.get(4)?,
-        credential_kind: from_text(&r.get::<_, String>(5)?)?,
+        credential_kind: r.name(5)?,
         fingerprint: r.get(6)?,
         token_expires_at: r.get(7)?,
-        access: from_text(&r.get::<_, String>(8)?)?,
+        access: r.name(8)?,
         privacy_accepted_by: r.get(9)?,
         privacy_accepted_at: r.get(10)?,
         created_by: r.get(11)?,

@@ -1,13 +1,15 @@
-//! Saved exports, and the lock that keeps one run of an export at a time across processes.
+//! Saved exports, and the lock that keeps one run of an export at a time across processes
+//! and machines.
 
 use std::fs::File;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use super::{Actor, State, json_column, now};
+use super::db::{Db, DbRow, Step, params};
+use super::postgres::{self, Lease};
+use super::{Actor, State, now, sqlite};
 
 /// A saved export.
 #[derive(Debug, Clone, Serialize)]
@@ -41,135 +43,188 @@ pub struct NewExport<'a> {
     pub leave_action: Option<&'a str>,
 }
 
-/// Held while a run of an export is under way; another process or task cannot start one.
-/// The operating system releases it when the process ends, however it ends.
+/// Held while a run of an export is under way: no other process, here or on another
+/// machine, can start one. SQLite: a lock file, released by the operating system the moment
+/// its process ends. PostgreSQL: a lease renewed by a heartbeat, which expires when its worker
+/// is gone.
 pub struct ExportLock {
-    _file: File,
+    held: Held,
+    lost: CancellationToken,
+}
+
+enum Held {
+    File(#[allow(dead_code, reason = "held for its lock")] File),
+    Lease(Lease),
+}
+
+impl ExportLock {
+    pub(super) fn file(file: File, lost: CancellationToken) -> ExportLock {
+        ExportLock {
+            held: Held::File(file),
+            lost,
+        }
+    }
+
+    pub(super) fn lease(lease: Lease, lost: CancellationToken) -> ExportLock {
+        ExportLock {
+            held: Held::Lease(lease),
+            lost,
+        }
+    }
+
+    /// Cancelled if the lock is lost while held (a lease that could not be renewed in time,
+    /// and that another worker may take): the run must stop sending.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+
+    /// Lets the export's next run start at once (a lease is given up rather than left to
+    /// expire).
+    pub async fn release(self) {
+        match self.held {
+            Held::File(file) => drop(file),
+            Held::Lease(lease) => lease.release().await,
+        }
+    }
 }
 
 impl State {
     /// Saves an export.
-    pub fn add_export(&self, new: &NewExport, actor: &Actor) -> Result<ExportRecord> {
-        let db = self.db();
-        let taken: bool = db.query_row(
-            "SELECT EXISTS (SELECT 1 FROM exports WHERE name = ?1 AND removed_at IS NULL)",
-            [new.name],
-            |r| r.get(0),
-        )?;
-        if taken {
+    pub async fn add_export(&self, new: &NewExport<'_>, actor: &Actor) -> Result<ExportRecord> {
+        // The unique index on active names settles two processes adding the same name.
+        let added = self
+            .db
+            .execute(
+                "INSERT INTO exports (name, connection_id, settings, mapping, segments, schedule,
+                     created_by, created_at, leave_action)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO NOTHING",
+                params![
+                    new.name,
+                    new.connection_id,
+                    serde_json::to_string(new.settings)?,
+                    serde_json::to_string(new.mapping)?,
+                    serde_json::to_string(new.segments)?,
+                    new.schedule,
+                    &actor.name,
+                    now(),
+                    new.leave_action,
+                ],
+            )
+            .await?;
+        if added == 0 {
             bail!("an export named `{}` already exists", new.name);
         }
-        db.execute(
-            "INSERT INTO exports (name, connection_id, settings, mapping, segments, schedule,
-                 created_by, created_at, leave_action)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                new.name,
-                new.connection_id,
-                serde_json::to_string(new.settings)?,
-                serde_json::to_string(new.mapping)?,
-                serde_json::to_string(new.segments)?,
-                new.schedule,
-                actor.name,
-                now(),
-                new.leave_action,
-            ],
-        )?;
-        drop(db);
-        self.export(new.name)
+        self.export(new.name).await
     }
 
     /// Replaces what an export sends and when (its name and connection stay).
-    pub fn update_export(&self, id: i64, new: &NewExport) -> Result<()> {
-        self.db().execute(
-            "UPDATE exports SET settings = ?2, mapping = ?3, segments = ?4, schedule = ?5,
-                 leave_action = ?6 WHERE id = ?1",
-            params![
-                id,
-                serde_json::to_string(new.settings)?,
-                serde_json::to_string(new.mapping)?,
-                serde_json::to_string(new.segments)?,
-                new.schedule,
-                new.leave_action,
-            ],
-        )?;
+    pub async fn update_export(&self, id: i64, new: &NewExport<'_>) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE exports SET settings = ?2, mapping = ?3, segments = ?4, schedule = ?5,
+                     leave_action = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    serde_json::to_string(new.settings)?,
+                    serde_json::to_string(new.mapping)?,
+                    serde_json::to_string(new.segments)?,
+                    new.schedule,
+                    new.leave_action,
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     /// The active export called `name`.
-    pub fn export(&self, name: &str) -> Result<ExportRecord> {
-        self.db()
-            .query_row(
+    pub async fn export(&self, name: &str) -> Result<ExportRecord> {
+        self.db
+            .query_opt(
                 &format!("{EXPORT_COLUMNS} WHERE e.name = ?1 AND e.removed_at IS NULL"),
-                [name],
-                export_row,
+                params![name],
             )
-            .optional()?
+            .await?
+            .map(|r| export_row(&r))
+            .transpose()?
             .with_context(|| format!("there is no export named `{name}`"))
     }
 
+    /// An export by id, removed or not.
+    pub async fn export_by_id(&self, id: i64) -> Result<ExportRecord> {
+        export_row(
+            &self
+                .db
+                .query_one(&format!("{EXPORT_COLUMNS} WHERE e.id = ?1"), params![id])
+                .await?,
+        )
+    }
+
     /// The active exports, by name.
-    pub fn exports(&self) -> Result<Vec<ExportRecord>> {
-        let db = self.db();
-        let mut q = db.prepare(&format!(
-            "{EXPORT_COLUMNS} WHERE e.removed_at IS NULL ORDER BY e.name"
-        ))?;
-        let rows = q.query_map([], export_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub async fn exports(&self) -> Result<Vec<ExportRecord>> {
+        self.db
+            .query(
+                &format!("{EXPORT_COLUMNS} WHERE e.removed_at IS NULL ORDER BY e.name"),
+                vec![],
+            )
+            .await?
+            .iter()
+            .map(export_row)
+            .collect()
     }
 
     /// Removes an export (and so its schedule); its runs stay readable.
-    pub fn remove_export(&self, name: &str, actor: &Actor) -> Result<()> {
-        let export = self.export(name)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
+    pub async fn remove_export(&self, name: &str, actor: &Actor) -> Result<()> {
+        let export = self.export(name).await?;
+        let mut steps = vec![Step::new(
             "UPDATE exports SET removed_at = ?2, removed_by = ?3 WHERE id = ?1",
-            params![export.id, now(), actor.name],
-        )?;
+            params![export.id, now(), &actor.name],
+        )];
         // Its sync state can serve no run again; its run history stays readable.
-        for table in ["sync_contacts", "sync_log", "sync_reasons", "sync_basis"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE export_id = ?1"),
-                [export.id],
-            )?;
+        for sql in [
+            "DELETE FROM sync_contacts WHERE export_id = ?1",
+            "DELETE FROM sync_log WHERE export_id = ?1",
+            "DELETE FROM sync_reasons WHERE export_id = ?1",
+            "DELETE FROM sync_basis WHERE export_id = ?1",
+        ] {
+            if sql.contains("sync_log") && self.db.is_postgres() {
+                continue;
+            }
+            steps.push(Step::new(sql, params![export.id]));
         }
-        tx.commit()?;
+        self.db.batch(&steps).await?;
         Ok(())
     }
 
     /// Takes the run lock of an export; `None` when a run is already under way.
-    pub fn lock_export(&self, export: &ExportRecord) -> Result<Option<ExportLock>> {
-        let path = self.lock_path(export.id);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(ExportLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+    pub async fn lock_export(&self, export: &ExportRecord) -> Result<Option<ExportLock>> {
+        let lost = CancellationToken::new();
+        match &self.db {
+            Db::Sqlite(_) => {
+                let path = self.path().context("a SQLite state has a file")?;
+                Ok(
+                    sqlite::lock_export(path, export.id)?.map(|file| ExportLock {
+                        held: Held::File(file),
+                        lost,
+                    }),
+                )
+            }
+            Db::Postgres(pool) => {
+                let term = self.lease_term().await?;
+                let lease =
+                    postgres::take_lease(pool, export.id, &self.worker, term, lost.clone()).await?;
+                Ok(lease.map(|lease| ExportLock::lease(lease, lost)))
             }
         }
     }
 
-    fn lock_path(&self, export_id: i64) -> PathBuf {
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".export-{export_id}.lock"));
-        self.path.with_file_name(name)
-    }
-
     /// Whether a run of the export is under way in some process.
-    pub(super) fn export_running(&self, export_id: i64) -> bool {
-        match File::open(self.lock_path(export_id)) {
-            Ok(file) => match file.try_lock_shared() {
-                Ok(()) => false,
-                Err(_) => true,
-            },
-            Err(_) => false,
+    pub(super) async fn export_running(&self, export_id: i64) -> Result<bool> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(self
+                .path()
+                .is_some_and(|path| sqlite::export_locked(path, export_id))),
+            Db::Postgres(pool) => postgres::leased(pool, export_id).await,
         }
     }
 }
@@ -179,16 +234,16 @@ const EXPORT_COLUMNS: &str = "SELECT e.id, e.name, e.connection_id, c.name, c.co
     e.leave_action
     FROM exports e JOIN connections c ON c.id = e.connection_id";
 
-fn export_row(r: &Row) -> rusqlite::Result<ExportRecord> {
+fn export_row(r: &DbRow) -> Result<ExportRecord> {
     Ok(ExportRecord {
         id: r.get(0)?,
         name: r.get(1)?,
         connection_id: r.get(2)?,
         connection: r.get(3)?,
         connector: r.get(4)?,
-        settings: json_column(r, 5)?,
-        mapping: json_column(r, 6)?,
-        segments: json_column(r, 7)?,
+        settings: r.json(5)?,
+        mapping: r.json(6)?,
+        segments: r.json(7)?,
         schedule: r.get(8)?,
         created_by: r.get(9)?,
         created_at: r.get(10)?,

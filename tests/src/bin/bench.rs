@@ -776,7 +776,8 @@ async fn sync_runs(
     });
     let workspace = Workspace::new(std::sync::Arc::new(State::open(&db)?))
         .with_host(host)
-        .with_master_key(MasterKey::generate())?
+        .with_master_key(MasterKey::generate())
+        .await?
         .with_source(evolving.clone());
     let admin = Actor {
         name: "bench".into(),
@@ -787,7 +788,7 @@ async fn sync_runs(
     if leave_action == "untag" {
         settings.push(("membership-tag".into(), "bench-members".into()));
     }
-    workspace.approve_connector(&admin, connector)?;
+    workspace.approve_connector(&admin, connector).await?;
     workspace
         .add_connection(
             &admin,

@@ -209,7 +209,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             let workspace = if credential.is_some() {
                 session.workspace_with_host().await?
             } else {
-                session.workspace(false)?
+                session.workspace(false).await?
             };
             let record = workspace
                 .update_connection(
@@ -230,8 +230,8 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             );
         }
         ConnectionCommand::List { json } => {
-            let state = session.state()?;
-            let connections = state.connections()?;
+            let state = session.state().await?;
+            let connections = state.connections().await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&connections)?);
                 return Ok(ExitCode::SUCCESS);
@@ -266,8 +266,8 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             }
         }
         ConnectionCommand::Show { name, json } => {
-            let state = session.state()?;
-            let c = state.connection(name)?;
+            let state = session.state().await?;
+            let c = state.connection(name).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
                 return Ok(ExitCode::SUCCESS);
@@ -300,7 +300,8 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 c.checked_at.as_deref().unwrap_or("never")
             );
             let exports: Vec<String> = state
-                .exports()?
+                .exports()
+                .await?
                 .into_iter()
                 .filter(|e| e.connection_id == c.id)
                 .map(|e| e.name)
@@ -326,8 +327,10 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             }
         }
         ConnectionCommand::Remove { name, with_exports } => {
-            let workspace = session.workspace(false)?;
-            let exports = workspace.remove_connection(&actor, name, *with_exports)?;
+            let workspace = session.workspace(false).await?;
+            let exports = workspace
+                .remove_connection(&actor, name, *with_exports)
+                .await?;
             println!("removed connection `{name}`; its credential was erased");
             if !exports.is_empty() {
                 println!(

@@ -233,11 +233,12 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             warn_about_source(&workspace);
         }
         ExportCommand::List { json } => {
-            let state = session.state()?;
+            let state = session.state().await?;
             let mut listed = vec![];
-            for e in state.exports()? {
+            for e in state.exports().await? {
                 let last = state
-                    .runs(Some(&e.name), 1)?
+                    .runs(Some(&e.name), 1)
+                    .await?
                     .into_iter()
                     .next()
                     // A removed export of the same name had its own runs.
@@ -289,16 +290,18 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
         }
         ExportCommand::Show { name, json } => {
-            let state = session.state()?;
-            let e = state.export(name)?;
+            let state = session.state().await?;
+            let e = state.export(name).await?;
             if *json {
                 let runs: Vec<_> = state
-                    .runs(Some(name), 5)?
+                    .runs(Some(name), 5)
+                    .await?
                     .into_iter()
                     .filter(|r| r.export_id == e.id)
                     .collect();
                 let synced: serde_json::Map<String, serde_json::Value> = state
-                    .sync_counts(&e)?
+                    .sync_counts(&e)
+                    .await?
                     .into_iter()
                     .map(|(state, n)| (state.to_string(), n.into()))
                     .collect();
@@ -325,7 +328,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     .unwrap_or("none (leavers are only reported)")
             );
             let synced: Vec<String> = state
-                .sync_counts(&e)?
+                .sync_counts(&e)
+                .await?
                 .into_iter()
                 .map(|(state, n)| format!("{n} {state}"))
                 .collect();
@@ -342,7 +346,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
             println!("  created      {} by {}", e.created_at, e.created_by);
             for r in state
-                .runs(Some(name), 5)?
+                .runs(Some(name), 5)
+                .await?
                 .into_iter()
                 .filter(|r| r.export_id == e.id)
             {
@@ -359,8 +364,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
         }
         ExportCommand::Remove { name } => {
-            let workspace = session.workspace(false)?;
-            workspace.remove_export(&actor, name)?;
+            let workspace = session.workspace(false).await?;
+            workspace.remove_export(&actor, name).await?;
             println!("removed export `{name}` and its schedule; its run history stays");
         }
         ExportCommand::Run {
@@ -454,11 +459,11 @@ fn warn_about_source(workspace: &connector_host::Workspace) {
     }
 }
 
-pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<ExitCode> {
-    let state = session.state()?;
+pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<ExitCode> {
+    let state = session.state().await?;
     match command {
         SettingsCommand::Show { json } => {
-            let settings = state.settings()?;
+            let settings = state.settings().await?;
             let get = |key: &str| {
                 settings
                     .iter()
@@ -516,7 +521,7 @@ pub fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<Exit
                     "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles, max-bad-rows"
                 ),
             };
-            state.set_setting(key, &value)?;
+            state.set_setting(key, &value).await?;
             println!("{key} = {value}");
         }
     }

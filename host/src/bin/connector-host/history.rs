@@ -48,11 +48,11 @@ enum RunsCommand {
     },
 }
 
-pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
-    let state = session.state()?;
+pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
+    let state = session.state().await?;
     match &args.command {
         None => {
-            let runs = state.runs(args.export.as_deref(), args.limit)?;
+            let runs = state.runs(args.export.as_deref(), args.limit).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
                 return Ok(ExitCode::SUCCESS);
@@ -99,7 +99,7 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
             );
         }
         Some(RunsCommand::Show { id, json }) => {
-            let run = state.run(*id)?;
+            let run = state.run(*id).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&run)?);
             } else {
@@ -109,29 +109,35 @@ pub fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
         Some(RunsCommand::Rejections { id, csv, output }) => match (output, csv) {
             (Some(path), _) => {
                 let mut out = IssueCsv::create(path)?;
-                state.for_each_issue(*id, |issue| out.write(&issue))?;
+                state
+                    .for_each_issue(*id, &mut |issue| out.write(&issue))
+                    .await?;
                 let n = out.finish()?;
                 eprintln!("wrote {n} contacts to {}", path.display());
             }
             (None, true) => {
-                let mut out = IssueCsv::new(std::io::stdout().lock())?;
-                state.for_each_issue(*id, |issue| out.write(&issue))?;
+                let mut out = IssueCsv::new(std::io::stdout())?;
+                state
+                    .for_each_issue(*id, &mut |issue| out.write(&issue))
+                    .await?;
                 out.finish()?;
             }
             (None, false) => {
                 let mut rows = Vec::new();
-                state.for_each_issue(*id, |i| {
-                    rows.push(vec![
-                        i.profile_id,
-                        i.email,
-                        i.kind.label().to_string(),
-                        format!("{:?}", i.stage).to_lowercase(),
-                        i.code,
-                        i.message,
-                        i.since.unwrap_or_default(),
-                    ]);
-                    Ok(())
-                })?;
+                state
+                    .for_each_issue(*id, &mut |i| {
+                        rows.push(vec![
+                            i.profile_id,
+                            i.email,
+                            i.kind.label().to_string(),
+                            format!("{:?}", i.stage).to_lowercase(),
+                            i.code,
+                            i.message,
+                            i.since.unwrap_or_default(),
+                        ]);
+                        Ok(())
+                    })
+                    .await?;
                 if rows.is_empty() {
                     println!("every contact of run {id} was delivered");
                 } else {

@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use connector_host::{
-    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, Role, State, Workspace,
+    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, Role, ServeOptions, State,
+    Workspace,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -67,9 +68,12 @@ struct Cli {
     /// Largest connector file loaded from the plugin directory, in MiB.
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 32)]
     max_plugin_mib: u64,
-    /// Directory of the saved state (connections, exports, run history) [default: $XDG_STATE_HOME/connector-host or ~/.local/state/connector-host].
+    /// Where the saved state is (connections, exports, run history): a directory (SQLite), or a postgres:// URL shared by workers on several machines [default: $XDG_STATE_HOME/connector-host or ~/.local/state/connector-host].
     #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_STATE")]
-    state: Option<PathBuf>,
+    state: Option<String>,
+    /// This process's name in the run history and in the leases it holds [default: HOST:PID].
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_WORKER")]
+    worker: Option<String>,
     /// File holding the master key that seals credentials (mode 0600); the environment
     /// variable CONNECTOR_HOST_MASTER_KEY takes precedence [default: $XDG_CONFIG_HOME/connector-host/master.key].
     #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_MASTER_KEY_FILE")]
@@ -101,9 +105,12 @@ enum Command {
     Runs(history::RunsArgs),
     /// Run the exports that have a schedule when they are due, until SIGINT or SIGTERM.
     Serve {
-        /// Seconds between looks for new, changed or removed schedules.
+        /// Seconds between looks for new, changed or removed schedules and for queued runs.
         #[arg(long, default_value_t = 5.0)]
         poll_seconds: f64,
+        /// Runs this worker makes at a time.
+        #[arg(long, default_value_t = 8)]
+        max_runs: usize,
     },
     /// Settings of the saved state: the profile source and the per-run limits (profiles, bad rows).
     #[command(subcommand)]
@@ -211,13 +218,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run_once::run_once(&context, args).await,
         Command::Connection(command) => connections::run(&context, command).await,
         Command::Export(command) => exports::run(&context, command).await,
-        Command::Settings(command) => exports::settings(&context, command),
-        Command::Runs(args) => history::run(&context, args),
-        Command::Serve { poll_seconds } => {
+        Command::Settings(command) => exports::settings(&context, command).await,
+        Command::Runs(args) => history::run(&context, args).await,
+        Command::Serve {
+            poll_seconds,
+            max_runs,
+        } => {
             let poll = Duration::try_from_secs_f64(*poll_seconds).context("--poll-seconds")?;
             let workspace = Arc::new(context.workspace_with_host().await?);
             let stop = stop_on_signals();
-            workspace.serve(stop, poll).await?;
+            let options = ServeOptions {
+                poll,
+                max_runs: *max_runs,
+            };
+            workspace.serve(stop, options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Key(_) => unreachable!("handled above"),
@@ -246,14 +260,19 @@ impl Session<'_> {
     }
 
     /// The saved state, read-only use: no key, no profile source.
-    pub fn state(&self) -> Result<Arc<State>> {
-        let dir = self
-            .cli
-            .state
-            .clone()
-            .or_else(default_state_dir)
-            .context("no state directory: give --state")?;
-        Ok(Arc::new(State::open(&dir.join("state.db"))?))
+    pub async fn state(&self) -> Result<Arc<State>> {
+        let location = match &self.cli.state {
+            Some(location) => location.clone(),
+            None => default_state_dir()
+                .context("no state directory: give --state")?
+                .display()
+                .to_string(),
+        };
+        let mut state = State::connect(&location).await?;
+        if let Some(worker) = &self.cli.worker {
+            state = state.with_worker(worker);
+        }
+        Ok(Arc::new(state))
     }
 
     /// The plugin directory: the one given, or the default, created (0700) if missing.
@@ -280,20 +299,23 @@ impl Session<'_> {
 
     /// The workspace with the master key and the connectors, for commands that reach vendors.
     pub async fn workspace_with_host(&self) -> Result<Workspace> {
-        Ok(self.workspace(true)?.with_host(self.host().await?.clone()))
+        Ok(self
+            .workspace(true)
+            .await?
+            .with_host(self.host().await?.clone()))
     }
 
     /// The workspace, with the master key when `with_key` and the profile source when the
     /// settings name one, without the connectors.
-    pub fn workspace(&self, with_key: bool) -> Result<Workspace> {
-        let state = self.state()?;
-        let source = profile_source(&state)?;
+    pub async fn workspace(&self, with_key: bool) -> Result<Workspace> {
+        let state = self.state().await?;
+        let source = profile_source(&state).await?;
         let mut workspace = Workspace::new(state);
         if let Some(source) = source {
             workspace = workspace.with_source(Arc::new(source));
         }
         if with_key {
-            workspace = workspace.with_master_key(self.master_key()?)?;
+            workspace = workspace.with_master_key(self.master_key()?).await?;
         }
         Ok(workspace)
     }
@@ -320,13 +342,17 @@ impl Session<'_> {
 }
 
 /// The profile source the settings name, if they name one.
-fn profile_source(state: &State) -> Result<Option<FileSource>> {
-    let (Some(profiles), Some(memberships)) =
-        (state.setting("profiles")?, state.setting("memberships")?)
-    else {
+async fn profile_source(state: &State) -> Result<Option<FileSource>> {
+    let (Some(profiles), Some(memberships)) = (
+        state.setting("profiles").await?,
+        state.setting("memberships").await?,
+    ) else {
         return Ok(None);
     };
-    let id_column = state.setting("id-column")?.unwrap_or_else(|| "id".into());
+    let id_column = state
+        .setting("id-column")
+        .await?
+        .unwrap_or_else(|| "id".into());
     Ok(Some(FileSource::new(profiles, memberships, &id_column)?))
 }
 

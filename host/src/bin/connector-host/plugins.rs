@@ -76,13 +76,15 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
         return install(session, *force);
     }
     let workspace = session
-        .workspace(false)?
+        .workspace(false)
+        .await?
         .with_host(session.host().await?.clone());
     let actor = session.actor();
     match &args.command {
         None if args.json => {
             let listed: Vec<serde_json::Value> = workspace
-                .connectors()?
+                .connectors()
+                .await?
                 .iter()
                 .map(|(plugin, status)| plugin_json(plugin, status))
                 .collect();
@@ -97,10 +99,10 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         None => {
-            list(&workspace)?;
+            list(&workspace).await?;
         }
         Some(PluginsCommand::Show { id, json }) => {
-            let connectors = workspace.connectors()?;
+            let connectors = workspace.connectors().await?;
             let Some((plugin, status)) = connectors.iter().find(|(p, _)| p.info.id == *id) else {
                 // The same error as any use of an unknown connector, with what there is.
                 workspace.host()?.plugins().require(id)?;
@@ -117,7 +119,7 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
         }
         Some(PluginsCommand::Install { .. }) => unreachable!("handled above"),
         Some(PluginsCommand::Approve { id }) => {
-            let approval = workspace.approve_connector(&actor, id)?;
+            let approval = workspace.approve_connector(&actor, id).await?;
             println!(
                 "approved connector `{}` {} (sha256:{}) to reach {}",
                 approval.connector,
@@ -127,7 +129,7 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
             );
         }
         Some(PluginsCommand::Revoke { id }) => {
-            workspace.revoke_connector(&actor, id)?;
+            workspace.revoke_connector(&actor, id).await?;
             println!(
                 "revoked the approval of connector `{id}`; its exports stop until it is approved again"
             );
@@ -203,8 +205,8 @@ fn plugin_json(plugin: &Plugin, status: &ApprovalStatus) -> serde_json::Value {
     })
 }
 
-fn list(workspace: &connector_host::Workspace) -> Result<()> {
-    let connectors = workspace.connectors()?;
+async fn list(workspace: &connector_host::Workspace) -> Result<()> {
+    let connectors = workspace.connectors().await?;
     for (plugin, status) in &connectors {
         print_plugin(plugin, status);
     }

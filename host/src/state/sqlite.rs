@@ -1,0 +1,285 @@
+//! The SQLite engine: one database file on one machine, the embedded default. The export
+//! lock is a lock file beside it, which the operating system releases the moment its process
+//! ends, however it ends.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::create_private_dir;
+
+/// The schema, one migration per version (`PRAGMA user_version` counts those applied). Add
+/// new versions at the end; never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: connections, exports, runs, undelivered contacts, checkpoints.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        connector TEXT NOT NULL,
+        base_url TEXT,
+        data_centre TEXT,
+        credential_kind TEXT NOT NULL,
+        credential BLOB,
+        fingerprint TEXT NOT NULL,
+        token_expires_at TEXT,
+        access TEXT NOT NULL,
+        privacy_accepted_by TEXT NOT NULL,
+        privacy_accepted_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        checked_at TEXT,
+        removed_by TEXT,
+        removed_at TEXT
+    );
+    CREATE UNIQUE INDEX connections_by_name ON connections(name) WHERE removed_at IS NULL;
+    CREATE TABLE exports (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        connection_id INTEGER NOT NULL REFERENCES connections(id),
+        settings TEXT NOT NULL,
+        mapping TEXT NOT NULL,
+        segments TEXT NOT NULL,
+        schedule TEXT,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        removed_by TEXT,
+        removed_at TEXT
+    );
+    CREATE UNIQUE INDEX exports_by_name ON exports(name) WHERE removed_at IS NULL;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        export_id INTEGER NOT NULL REFERENCES exports(id),
+        trigger TEXT NOT NULL,
+        started_by TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        profiles INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL DEFAULT 0,
+        suppressed INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0,
+        batches INTEGER NOT NULL DEFAULT 0,
+        resumed_batches INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        retries INTEGER NOT NULL DEFAULT 0,
+        seconds REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_by_export ON runs(export_id, id);
+    CREATE TABLE run_batches (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        batch INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        profiles INTEGER NOT NULL,
+        sent INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        suppressed INTEGER NOT NULL,
+        rejected INTEGER NOT NULL,
+        duplicates INTEGER NOT NULL,
+        PRIMARY KEY (run_id, batch)
+    );
+    CREATE TABLE run_issues (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        batch INTEGER NOT NULL,
+        profile_id TEXT NOT NULL,
+        email TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX run_issues_by_run ON run_issues(run_id, batch);
+    "#,
+    // 2: administrators' approvals of connectors; what the host refused each run.
+    r#"
+    CREATE TABLE connector_approvals (
+        connector TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        hosts TEXT NOT NULL,
+        default_base_url TEXT NOT NULL,
+        version TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        approved_at TEXT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]';
+    "#,
+    // 3: each export's sync state; a run's counts as one record; issues by stage; leave actions.
+    r#"
+    CREATE TABLE sync_contacts (
+        export_id INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        digest INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        PRIMARY KEY (export_id, email)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_reasons (
+        export_id INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        since TEXT NOT NULL,
+        PRIMARY KEY (export_id, email)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_basis (
+        export_id INTEGER PRIMARY KEY,
+        basis TEXT NOT NULL,
+        run_id INTEGER NOT NULL
+    );
+    ALTER TABLE exports ADD COLUMN leave_action TEXT;
+    ALTER TABLE runs ADD COLUMN counts TEXT;
+    ALTER TABLE runs ADD COLUMN mode TEXT;
+    ALTER TABLE runs ADD COLUMN leave_action TEXT;
+    UPDATE runs SET counts = json_object('profiles', profiles, 'created', created,
+        'updated', updated, 'suppressed', suppressed, 'rejected', rejected,
+        'duplicates', duplicates, 'batches', batches)
+        WHERE profiles > 0;
+    ALTER TABLE run_issues ADD COLUMN stage TEXT NOT NULL DEFAULT 'sent';
+    ALTER TABLE run_issues ADD COLUMN since TEXT;
+    UPDATE run_issues SET stage = 'skipped', kind = 'invalid' WHERE code = 'missing-email';
+    UPDATE run_issues SET stage = 'skipped' WHERE kind = 'duplicate';
+    DROP TABLE run_batches;
+    "#,
+    // 4: settled contacts are appended to a log (cheap, in order) and folded into
+    // sync_contacts in key order once the log grows past an eighth of it.
+    r#"
+    CREATE TABLE sync_log (
+        seq INTEGER PRIMARY KEY,
+        export_id INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        digest INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        run_id INTEGER NOT NULL
+    );
+    "#,
+    // 5: the segment's size as the source knew it before reading.
+    r#"
+    ALTER TABLE runs ADD COLUMN segment_size INTEGER;
+    "#,
+    // 6: the run queue: queued runs (a full sync asked for or not), the worker of each
+    // attempt, and each schedule's fires (one run per fire, whoever fires it).
+    r#"
+    ALTER TABLE runs ADD COLUMN worker TEXT;
+    ALTER TABLE runs ADD COLUMN full_sync INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE run_attempts (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        attempt INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, attempt)
+    );
+    INSERT INTO run_attempts (run_id, attempt, worker, started_at)
+        SELECT id, 1, 'unknown', started_at FROM runs WHERE counts IS NOT NULL;
+    CREATE TABLE schedule_fires (
+        export_id INTEGER NOT NULL,
+        fire_at TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        PRIMARY KEY (export_id, fire_at)
+    );
+    CREATE INDEX runs_by_status ON runs(status, id);
+    -- At most one queued run an export: asking again gives that one.
+    CREATE UNIQUE INDEX runs_queued ON runs(export_id) WHERE status = 'queued';
+    "#,
+];
+
+/// Opens (creating if needed) the database at `path`, its schema brought up to date.
+pub(super) fn open(path: &Path) -> Result<rusqlite::Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
+    }
+    let db = rusqlite::Connection::open(path)
+        .with_context(|| format!("cannot open the state database {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    db.busy_timeout(Duration::from_secs(30))?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    // In WAL mode, NORMAL keeps every commit through a process crash (a checkpoint is on
+    // disk once settle returns); only a power cut may lose the last commits.
+    db.pragma_update(None, "synchronous", "NORMAL")?;
+    db.pragma_update(None, "cache_size", -16_384)?;
+    // Folding a sync log rewrites most of an export's sync state in one transaction; the
+    // write-ahead log shrinks back to this size after each checkpoint.
+    db.pragma_update(None, "journal_size_limit", 8 << 20)?;
+    db.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&db, path)?;
+    Ok(db)
+}
+
+fn migrate(db: &rusqlite::Connection, path: &Path) -> Result<()> {
+    // One migration per transaction, the version read inside it: two processes opening a new
+    // state at once apply each migration once.
+    loop {
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        let version: usize = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let Some(sql) = MIGRATIONS.get(version) else {
+            db.execute_batch("COMMIT")?;
+            if version > MIGRATIONS.len() {
+                bail!(
+                    "the state database {} has schema version {version}, newer than this connector-host knows ({}); use a newer connector-host",
+                    path.display(),
+                    MIGRATIONS.len()
+                );
+            }
+            return Ok(());
+        };
+        let applied = db.execute_batch(&format!("{sql}; PRAGMA user_version = {};", version + 1));
+        match applied {
+            Ok(()) => db.execute_batch("COMMIT")?,
+            Err(e) => {
+                db.execute_batch("ROLLBACK")?;
+                return Err(e).with_context(|| {
+                    format!(
+                        "migrating {} to schema version {}",
+                        path.display(),
+                        version + 1
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// The lock file of an export's runs, beside the database.
+fn lock_path(db_path: &Path, export_id: i64) -> PathBuf {
+    let mut name = db_path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".export-{export_id}.lock"));
+    db_path.with_file_name(name)
+}
+
+/// Takes an export's lock file; `None` when a process holds it.
+pub(super) fn lock_export(db_path: &Path, export_id: i64) -> Result<Option<File>> {
+    let path = lock_path(db_path, export_id);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Whether some process holds an export's lock file.
+pub(super) fn export_locked(db_path: &Path, export_id: i64) -> bool {
+    match File::open(lock_path(db_path, export_id)) {
+        Ok(file) => file.try_lock_shared().is_err(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,582 @@
+//! The store suite: the same checks of the saved state on both engines, SQLite (a file) and
+//! PostgreSQL (a real server started for the test process). Each engine must give the same
+//! answers; what is engine-specific (the lease's expiry) is checked where it applies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connector_host::run::{RunJournal, SettledContact, Settlement, SyncState};
+use connector_host::state::{
+    CredentialKind, ExportRecord, NewConnection, NewExport, RunState, StoredCredential, Trigger,
+};
+use connector_host::{
+    Access, Actor, Approval, IssueKind, MasterKey, Role, RunCounts, RunIssue, Secret, Stage, State,
+};
+
+fn admin() -> Actor {
+    Actor {
+        name: "ada".into(),
+        role: Role::Administrator,
+    }
+}
+
+/// One state of each engine, opened twice (as two processes would).
+enum Engine {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Engine {
+    async fn sqlite() -> Engine {
+        Engine::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Engine {
+        Engine::Postgres(connector_tests::postgres::database().await)
+    }
+
+    /// A handle on the state, as a process named `worker` opens it.
+    async fn open(&self, worker: &str) -> Arc<State> {
+        let location = match self {
+            Engine::Sqlite(dir) => dir.path().display().to_string(),
+            Engine::Postgres(url) => url.clone(),
+        };
+        Arc::new(State::connect(&location).await.unwrap().with_worker(worker))
+    }
+}
+
+async fn connection(state: &State, key: &MasterKey, name: &str, secret: &str) -> i64 {
+    state
+        .add_connection(
+            key,
+            &NewConnection {
+                name,
+                connector: "mailchimp",
+                base_url: Some("http://127.0.0.1:1"),
+                data_centre: Some("us7"),
+                credential: &StoredCredential {
+                    kind: CredentialKind::ApiKey,
+                    secret: Secret::new(secret.into()),
+                    refresh: None,
+                },
+                token_expires_at: None,
+                access: Access::Administrators,
+                checked_at: None,
+            },
+            &admin(),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+async fn export(state: &State, name: &str, connection_id: i64) -> ExportRecord {
+    state
+        .add_export(
+            &NewExport {
+                name,
+                connection_id,
+                settings: &[("list".into(), "L1".into())],
+                mapping: &["email=email".into(), "first_name=first".into()],
+                segments: &["newsletter".into()],
+                schedule: Some("0 * * * * *"),
+                leave_action: None,
+            },
+            &admin(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Connections, settings, approvals and exports: the records an operator keeps.
+async fn records(engine: Engine) {
+    let state = engine.open("w1").await;
+    let key = MasterKey::generate();
+    state.check_master_key(&key).await.unwrap();
+    state.check_master_key(&key).await.unwrap();
+    let other = engine.open("w2").await;
+    let err = other
+        .check_master_key(&MasterKey::generate())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("wrong master key"), "{err:#}");
+
+    // Settings.
+    assert_eq!(state.setting("profiles").await.unwrap(), None);
+    state.set_setting("profiles", "/a.csv").await.unwrap();
+    state.set_setting("profiles", "/b.csv").await.unwrap();
+    state.set_setting("id-column", "id").await.unwrap();
+    assert_eq!(
+        other.settings().await.unwrap(),
+        vec![
+            ("id-column".to_string(), "id".to_string()),
+            ("profiles".to_string(), "/b.csv".to_string())
+        ]
+    );
+    assert_eq!(state.lease_term().await.unwrap(), Duration::from_secs(30));
+    state.set_setting("lease-seconds", "0.2").await.unwrap();
+    assert!(state.lease_term().await.is_err());
+
+    // Approvals: replaced, listed, revoked.
+    let approval = |digest: &str| Approval {
+        connector: "mailchimp".into(),
+        digest: digest.into(),
+        hosts: vec!["*.api.mailchimp.com".into()],
+        default_base_url: "https://us1.api.mailchimp.com/3.0".into(),
+        version: "1.0.0".into(),
+        approved_by: "ada".into(),
+        approved_at: "2026-11-23T00:00:00Z".into(),
+    };
+    state.approve_connector(&approval("d1")).await.unwrap();
+    state.approve_connector(&approval("d2")).await.unwrap();
+    assert_eq!(other.approvals().await.unwrap().len(), 1);
+    assert_eq!(
+        other.approval("mailchimp").await.unwrap().unwrap().digest,
+        "d2"
+    );
+    assert!(state.revoke_connector("mailchimp").await.unwrap());
+    assert!(!state.revoke_connector("mailchimp").await.unwrap());
+    assert!(other.approval("mailchimp").await.unwrap().is_none());
+
+    // Connections: the credential sealed, unsealed only with the key, names unique.
+    let acme = connection(&state, &key, "acme", "secret-one-us7").await;
+    let err = state
+        .add_connection(
+            &key,
+            &NewConnection {
+                name: "acme",
+                connector: "mailchimp",
+                base_url: None,
+                data_centre: None,
+                credential: &StoredCredential {
+                    kind: CredentialKind::ApiKey,
+                    secret: Secret::new("x".into()),
+                    refresh: None,
+                },
+                token_expires_at: None,
+                access: Access::Contributors,
+                checked_at: None,
+            },
+            &admin(),
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+    let record = other.connection("acme").await.unwrap();
+    assert_eq!(record.id, acme);
+    assert_eq!(record.data_centre.as_deref(), Some("us7"));
+    assert_eq!(record.access, Access::Administrators);
+    let credential = other.credential(&key, &record).await.unwrap();
+    assert_eq!(credential.secret.expose(), "secret-one-us7");
+    assert!(
+        other
+            .credential(&MasterKey::generate(), &record)
+            .await
+            .is_err()
+    );
+    state
+        .replace_credential(
+            &key,
+            &record,
+            &StoredCredential {
+                kind: CredentialKind::ApiKey,
+                secret: Secret::new("secret-two-us7".into()),
+                refresh: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    state.set_access(acme, Access::Contributors).await.unwrap();
+    let record = other.connection("acme").await.unwrap();
+    assert_eq!(record.access, Access::Contributors);
+    assert!(record.checked_at.is_some());
+    assert_eq!(
+        other
+            .credential(&key, &record)
+            .await
+            .unwrap()
+            .secret
+            .expose(),
+        "secret-two-us7"
+    );
+
+    // Exports: saved, changed, listed, removed with their connection.
+    let daily = export(&state, "daily", acme).await;
+    assert_eq!(daily.connection, "acme");
+    assert_eq!(daily.settings, vec![("list".to_string(), "L1".to_string())]);
+    assert!(
+        state
+            .add_export(
+                &NewExport {
+                    name: "daily",
+                    connection_id: acme,
+                    settings: &[],
+                    mapping: &[],
+                    segments: &[],
+                    schedule: None,
+                    leave_action: None,
+                },
+                &admin(),
+            )
+            .await
+            .is_err()
+    );
+    export(&state, "weekly", acme).await;
+    state
+        .update_export(
+            daily.id,
+            &NewExport {
+                name: "daily",
+                connection_id: acme,
+                settings: &[("list".into(), "L2".into())],
+                mapping: &["email=email".into()],
+                segments: &["all".into()],
+                schedule: None,
+                leave_action: Some("unsubscribe"),
+            },
+        )
+        .await
+        .unwrap();
+    let changed = other.export("daily").await.unwrap();
+    assert_eq!(changed.schedule, None);
+    assert_eq!(changed.leave_action.as_deref(), Some("unsubscribe"));
+    assert_eq!(changed.segments, vec!["all".to_string()]);
+    let names: Vec<String> = other
+        .exports()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["daily", "weekly"]);
+    state.remove_export("weekly", &admin()).await.unwrap();
+    export(&state, "weekly", acme).await; // a removed export's name is free again
+    let removed = state.remove_connection("acme", &admin()).await.unwrap();
+    assert_eq!(removed, ["daily", "weekly"]);
+    assert!(other.exports().await.unwrap().is_empty());
+    assert!(other.connection("acme").await.is_err());
+    let Err(err) = other.credential(&key, &record).await else {
+        panic!("a removed connection's credential is erased");
+    };
+    assert!(format!("{err:#}").contains("erased"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_sqlite() {
+    records(Engine::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_postgres() {
+    records(Engine::postgres().await).await;
+}
+
+fn settled(i: u64, state: SyncState) -> SettledContact {
+    SettledContact {
+        email: format!("c{i}@example.com"),
+        digest: i * 7,
+        state,
+        reason: (state == SyncState::Rejected).then(|| ("1".into(), "Invalid".into())),
+    }
+}
+
+fn issue(i: u64) -> RunIssue {
+    RunIssue {
+        profile_id: i.to_string(),
+        email: format!("c{i}@example.com"),
+        kind: IssueKind::Rejected,
+        stage: Stage::Sent,
+        code: "1".into(),
+        message: format!("refused {i}"),
+        since: None,
+    }
+}
+
+/// Runs, their undelivered contacts, the sync state a run's journal keeps, resumption.
+async fn runs(engine: Engine) {
+    let state = engine.open("w1").await;
+    let key = MasterKey::generate();
+    let acme = connection(&state, &key, "acme", "k-us7").await;
+    let daily = export(&state, "daily", acme).await;
+
+    let lock = state.lock_export(&daily).await.unwrap().unwrap();
+    let run = state
+        .start_run(&daily, Trigger::OnDemand, &admin())
+        .await
+        .unwrap();
+    let ledger = Arc::new(state.journal(&daily, run));
+    let n = 25_000u64;
+    let counts = RunCounts {
+        profiles: n,
+        ..RunCounts::default()
+    };
+    // The journal is called from blocking threads, as a run calls it.
+    let writer = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let contacts: Vec<SettledContact> = (0..n)
+            .map(|i| {
+                let state = if i % 100 == 0 {
+                    SyncState::Rejected
+                } else {
+                    SyncState::Created
+                };
+                settled(i, state)
+            })
+            .collect();
+        for (k, piece) in contacts.chunks(1000).enumerate() {
+            let issues: Vec<RunIssue> = piece
+                .iter()
+                .filter(|c| c.state == SyncState::Rejected)
+                .map(|c| issue(c.digest / 7))
+                .collect();
+            let _ = k;
+            writer
+                .settle(&Settlement {
+                    contacts: piece,
+                    issues: &issues,
+                    counts: &counts,
+                })
+                .unwrap();
+        }
+        // A contact settled twice in one piece ends in its last state.
+        writer
+            .settle(&Settlement {
+                contacts: &[settled(1, SyncState::Created), settled(1, SyncState::Left)],
+                issues: &[],
+                counts: &counts,
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let reader = Arc::new(state.sync_reader(&daily));
+    let read = reader.clone();
+    let (held, this_run, reasons, hint) = tokio::task::spawn_blocking(move || {
+        let (mut held, mut this_run, mut reasons) = (std::collections::HashMap::new(), 0, 0);
+        read.synced(&mut |s| {
+            held.insert(s.email.to_string(), (s.digest, s.state));
+            this_run += u64::from(s.this_run);
+            reasons += u64::from(s.reason.is_some());
+            Ok(())
+        })
+        .unwrap();
+        (held, this_run, reasons, read.size_hint())
+    })
+    .await
+    .unwrap();
+    assert_eq!(held.len() as u64, n);
+    assert_eq!(held["c1@example.com"], (7, SyncState::Left));
+    assert_eq!(held["c200@example.com"], (1400, SyncState::Rejected));
+    assert_eq!(this_run, 0, "a reader belongs to no run");
+    assert_eq!(reasons, n / 100);
+    assert!(hint >= n, "size hint {hint}");
+    let refused = tokio::task::spawn_blocking(move || {
+        reader.settle(&Settlement {
+            contacts: &[],
+            issues: &[],
+            counts: &RunCounts::default(),
+        })
+    })
+    .await
+    .unwrap();
+    assert!(refused.is_err(), "a dry run records nothing");
+    let by_state = state.sync_counts(&daily).await.unwrap();
+    assert_eq!(
+        by_state,
+        vec![
+            (SyncState::Created, n - n / 100 - 1),
+            (SyncState::Rejected, n / 100),
+            (SyncState::Left, 1)
+        ]
+    );
+
+    // The run record: counts as settled, issues in order, the attempt's worker.
+    let record = state.run(run).await.unwrap();
+    assert_eq!(record.status, RunState::Running);
+    assert_eq!(record.counts.profiles, n);
+    assert_eq!(record.worker.as_deref(), Some("w1"));
+    assert_eq!(record.attempt_log.len(), 1);
+    let mut listed = vec![];
+    state
+        .for_each_issue(run, &mut |i| {
+            listed.push(i.profile_id);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..n).step_by(100).map(|i| i.to_string()).collect();
+    assert_eq!(listed, expected);
+
+    // Its process gone (its lock with it), the run shows as cut short, and another worker
+    // continues it.
+    lock.release().await;
+    let other = engine.open("w2").await;
+    assert_eq!(other.run(run).await.unwrap().status, RunState::Interrupted);
+    assert_eq!(other.unfinished_run(&daily).await.unwrap(), Some(run));
+    other.resume_run(run).await.unwrap();
+    let record = other.run(run).await.unwrap();
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.worker.as_deref(), Some("w2"));
+    let workers: Vec<&str> = record
+        .attempt_log
+        .iter()
+        .map(|a| a.worker.as_str())
+        .collect();
+    assert_eq!(workers, ["w1", "w2"]);
+    other
+        .finish_run(run, RunState::Succeeded, None, None)
+        .await
+        .unwrap();
+    assert_eq!(other.unfinished_run(&daily).await.unwrap(), None);
+    let listed = state.runs(Some("daily"), 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, RunState::Succeeded);
+    assert!(state.runs(Some("nope"), 10).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_sqlite() {
+    runs(Engine::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_postgres() {
+    runs(Engine::postgres().await).await;
+}
+
+/// The queue: one queued run an export, claimed by one worker of many, a schedule's fire
+/// queued once, the export's lock held by the claim.
+async fn queue(engine: Engine) {
+    let workers = [
+        engine.open("w1").await,
+        engine.open("w2").await,
+        engine.open("w3").await,
+    ];
+    let state = &workers[0];
+    let key = MasterKey::generate();
+    let acme = connection(state, &key, "acme", "k-us7").await;
+    let mut exports = vec![];
+    for i in 0..6 {
+        exports.push(export(state, &format!("e{i}"), acme).await);
+    }
+    // Asking twice queues one run.
+    let first = state
+        .enqueue_run(&exports[0], Trigger::OnDemand, &admin(), false, false)
+        .await
+        .unwrap();
+    let again = workers[1]
+        .enqueue_run(&exports[0], Trigger::OnDemand, &admin(), false, true)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    // A schedule's fire, fired by every worker at once, queues once.
+    let fired = futures_util::future::join_all(
+        workers
+            .iter()
+            .map(|w| w.fire_schedule(&exports[1], "2026-11-23T10:00:00Z")),
+    )
+    .await;
+    let fired: Vec<i64> = fired.into_iter().filter_map(|f| f.unwrap()).collect();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    for export in &exports[2..] {
+        state
+            .enqueue_run(export, Trigger::OnDemand, &admin(), false, false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(state.queued_runs().await.unwrap(), 6);
+
+    // Three workers claim at once, again and again, until nothing waits: each run once.
+    let mut claims = vec![];
+    loop {
+        let round = futures_util::future::join_all(workers.iter().map(|w| w.claim_run())).await;
+        let round: Vec<_> = round.into_iter().filter_map(|c| c.unwrap()).collect();
+        if round.is_empty() {
+            break;
+        }
+        claims.extend(round);
+    }
+    let mut claimed: Vec<i64> = claims.iter().map(|c| c.run_id).collect();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), 6, "every queued run claimed once");
+    assert_eq!(claims.len(), 6);
+    // A claimed export is locked: no process may start another run of it.
+    assert!(workers[2].lock_export(&exports[0]).await.unwrap().is_none());
+    // Claimed runs start; their export stays locked until they are released.
+    let claim = claims.remove(0);
+    let (resumed, _) = state.start_claimed(claim.run_id).await.unwrap();
+    assert!(!resumed);
+    assert_eq!(
+        state.run(claim.run_id).await.unwrap().status,
+        RunState::Running
+    );
+    let export_id = claim.export_id;
+    claim.lock.release().await;
+    let export = exports.iter().find(|e| e.id == export_id).unwrap();
+    let lock = workers[1].lock_export(export).await.unwrap();
+    assert!(lock.is_some(), "released");
+    drop(lock);
+    for claim in claims {
+        claim.lock.release().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_on_sqlite() {
+    queue(Engine::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_on_postgres() {
+    queue(Engine::postgres().await).await;
+}
+
+/// PostgreSQL: a worker that stops renewing its lease (it died) loses the run once the lease
+/// expires, and another worker claims it to continue it; while the lease lives, nobody can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_lets_another_worker_take_the_run_over() {
+    let engine = Engine::postgres().await;
+    let (one, two) = (engine.open("w1").await, engine.open("w2").await);
+    one.set_setting("lease-seconds", "1").await.unwrap();
+    let key = MasterKey::generate();
+    let acme = connection(&one, &key, "acme", "k-us7").await;
+    let daily = export(&one, "daily", acme).await;
+    one.enqueue_run(&daily, Trigger::OnDemand, &admin(), false, false)
+        .await
+        .unwrap();
+    let claim = one.claim_run().await.unwrap().unwrap();
+    one.start_claimed(claim.run_id).await.unwrap();
+    // Renewed by its heartbeat: held well past one term.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(two.claim_run().await.unwrap().is_none());
+    assert_eq!(
+        two.run(claim.run_id).await.unwrap().status,
+        RunState::Running
+    );
+    // The worker dies: its heartbeat stops, its lease is not given back.
+    let run_id = claim.run_id;
+    drop(claim);
+    let died = Instant::now();
+    let taken = loop {
+        if let Some(taken) = two.claim_run().await.unwrap() {
+            break taken;
+        }
+        assert!(died.elapsed() < Duration::from_secs(10), "never taken over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(died.elapsed() >= Duration::from_millis(300));
+    assert_eq!(taken.run_id, run_id);
+    let (resumed, _) = two.start_claimed(run_id).await.unwrap();
+    assert!(resumed, "a run with an earlier attempt is continued");
+    let record = two.run(run_id).await.unwrap();
+    let workers: Vec<&str> = record
+        .attempt_log
+        .iter()
+        .map(|a| a.worker.as_str())
+        .collect();
+    assert_eq!(workers, ["w1", "w2"]);
+    taken.lock.release().await;
+}
