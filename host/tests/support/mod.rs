@@ -62,16 +62,24 @@ pub fn export_add(name: &str, connection: &str, list: &str) -> Vec<String> {
 /// An operator's machine: plugins, a state directory, a master key file, sample profiles.
 pub struct Operator {
     pub root: TempDir,
+    /// Where the state is: a directory under the root, or a PostgreSQL URL.
+    pub state: String,
 }
 
 impl Operator {
     pub fn new(seed: u64, profiles: u64) -> Operator {
+        Operator::on_state(seed, profiles, None)
+    }
+
+    /// An operator whose state is at `state` (a `postgres://` URL), else in a directory.
+    pub fn on_state(seed: u64, profiles: u64, state: Option<String>) -> Operator {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("plugins")).unwrap();
         install_connectors(&root.path().join("plugins")).unwrap();
         std::fs::create_dir(root.path().join("data")).unwrap();
         sample::write_csv(&root.path().join("data"), seed, profiles).unwrap();
-        let op = Operator { root };
+        let state = state.unwrap_or_else(|| root.path().join("state").display().to_string());
+        let op = Operator { root, state };
         let out = op.ok(&["key", "generate"]);
         assert!(out.contains("wrote a new master key"), "{out}");
         for (key, file) in [
@@ -99,7 +107,7 @@ impl Operator {
             .env("CONNECTOR_HOST_PLUGINS", self.path("plugins"))
             .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
             .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
-            .env("CONNECTOR_HOST_STATE", self.path("state"))
+            .env("CONNECTOR_HOST_STATE", &self.state)
             .env("CONNECTOR_HOST_MASTER_KEY_FILE", self.path("master.key"))
             .env("CONNECTOR_HOST_USER", "dana")
             .env("CONNECTOR_SECRET", API_KEY)
@@ -178,7 +186,9 @@ impl Operator {
     pub fn assert_secrets_nowhere(&self, secrets: &[&str]) {
         let mut files = vec![];
         walk(self.root.path(), &mut files);
-        assert!(files.iter().any(|f| f.ends_with("state.db")));
+        if !self.state.starts_with("postgres") {
+            assert!(files.iter().any(|f| f.ends_with("state.db")));
+        }
         for file in files {
             let bytes = std::fs::read(&file).unwrap();
             for secret in secrets {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use connector_host::state::LEASE_SECONDS_SETTING;
 use connector_host::state::Trigger;
 use connector_host::workspace::ExportChanges;
 use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_BAD_ROWS_SETTING, MAX_PROFILES_SETTING};
@@ -128,6 +129,10 @@ pub enum ExportCommand {
         /// Print the run report as JSON on stdout instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Hand the run to the `serve` workers instead of running it here: it waits in the
+        /// queue (scheduled runs wait there too) until a worker claims it; prints its number.
+        #[arg(long, conflicts_with_all = ["dry_run", "json", "fail_on_undelivered"])]
+        queue: bool,
     },
 }
 
@@ -139,9 +144,10 @@ pub enum SettingsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N, max-bad-rows N.
+    /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N, max-bad-rows N,
+    /// lease-seconds N.
     Set {
-        /// profiles, memberships, id-column, max-profiles or max-bad-rows.
+        /// profiles, memberships, id-column, max-profiles, max-bad-rows or lease-seconds.
         key: String,
         /// The value: a file, a column name or a number.
         value: String,
@@ -377,7 +383,19 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             max_bad_rows,
             fail_on_undelivered,
             json,
+            queue,
         } => {
+            let how = RunRequest {
+                trigger: Trigger::OnDemand,
+                fresh: *fresh,
+                full: *full,
+            };
+            if *queue {
+                let workspace = session.workspace_with_host().await?;
+                let run_id = workspace.queue_export(&actor, name, how).await?;
+                println!("run {run_id} queued: a `connector-host serve` worker will claim it");
+                return Ok(ExitCode::SUCCESS);
+            }
             if *dry_run {
                 let workspace = session.workspace_with_host().await?;
                 let plan = workspace.plan_export(&actor, name, *full).await?;
@@ -399,17 +417,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     });
             let progress = ConsoleProgress::new(name);
             let outcome = workspace
-                .run_export(
-                    &actor,
-                    name,
-                    RunRequest {
-                        trigger: Trigger::OnDemand,
-                        fresh: *fresh,
-                        full: *full,
-                    },
-                    &progress,
-                    Some(stop_on_signals()),
-                )
+                .run_export(&actor, name, how, &progress, Some(stop_on_signals()))
                 .await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&outcome.report)?);
@@ -481,6 +489,11 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                     Some(DEFAULT_MAX_PROFILES.to_string()),
                 ),
                 (MAX_BAD_ROWS_SETTING, get(MAX_BAD_ROWS_SETTING), None),
+                (
+                    LEASE_SECONDS_SETTING,
+                    get(LEASE_SECONDS_SETTING),
+                    Some(state.lease_term().await?.as_secs_f64().to_string()),
+                ),
             ];
             if *json {
                 let object: serde_json::Map<String, serde_json::Value> = shown
@@ -517,8 +530,14 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                     Ok(n) => n.to_string(),
                     _ => bail!("max-bad-rows must be a whole number, not `{value}`"),
                 },
+                LEASE_SECONDS_SETTING => match value.parse::<f64>() {
+                    Ok(n) if (1.0..=3600.0).contains(&n) => n.to_string(),
+                    _ => bail!(
+                        "lease-seconds must be a number of seconds from 1 to 3600, not `{value}`"
+                    ),
+                },
                 _ => bail!(
-                    "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles, max-bad-rows"
+                    "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles, max-bad-rows, lease-seconds"
                 ),
             };
             state.set_setting(key, &value).await?;

@@ -77,6 +77,7 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                         (r.counts.rejected + r.counts.still_rejected).to_string(),
                         r.counts.leaving.to_string(),
                         r.retries.to_string(),
+                        r.worker.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -94,6 +95,7 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                     "REJECTED",
                     "LEFT",
                     "RETRIES",
+                    "WORKER",
                 ],
                 &rows,
             );
@@ -174,6 +176,12 @@ fn print_run(r: &RunRecord) {
         println!(
             "  attempts      {} (continued; {} contacts settled earlier were not sent again)",
             r.attempts, c.resumed
+        );
+    }
+    for a in &r.attempt_log {
+        println!(
+            "  attempt {:<5} by worker {} at {}",
+            a.attempt, a.worker, a.started_at
         );
     }
     if let Some(size) = r.segment_size {
