@@ -61,7 +61,9 @@ pub use run::{
 pub use sandbox::Limits;
 pub use schedule::Schedule;
 pub use secret::Secret;
-pub use source::{FileSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow};
+pub use source::{
+    FileSource, PostgresSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow,
+};
 pub use state::{Access, Actor, MasterKey, Role, State};
 pub use workspace::{
     ConnectionRequest, ExportRequest, RunOutcome, RunRequest, ServeOptions, Workspace,

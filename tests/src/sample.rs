@@ -253,3 +253,53 @@ impl ProfileSource for GeneratedSource {
         Ok(ProfileStream::of_profiles(Some(total), profiles))
     }
 }
+
+/// Loads the same sample into PostgreSQL, as a platform would hand its profiles over: tables
+/// `profiles` (the columns of the CSV; a missing value is NULL) and `memberships`
+/// (`profile_id`, `segment`) in the database at `url`.
+pub async fn write_postgres(url: &str, seed: u64, count: u64) -> Result<()> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE profiles (id TEXT PRIMARY KEY, email TEXT, first_name TEXT,
+                 last_name TEXT, city TEXT);
+             CREATE TABLE memberships (profile_id TEXT NOT NULL, segment TEXT NOT NULL);",
+        )
+        .await?;
+    const CHUNK: u64 = 20_000;
+    for start in (0..count).step_by(CHUNK as usize) {
+        let (mut ids, mut emails, mut firsts, mut lasts, mut cities) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut member_ids, mut segments) = (vec![], vec![]);
+        for i in start..(start + CHUNK).min(count) {
+            let p = profile(seed, i);
+            for s in &p.segments {
+                member_ids.push(p.id.clone());
+                segments.push(s.to_string());
+            }
+            ids.push(p.id);
+            emails.push(p.email);
+            firsts.push(p.first_name);
+            lasts.push(p.last_name);
+            cities.push(p.city);
+        }
+        client
+            .execute(
+                "INSERT INTO profiles SELECT * FROM unnest($1::text[], $2::text[], $3::text[],
+                     $4::text[], $5::text[])",
+                &[&ids, &emails, &firsts, &lasts, &cities],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO memberships SELECT * FROM unnest($1::text[], $2::text[])",
+                &[&member_ids, &segments],
+            )
+            .await?;
+    }
+    client
+        .batch_execute("ANALYZE profiles; ANALYZE memberships")
+        .await?;
+    Ok(())
+}

@@ -1,10 +1,12 @@
 //! Where profiles come from. Embedders implement [`ProfileSource`] over their own store; the
-//! host ships [`FileSource`] for CSV and JSON Lines files.
+//! host ships [`FileSource`] for CSV and JSON Lines files and [`PostgresSource`] for tables,
+//! views or queries in PostgreSQL.
 //!
 //! A run streams rows: each is a profile, or a row the source could not use ([`SkippedRow`]),
 //! which the run records with its reason and goes on. Nothing the source reads vanishes.
 
 mod file;
+mod postgres;
 mod records;
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub use file::FileSource;
+pub use postgres::PostgresSource;
 
 /// One profile: its id and its values, in the order of [`ProfileSource::columns`].
 #[derive(Debug, Clone, PartialEq)]

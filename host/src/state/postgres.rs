@@ -149,9 +149,7 @@ const MIGRATION_LOCK: i64 = 0x636f_6e6e_6563_746f;
 
 /// Connects to the database at `url` (a `postgres://` URL) and brings its schema up to date.
 pub(super) async fn connect(url: &str) -> Result<Pool> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .with_context(|| format!("`{}` is not a PostgreSQL URL", redacted(url)))?;
+    let config = postgres_config(url)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -206,6 +204,21 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The connection settings of a `postgres://` URL. A password is best not written in it (it
+/// would show in process lists and settings): without one, `PGPASSWORD` gives it, as for
+/// PostgreSQL's own tools.
+pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| format!("`{}` is not a PostgreSQL URL", redacted(url)))?;
+    if config.get_password().is_none()
+        && let Some(password) = std::env::var_os("PGPASSWORD")
+    {
+        config.password(password.as_encoded_bytes());
+    }
+    Ok(config)
 }
 
 /// `url` with its password replaced, fit to print.

@@ -144,10 +144,12 @@ pub enum SettingsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Set one: profiles FILE, memberships FILE, id-column NAME, max-profiles N, max-bad-rows N,
-    /// lease-seconds N.
+    /// Set one: profiles FILE or postgres://URL, memberships FILE, profiles-table and
+    /// memberships-table (a table, view or parenthesised query, with profiles from PostgreSQL),
+    /// id-column NAME, max-profiles N, max-bad-rows N, lease-seconds N.
     Set {
-        /// profiles, memberships, id-column, max-profiles, max-bad-rows or lease-seconds.
+        /// profiles, memberships, profiles-table, memberships-table, id-column, max-profiles,
+        /// max-bad-rows or lease-seconds.
         key: String,
         /// The value: a file, a column name or a number.
         value: String,
@@ -482,6 +484,8 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
             let shown = [
                 ("profiles", get("profiles"), None),
                 ("memberships", get("memberships"), None),
+                ("profiles-table", get("profiles-table"), None),
+                ("memberships-table", get("memberships-table"), None),
                 ("id-column", get("id-column"), Some("id".to_string())),
                 (
                     MAX_PROFILES_SETTING,
@@ -517,6 +521,33 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                 bail!("only administrators may change settings");
             }
             let value = match key.as_str() {
+                "profiles"
+                    if value.starts_with("postgres://") || value.starts_with("postgresql://") =>
+                {
+                    let config: tokio_postgres::Config = value.parse().with_context(|| {
+                        format!(
+                            "`{}` is not a PostgreSQL URL",
+                            connector_host::state::redacted(value)
+                        )
+                    })?;
+                    if config.get_password().is_some() {
+                        bail!(
+                            "settings are stored as they are: give the URL without its password, and the password in PGPASSWORD to the processes that run exports"
+                        );
+                    }
+                    value.to_string()
+                }
+                "profiles-table" | "memberships-table" => {
+                    // Checked as a name or a query now, rather than at the first run.
+                    connector_host::PostgresSource::new(
+                        "postgres://localhost/x",
+                        value,
+                        value,
+                        "id",
+                    )
+                    .context(key.clone())?;
+                    value.trim().to_string()
+                }
                 "profiles" | "memberships" => std::fs::canonicalize(value)
                     .with_context(|| format!("{key}: cannot find {value}"))?
                     .to_string_lossy()
@@ -537,7 +568,7 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                     ),
                 },
                 _ => bail!(
-                    "unknown setting `{key}`; settings are profiles, memberships, id-column, max-profiles, max-bad-rows, lease-seconds"
+                    "unknown setting `{key}`; settings are profiles, memberships, profiles-table, memberships-table, id-column, max-profiles, max-bad-rows, lease-seconds"
                 ),
             };
             state.set_setting(key, &value).await?;

@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use connector_host::{
-    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, Role, ServeOptions, State,
-    Workspace,
+    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, PostgresSource,
+    ProfileSource, Role, ServeOptions, State, Workspace,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -312,7 +312,7 @@ impl Session<'_> {
         let source = profile_source(&state).await?;
         let mut workspace = Workspace::new(state);
         if let Some(source) = source {
-            workspace = workspace.with_source(Arc::new(source));
+            workspace = workspace.with_source(source);
         }
         if with_key {
             workspace = workspace.with_master_key(self.master_key()?).await?;
@@ -341,19 +341,34 @@ impl Session<'_> {
     }
 }
 
-/// The profile source the settings name, if they name one.
-async fn profile_source(state: &State) -> Result<Option<FileSource>> {
-    let (Some(profiles), Some(memberships)) = (
-        state.setting("profiles").await?,
-        state.setting("memberships").await?,
-    ) else {
-        return Ok(None);
-    };
+/// The profile source the settings name, if they name one: files, or a PostgreSQL database.
+async fn profile_source(state: &State) -> Result<Option<Arc<dyn ProfileSource>>> {
     let id_column = state
         .setting("id-column")
         .await?
         .unwrap_or_else(|| "id".into());
-    Ok(Some(FileSource::new(profiles, memberships, &id_column)?))
+    let Some(profiles) = state.setting("profiles").await? else {
+        return Ok(None);
+    };
+    if profiles.starts_with("postgres://") || profiles.starts_with("postgresql://") {
+        let table = |key: &'static str, default: &'static str| async move {
+            anyhow::Ok(state.setting(key).await?.unwrap_or_else(|| default.into()))
+        };
+        return Ok(Some(Arc::new(PostgresSource::new(
+            &profiles,
+            &table("profiles-table", "profiles").await?,
+            &table("memberships-table", "memberships").await?,
+            &id_column,
+        )?)));
+    }
+    let Some(memberships) = state.setting("memberships").await? else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(FileSource::new(
+        profiles,
+        memberships,
+        &id_column,
+    )?)))
 }
 
 /// A token cancelled at the first SIGINT or SIGTERM; a second one quits at once.
