@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::approval::{self, Approval, ApprovalStatus};
+use crate::broker::SharedAccount;
 use crate::failure::AlreadyRunning;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
@@ -780,6 +781,11 @@ impl Workspace {
                 None => self.max_bad_rows().await?,
             },
             journal: Some(Arc::new(self.state.journal(export, run_id))),
+            // The vendor counts the account's requests, whichever run or worker sends them.
+            account: Some(SharedAccount {
+                key: format!("{}:{}", record.connector, record.fingerprint),
+                slots: self.state.account_slots(),
+            }),
             full,
             stop,
             ..self.options.clone()

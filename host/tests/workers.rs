@@ -210,3 +210,90 @@ async fn a_killed_workers_run_is_finished_by_another_from_its_checkpoints() {
     assert!(resumed >= 1000, "continued from its checkpoints: {run:#}");
     op.assert_credential_nowhere();
 }
+
+/// Mailchimp allows an account 10 simultaneous connections, whoever opens them: with three
+/// workers exporting to one account at once, the simulator never sees more than 10 and never
+/// has to answer 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_a_mailchimp_accounts_ten_connections() {
+    use connector_tests::sim::mailchimp::{self, MailchimpSim};
+
+    let (seed, count) = (94, 6_000);
+    let url = connector_tests::postgres::database().await;
+    let op = Operator::on_state(seed, count, Some(url));
+    let sim = MailchimpSim::start_with(
+        0,
+        mailchimp::Behaviour {
+            latency: Duration::from_millis(150),
+            ..mailchimp::Behaviour::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = sim.add_account("Acme", "us21");
+    let mut add = op.command(
+        &[
+            connection_add("acme-mc", "mailchimp", &sim.base_url("us21")),
+            vec!["--secret-env".into(), "MC_SECRET".into()],
+        ]
+        .concat(),
+    );
+    let out = add.env("MC_SECRET", &key).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut audiences = vec![];
+    for i in 0..6 {
+        let audience = sim.add_audience(&key, &format!("Audience {i}"));
+        let name = format!("mc-{i}");
+        op.ok(&[
+            "export",
+            "add",
+            &name,
+            "--connection",
+            "acme-mc",
+            "--setting",
+            &format!("audience-id={audience}"),
+            "--map",
+            "email=email",
+            "--map",
+            "first-name=first_name",
+            "--segment",
+            "newsletter",
+        ]);
+        op.ok(&["export", "run", &name, "--queue"]);
+        audiences.push(audience);
+    }
+
+    let mut workers: Vec<Child> = ["w1", "w2", "w3"].iter().map(|n| worker(&op, n)).collect();
+    let done = wait_done(&op, &mut workers, Duration::from_secs(300));
+    stop(&op, workers);
+
+    let busy: BTreeSet<&str> = done
+        .values()
+        .map(|r| r["worker"].as_str().unwrap())
+        .collect();
+    assert!(
+        busy.len() >= 2,
+        "several workers exported at once: {busy:?}"
+    );
+    for run in done.values() {
+        assert_eq!(run["status"], "succeeded", "{run:#}");
+    }
+    let throttled = sim.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(throttled, 0, "no request over the account's limit");
+    let peak = sim.peak_connections();
+    assert!(peak <= 10, "{peak} simultaneous connections");
+    assert!(
+        peak >= 8,
+        "the account's connections were used: peak {peak}"
+    );
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    for audience in &audiences {
+        let members = sim.members(audience);
+        for email in expected.delivered.keys() {
+            assert!(
+                members.contains_key(email),
+                "{email} missing from {audience}"
+            );
+        }
+    }
+}

@@ -141,3 +141,79 @@ mod tests {
         drop((first, second));
     }
 }
+
+/// A vendor account's simultaneous requests, counted beyond one run: a vendor such as
+/// Mailchimp limits the account, not a connection or a process. A run's broker takes one of
+/// the account's slots for each attempt, on top of its own limit.
+pub trait AccountSlots: Send + Sync {
+    /// Waits for one of the `capacity` slots of `account`, held until the guard is dropped.
+    /// `hold_at_most` bounds how long a slot may stay taken if its holder dies without giving
+    /// it back.
+    fn acquire<'a>(
+        &'a self,
+        account: &'a str,
+        capacity: usize,
+        hold_at_most: Duration,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<AccountSlot>>;
+}
+
+/// A slot of a vendor account; given back when dropped.
+pub struct AccountSlot {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl AccountSlot {
+    /// A slot that `held` gives back when dropped.
+    pub fn new(held: impl Send + Sync + 'static) -> AccountSlot {
+        AccountSlot {
+            _held: Box::new(held),
+        }
+    }
+}
+
+/// The account a run's requests count against, and where its slots are kept.
+#[derive(Clone)]
+pub struct SharedAccount {
+    /// Names the vendor account (never its credential: the connector and the credential's
+    /// keyed fingerprint).
+    pub key: String,
+    pub slots: Arc<dyn AccountSlots>,
+}
+
+/// Slots counted within this process: every run of the process against one account shares
+/// them (one machine, one state file).
+#[derive(Default)]
+pub struct ProcessSlots {
+    accounts: Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl ProcessSlots {
+    /// The process's slots, shared by every state it opens.
+    pub fn shared() -> Arc<ProcessSlots> {
+        static SLOTS: std::sync::OnceLock<Arc<ProcessSlots>> = std::sync::OnceLock::new();
+        SLOTS.get_or_init(Arc::default).clone()
+    }
+
+    /// Waits for a slot of `account` among `capacity` in this process.
+    pub async fn local(&self, account: &str, capacity: usize) -> OwnedSemaphorePermit {
+        let semaphore = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(account.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(capacity.max(1))))
+            .clone();
+        semaphore.acquire_owned().await.expect("never closed")
+    }
+}
+
+impl AccountSlots for ProcessSlots {
+    fn acquire<'a>(
+        &'a self,
+        account: &'a str,
+        capacity: usize,
+        _hold_at_most: Duration,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<AccountSlot>> {
+        Box::pin(async move { Ok(AccountSlot::new(self.local(account, capacity).await)) })
+    }
+}

@@ -35,7 +35,10 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 pub use address::{DialPolicy, Resolve, SystemResolver};
 pub use destination::{AllowList, check_declared_host, check_default_base_url, is_loopback_name};
-pub use limits::{DEFAULT_MAX_IN_FLIGHT, MAX_DECLARED_IN_FLIGHT};
+pub use limits::{
+    AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, MAX_DECLARED_IN_FLIGHT, ProcessSlots,
+    SharedAccount,
+};
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
 
 use crate::contract::AuthScheme;
@@ -170,6 +173,10 @@ pub struct Broker {
     authorization: Option<HeaderValue>,
     policy: BrokerPolicy,
     limits: limits::Limits,
+    /// The vendor account's slots, shared with other runs (and workers) using the account.
+    account: Option<SharedAccount>,
+    /// Requests in flight at once: this run's limit, and the account's.
+    in_flight: usize,
     retries: retry::Retries,
     budget: limits::ByteBudget,
     transport: Arc<dyn Transport>,
@@ -218,6 +225,8 @@ impl Broker {
                 policy.in_flight(setup.vendor),
                 policy.per_second(setup.vendor),
             ),
+            account: None,
+            in_flight: policy.in_flight(setup.vendor),
             retries: retry::Retries::new(
                 policy.max_attempts,
                 policy.base_backoff,
@@ -230,6 +239,37 @@ impl Broker {
             stats: Arc::default(),
             observer: None,
         })
+    }
+
+    /// Counts this broker's requests against a vendor account shared with other runs and
+    /// workers: each attempt also holds one of the account's slots.
+    pub fn with_account(mut self, account: Option<SharedAccount>) -> Broker {
+        self.account = account;
+        self
+    }
+
+    /// One of the account's slots, when the broker shares one. Waits while the account's
+    /// slots are taken; a store that cannot be reached is retried (sending without a slot
+    /// could exceed the vendor's limit).
+    async fn account_slot(&self) -> Option<AccountSlot> {
+        let account = self.account.as_ref()?;
+        // A dead holder's slot comes back once the longest attempt it could make is over.
+        let hold = self.policy.request_timeout * 3 + Duration::from_secs(5);
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match account
+                .slots
+                .acquire(&account.key, self.in_flight, hold)
+                .await
+            {
+                Ok(slot) => return Some(slot),
+                Err(e) => {
+                    tracing::warn!(connector = %self.connector, "could not take a slot of the vendor account: {e:#}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// A broker that refuses every request (for `describe`, which must not use the network).
@@ -361,6 +401,7 @@ impl Broker {
             let attempt = {
                 // Held for the whole attempt: the vendor counts a request until it answered.
                 let _slot = self.limits.admit().await;
+                let _account = self.account_slot().await;
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 self.attempt(parts, request_body.clone(), &waits).await
             };

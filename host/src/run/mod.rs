@@ -33,7 +33,7 @@ pub use report::{IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Sta
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
 
 use crate::ConnectorHost;
-use crate::broker::{BrokerPolicy, RequestObserver};
+use crate::broker::{BrokerPolicy, RequestObserver, SharedAccount};
 use crate::mapping::FieldMapping;
 use crate::secret::Secret;
 use crate::source::ProfileSource;
@@ -109,6 +109,9 @@ pub struct RunOptions {
     pub broker: BrokerPolicy,
     /// Called for every HTTP request the connector makes.
     pub observer: Option<RequestObserver>,
+    /// The vendor account the run's requests count against, with other runs and workers
+    /// using it (`None`: the run's own limit only).
+    pub account: Option<SharedAccount>,
     /// The export's sync state and the run's record. With one, a run sends only contacts that
     /// are new, changed, returning or unsettled, applies the leave action to those who left,
     /// and a run cut short (or failed) continues from what the vendor acknowledged. Without
@@ -136,6 +139,7 @@ impl Default for RunOptions {
             max_bad_rows: None,
             batch_retries: 2,
             broker: BrokerPolicy::default(),
+            account: None,
             observer: None,
             journal: None,
             full: None,

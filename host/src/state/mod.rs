@@ -46,6 +46,8 @@ pub struct State {
     location: Location,
     /// This process's name in the run history and in leases: `host:pid` unless named.
     worker: String,
+    /// PostgreSQL: the vendor accounts' slots, made on first use.
+    pg_slots: std::sync::OnceLock<std::sync::Arc<postgres::PgSlots>>,
 }
 
 /// Where the state is.
@@ -103,6 +105,7 @@ impl State {
             db: Db::Sqlite(Mutex::new(db)),
             location: Location::Sqlite(path.to_path_buf()),
             worker: default_worker(),
+            pg_slots: Default::default(),
         })
     }
 
@@ -115,6 +118,7 @@ impl State {
                 db: Db::Postgres(pool),
                 location: Location::Postgres(redacted(location)),
                 worker: default_worker(),
+                pg_slots: Default::default(),
             })
         } else if location.contains("://") {
             bail!(
@@ -150,6 +154,20 @@ impl State {
         match &self.location {
             Location::Sqlite(path) => path.display().to_string(),
             Location::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// Where the slots of vendor accounts are counted: in this process (SQLite, one machine),
+    /// or in the database, across every worker (PostgreSQL).
+    pub fn account_slots(&self) -> std::sync::Arc<dyn crate::broker::AccountSlots> {
+        match &self.db {
+            Db::Sqlite(_) => crate::broker::ProcessSlots::shared(),
+            Db::Postgres(pool) => self
+                .pg_slots
+                .get_or_init(|| {
+                    std::sync::Arc::new(postgres::PgSlots::new(pool.clone(), &self.worker))
+                })
+                .clone(),
         }
     }
 

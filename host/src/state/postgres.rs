@@ -142,6 +142,17 @@ const MIGRATIONS: &[&str] = &[
         expires_ms BIGINT NOT NULL
     );
     "#,
+    // 2: vendor accounts' simultaneous requests, counted across workers.
+    r#"
+    CREATE TABLE account_slots (
+        account TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        token TEXT NOT NULL DEFAULT '',
+        worker TEXT NOT NULL DEFAULT '',
+        expires_ms BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (account, slot)
+    );
+    "#,
 ];
 
 /// Any key for the advisory lock that keeps migrations one process at a time.
@@ -432,4 +443,136 @@ pub(super) async fn claim(
         )
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1), token)))
+}
+
+/// A vendor account's slots, counted in the database so that every worker using the account
+/// shares them: each is a row taken with `SKIP LOCKED` for the length of a request, given
+/// back after, and free again by itself if its worker dies holding it. The process's own
+/// slots come first, so that at most `capacity` of its requests wait on the database.
+pub(super) struct PgSlots {
+    pool: Pool,
+    worker: String,
+    local: std::sync::Arc<crate::broker::ProcessSlots>,
+    /// Accounts (and capacities) whose rows exist.
+    known: std::sync::Mutex<std::collections::HashSet<(String, usize)>>,
+}
+
+impl PgSlots {
+    pub(super) fn new(pool: Pool, worker: &str) -> PgSlots {
+        PgSlots {
+            pool,
+            worker: worker.to_string(),
+            local: std::sync::Arc::default(),
+            known: std::sync::Mutex::default(),
+        }
+    }
+
+    async fn take(
+        &self,
+        account: &str,
+        capacity: usize,
+        hold: Duration,
+    ) -> Result<Option<(i32, String)>> {
+        let client = self.pool.get().await.context("no PostgreSQL connection")?;
+        let known = (account.to_string(), capacity);
+        if !self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&known)
+        {
+            client
+                .execute(
+                    "INSERT INTO account_slots (account, slot)
+                     SELECT $1, g FROM generate_series(0, $2 - 1) AS g ON CONFLICT DO NOTHING",
+                    &[&account, &(capacity as i32)],
+                )
+                .await?;
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(known);
+        }
+        let token = format!("{:016x}", fastrand::u64(..));
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE account_slots s SET token = $3, worker = $4, expires_ms = {NOW} + $5
+                     FROM (SELECT slot FROM account_slots
+                           WHERE account = $1 AND slot < $2 AND expires_ms < {NOW}
+                           ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED) AS free
+                     WHERE s.account = $1 AND s.slot = free.slot
+                     RETURNING s.slot"
+                ),
+                &[
+                    &account,
+                    &(capacity as i32),
+                    &token,
+                    &self.worker,
+                    &(hold.as_millis() as i64),
+                ],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), token)))
+    }
+}
+
+/// A slot taken in the database; given back when dropped.
+struct PgSlot {
+    pool: Pool,
+    account: String,
+    slot: i32,
+    token: String,
+}
+
+impl Drop for PgSlot {
+    fn drop(&mut self) {
+        let (pool, account, slot, token) = (
+            self.pool.clone(),
+            std::mem::take(&mut self.account),
+            self.slot,
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(client) = pool.get().await {
+                    let _ = client
+                        .execute(
+                            "UPDATE account_slots SET expires_ms = 0
+                             WHERE account = $1 AND slot = $2 AND token = $3",
+                            &[&account, &slot, &token],
+                        )
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+impl crate::broker::AccountSlots for PgSlots {
+    fn acquire<'a>(
+        &'a self,
+        account: &'a str,
+        capacity: usize,
+        hold_at_most: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<crate::broker::AccountSlot>> {
+        Box::pin(async move {
+            let local = self.local.local(account, capacity).await;
+            let mut wait = Duration::from_millis(2);
+            loop {
+                if let Some((slot, token)) = self.take(account, capacity, hold_at_most).await? {
+                    let held = PgSlot {
+                        pool: self.pool.clone(),
+                        account: account.to_string(),
+                        slot,
+                        token,
+                    };
+                    return Ok(crate::broker::AccountSlot::new((local, held)));
+                }
+                // Every slot is taken by other workers: look again soon, with jitter.
+                tokio::time::sleep(wait + Duration::from_millis(fastrand::u64(..5))).await;
+                wait = (wait * 2).min(Duration::from_millis(40));
+            }
+        })
+    }
 }
