@@ -49,7 +49,7 @@ struct Args {
     /// Connector components in the start-up plugin directory.
     #[arg(long, default_value_t = 50)]
     copies: usize,
-    /// Run only these sections (1 to 6; repeat the flag for several). All by default.
+    /// Run only these sections (1 to 7; repeat the flag for several). All by default.
     #[arg(long = "section")]
     sections: Vec<u8>,
 }
@@ -62,6 +62,20 @@ enum Serve {
         vendor: String,
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// The simulated account's name (its API key derives from it).
+        #[arg(long, default_value = "Bench")]
+        account: String,
+    },
+    /// A `serve` worker on a PostgreSQL state (the master key in CONNECTOR_HOST_MASTER_KEY).
+    ServeWorker {
+        #[arg(long)]
+        state: String,
+        #[arg(long)]
+        plugins: std::path::PathBuf,
+        #[arg(long)]
+        cache: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -80,8 +94,15 @@ struct SimProcess {
 
 impl SimProcess {
     fn start(vendor: &str, latency_ms: u64) -> Result<SimProcess> {
+        SimProcess::start_account(vendor, latency_ms, "Bench")
+    }
+
+    /// A simulator whose one account is called `account` (accounts of different names have
+    /// different credentials).
+    fn start_account(vendor: &str, latency_ms: u64, account: &str) -> Result<SimProcess> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve-sim", vendor, "--latency-ms", &latency_ms.to_string()])
+            .args(["--account", account])
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
             .spawn()?;
@@ -100,7 +121,7 @@ impl Drop for SimProcess {
     }
 }
 
-async fn serve(vendor: &str, latency_ms: u64) -> Result<()> {
+async fn serve(vendor: &str, latency_ms: u64, account: &str) -> Result<()> {
     let latency = Duration::from_millis(latency_ms);
     let _keep;
     let info = match vendor {
@@ -114,7 +135,7 @@ async fn serve(vendor: &str, latency_ms: u64) -> Result<()> {
             )
             .await?;
             let key = "bench-key".to_string();
-            let list = sim.add_list(&sim.add_client("Bench", &key), "Bench");
+            let list = sim.add_list(&sim.add_client(account, &key), "Bench");
             let info = SimInfo {
                 base_url: sim.base_url(),
                 key,
@@ -132,7 +153,7 @@ async fn serve(vendor: &str, latency_ms: u64) -> Result<()> {
                 },
             )
             .await?;
-            let key = sim.add_account("Bench", "us21");
+            let key = sim.add_account(account, "us21");
             let list = sim.add_audience(&key, "Bench");
             let info = SimInfo {
                 base_url: sim.base_url("{dc}"),
@@ -355,8 +376,19 @@ fn copy_plugins(dir: &Path, copies: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Serve::ServeSim { vendor, latency_ms }) = &args.serve {
-        return serve(vendor, *latency_ms).await;
+    match &args.serve {
+        Some(Serve::ServeSim {
+            vendor,
+            latency_ms,
+            account,
+        }) => return serve(vendor, *latency_ms, account).await,
+        Some(Serve::ServeWorker {
+            state,
+            plugins,
+            cache,
+            name,
+        }) => return serve_worker(state, plugins, cache, name).await,
+        None => {}
     }
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with --release for meaningful figures");
@@ -411,7 +443,49 @@ async fn main() -> Result<()> {
     if wanted(6) {
         bench.files().await?;
     }
+    if wanted(7) {
+        bench.workers().await?;
+    }
     Ok(())
+}
+
+/// A worker process of section 7: serves the state until killed.
+async fn serve_worker(state: &str, plugins: &Path, cache: &Path, name: &str) -> Result<()> {
+    let host = std::sync::Arc::new(
+        ConnectorHost::open(
+            plugins,
+            HostOptions {
+                cache_dir: Some(cache.to_path_buf()),
+                ..HostOptions::default()
+            },
+        )
+        .await?,
+    );
+    let state = std::sync::Arc::new(State::connect(state).await?.with_worker(name));
+    let profiles = state.setting("profiles").await?.context("no profiles")?;
+    let memberships = state
+        .setting("memberships")
+        .await?
+        .context("no memberships")?;
+    let key = MasterKey::from_text(&std::env::var(connector_host::state::MASTER_KEY_ENV)?)?;
+    let workspace = std::sync::Arc::new(
+        Workspace::new(state)
+            .with_host(host)
+            .with_master_key(key)
+            .await?
+            .with_source(std::sync::Arc::new(connector_host::FileSource::new(
+                profiles,
+                memberships,
+                "id",
+            )?)),
+    );
+    let options = connector_host::ServeOptions {
+        poll: Duration::from_millis(100),
+        max_runs: 8,
+    };
+    workspace
+        .serve(tokio_util::sync::CancellationToken::new(), options)
+        .await
 }
 
 /// What every section shares.
@@ -436,10 +510,15 @@ impl Bench {
         let jsonl = sample::write_jsonl(&dir.join("jsonl"), self.source.seed, count)?;
         let csv = connector_host::FileSource::new(&csv.profiles, &csv.memberships, "id")?;
         let jsonl = connector_host::FileSource::new(&jsonl.profiles, &jsonl.memberships, "id")?;
-        let sources: [(&str, &dyn ProfileSource); 3] = [
+        // The same profiles in tables of a PostgreSQL server started for the benchmark.
+        let url = connector_tests::postgres::database().await;
+        sample::write_postgres(&url, self.source.seed, count).await?;
+        let postgres = connector_host::PostgresSource::new(&url, "profiles", "memberships", "id")?;
+        let sources: [(&str, &dyn ProfileSource); 4] = [
             ("generated", &self.source),
             ("CSV", &csv),
             ("JSON Lines", &jsonl),
+            ("PostgreSQL", &postgres),
         ];
         println!(
             "   {:<12} {:>8} {:>12} {:>13} {:>10} {:>13} {:>9}",
@@ -471,6 +550,169 @@ impl Bench {
                 wall.as_secs_f64(),
                 rss,
                 wall.as_secs_f64() / base
+            );
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    /// Worker processes sharing one PostgreSQL state: 20 Mailchimp exports over two accounts,
+    /// each account's 10 connections shared by every worker, against the accounts' ceiling.
+    async fn workers(&self) -> Result<()> {
+        let (exports, per_export, latency_ms) = (20usize, 50_000u64, self.args.latency_ms);
+        println!(
+            "\n7. Workers on one PostgreSQL state: {exports} Mailchimp exports of {per_export} profiles over 2 accounts, {latency_ms} ms a call, 10 connections an account"
+        );
+        println!(
+            "   {:<8} {:>9} {:>9} {:>10} {:>7} {:>13}",
+            "workers", "wall s", "requests", "ceiling s", "ratio", "workers used"
+        );
+        let dir = self.work.join("workers");
+        let files = sample::write_csv(&dir.join("data"), self.source.seed, per_export)?;
+        let sims = [
+            SimProcess::start_account("mailchimp", latency_ms, "Acme")?,
+            SimProcess::start_account("mailchimp", latency_ms, "Globex")?,
+        ];
+        let admin = Actor {
+            name: "bench".into(),
+            role: Role::Administrator,
+        };
+        let key_text: String = (0..4)
+            .map(|_| {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+                format!("{:016x}", h.finish())
+            })
+            .collect();
+        for workers in [1usize, 2, 4] {
+            let url = connector_tests::postgres::database().await;
+            let state = std::sync::Arc::new(State::connect(&url).await?.with_worker("bench"));
+            state
+                .set_setting("profiles", &files.profiles.display().to_string())
+                .await?;
+            state
+                .set_setting("memberships", &files.memberships.display().to_string())
+                .await?;
+            let workspace = Workspace::new(state.clone())
+                .with_host(self.host.clone())
+                .with_master_key(MasterKey::from_text(&key_text)?)
+                .await?
+                .with_source(std::sync::Arc::new(connector_host::FileSource::new(
+                    &files.profiles,
+                    &files.memberships,
+                    "id",
+                )?));
+            workspace.approve_connector(&admin, "mailchimp").await?;
+            for (i, sim) in sims.iter().enumerate() {
+                workspace
+                    .add_connection(
+                        &admin,
+                        ConnectionRequest {
+                            name: format!("account-{i}"),
+                            connector: "mailchimp".into(),
+                            base_url: Some(sim.info.base_url.clone()),
+                            data_centre: None,
+                            credential: StoredCredential {
+                                kind: CredentialKind::ApiKey,
+                                secret: Secret::new(sim.info.key.clone()),
+                                refresh: None,
+                            },
+                            token_expires_in: None,
+                            access: Access::Administrators,
+                            accept_privacy_notice: true,
+                        },
+                    )
+                    .await?;
+            }
+            for e in 0..exports {
+                workspace
+                    .add_export(
+                        &admin,
+                        ExportRequest {
+                            name: format!("export-{e:02}"),
+                            connection: format!("account-{}", e % 2),
+                            settings: vec![("audience-id".into(), sims[e % 2].info.list.clone())],
+                            mapping: vec!["email=email".into(), "first-name=first_name".into()],
+                            segments: vec!["everyone".into()],
+                            schedule: None,
+                            leave_action: None,
+                            confirm_irreversible: false,
+                        },
+                    )
+                    .await?;
+            }
+            let started = Instant::now();
+            for e in 0..exports {
+                workspace
+                    .queue_export(&admin, &format!("export-{e:02}"), RunRequest::default())
+                    .await?;
+            }
+            let mut children = vec![];
+            for w in 0..workers {
+                children.push(
+                    Command::new(std::env::current_exe()?)
+                        .args(["serve-worker", "--state", &url, "--name", &format!("w{w}")])
+                        .arg("--plugins")
+                        .arg(&self.plugins)
+                        .arg("--cache")
+                        .arg(self.work.join("cache"))
+                        .env(connector_host::state::MASTER_KEY_ENV, &key_text)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()?,
+                );
+            }
+            let runs = loop {
+                let runs = state.runs(None, 100).await?;
+                if runs.len() == exports
+                    && runs.iter().all(|r| {
+                        matches!(
+                            r.status,
+                            connector_host::state::RunState::Succeeded
+                                | connector_host::state::RunState::Failed
+                        )
+                    })
+                {
+                    break runs;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let wall = started.elapsed();
+            for mut child in children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if let Some(failed) = runs.iter().find(|r| r.error.is_some()) {
+                bail!("run {} failed: {:?}", failed.id, failed.error);
+            }
+            // Each account's requests (validation included), 10 at a time, the accounts side
+            // by side: an export's account is its number's parity.
+            let per_account = |account: usize| -> u64 {
+                runs.iter()
+                    .filter(|r| {
+                        r.export
+                            .rsplit('-')
+                            .next()
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .is_some_and(|n| n % 2 == account)
+                    })
+                    .map(|r| r.requests)
+                    .sum()
+            };
+            let requests = per_account(0) + per_account(1);
+            let ceiling =
+                per_account(0).max(per_account(1)).div_ceil(10) as f64 * latency_ms as f64 / 1000.0;
+            let used: std::collections::BTreeSet<_> =
+                runs.iter().filter_map(|r| r.worker.clone()).collect();
+            println!(
+                "   {:<8} {:>9.2} {:>9} {:>10.2} {:>7.3} {:>13}",
+                workers,
+                wall.as_secs_f64(),
+                requests,
+                ceiling,
+                wall.as_secs_f64() / ceiling,
+                used.len()
             );
         }
         std::fs::remove_dir_all(&dir)?;
