@@ -522,6 +522,26 @@ async fn queue(engine: Engine) {
     for claim in claims {
         claim.lock.release().await;
     }
+
+    // A removed export's waiting run will never run: it is failed, saying why.
+    let late = state
+        .enqueue_run(&exports[5], Trigger::OnDemand, &admin(), false, false)
+        .await
+        .unwrap();
+    assert_eq!(state.run(late).await.unwrap().status, RunState::Queued);
+    state.remove_export("e5", &admin()).await.unwrap();
+    let run = state.run(late).await.unwrap();
+    assert_eq!(run.status, RunState::Failed);
+    assert!(run.error.unwrap().contains("removed"));
+    // The runs claimed above and released without finishing wait again; none of the removed
+    // export's is among them.
+    let mut held = vec![];
+    while let Some(claim) = workers[2].claim_run().await.unwrap() {
+        assert_ne!(claim.run_id, late);
+        assert_ne!(claim.export_id, exports[5].id);
+        held.push(claim);
+    }
+    assert!(held.len() >= 4, "{} waiting again", held.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,4 +599,47 @@ async fn an_expired_lease_lets_another_worker_take_the_run_over() {
         .collect();
     assert_eq!(workers, ["w1", "w2"]);
     taken.lock.release().await;
+}
+
+/// Workers starting together on a new database: the schema is made once, by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_at_once_migrate_a_new_database_once() {
+    let url = connector_tests::postgres::database().await;
+    let opened = futures_util::future::join_all((0..6).map(|_| State::connect(&url))).await;
+    let states: Vec<State> = opened.into_iter().map(|s| s.unwrap()).collect();
+    let key = MasterKey::generate();
+    for state in &states {
+        state.check_master_key(&key).await.unwrap();
+    }
+    connection(&states[3], &key, "acme", "k-us7").await;
+    assert_eq!(states[5].connections().await.unwrap().len(), 1);
+}
+
+/// PostgreSQL: a worker whose lease was taken over (it stalled past the term and another
+/// worker claimed the run) learns it at its next renewal, and its run is told to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
+    let url = connector_tests::postgres::database().await;
+    let state = Arc::new(State::connect(&url).await.unwrap().with_worker("w1"));
+    state.set_setting("lease-seconds", "1").await.unwrap();
+    let key = MasterKey::generate();
+    let acme = connection(&state, &key, "acme", "k-us7").await;
+    let daily = export(&state, "daily", acme).await;
+    let lock = state.lock_export(&daily).await.unwrap().unwrap();
+    assert!(!lock.lost().is_cancelled());
+    // Another worker's takeover, as the database sees it.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE export_leases SET worker = 'w2', token = 'theirs' WHERE export_id = $1",
+            &[&daily.id],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), lock.lost().cancelled())
+        .await
+        .expect("the heartbeat noticed the lease is no longer its own");
 }

@@ -280,6 +280,14 @@ impl State {
                      WHERE id = ?1",
                     params![connection.id, &now, &actor.name],
                 ),
+                // Runs of its exports waiting for a worker will never run.
+                Step::new(
+                    "UPDATE runs SET status = 'failed', finished_at = ?2,
+                         error = 'the export was removed before a worker ran it'
+                     WHERE status = 'queued'
+                         AND export_id IN (SELECT id FROM exports WHERE connection_id = ?1)",
+                    params![connection.id, &now],
+                ),
             ])
             .await?
             .context("removing the connection changed nothing")?;

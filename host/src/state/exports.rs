@@ -176,10 +176,19 @@ impl State {
     /// Removes an export (and so its schedule); its runs stay readable.
     pub async fn remove_export(&self, name: &str, actor: &Actor) -> Result<()> {
         let export = self.export(name).await?;
-        let mut steps = vec![Step::new(
-            "UPDATE exports SET removed_at = ?2, removed_by = ?3 WHERE id = ?1",
-            params![export.id, now(), &actor.name],
-        )];
+        let mut steps = vec![
+            Step::new(
+                "UPDATE exports SET removed_at = ?2, removed_by = ?3 WHERE id = ?1",
+                params![export.id, now(), &actor.name],
+            ),
+            // A run waiting for a worker will never run.
+            Step::new(
+                "UPDATE runs SET status = 'failed', finished_at = ?2,
+                     error = 'the export was removed before a worker ran it'
+                 WHERE export_id = ?1 AND status = 'queued'",
+                params![export.id, now()],
+            ),
+        ];
         // Its sync state can serve no run again; its run history stays readable.
         for sql in [
             "DELETE FROM sync_contacts WHERE export_id = ?1",
