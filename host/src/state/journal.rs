@@ -185,7 +185,7 @@ impl RunLedger {
 
     fn sqlite_synced(&self, each: &mut dyn FnMut(Synced<'_>) -> Result<()>) -> Result<()> {
         let db = self.db();
-        let mut reasons: HashMap<String, (String, String, String)> = HashMap::new();
+        let mut reasons: Reasons = HashMap::new();
         {
             let mut q = db.prepare(
                 "SELECT email, code, message, since FROM sync_reasons WHERE export_id = ?1",
@@ -204,25 +204,13 @@ impl RunLedger {
             let mut rows = q.query([self.export_id])?;
             while let Some(r) = rows.next()? {
                 let email = r.get_ref(0)?.as_str()?;
-                let code: u8 = r.get(2)?;
-                let Some(state) = SyncState::from_code(code) else {
-                    bail!("the sync state of {email} has an unknown code {code}");
-                };
-                let reason = match state {
-                    SyncState::Created | SyncState::Updated | SyncState::Left => None,
-                    _ => reasons.get(email).map(|(code, message, since)| SyncReason {
-                        code,
-                        message,
-                        since,
-                    }),
-                };
-                each(Synced {
+                each(synced(
                     email,
-                    digest: r.get::<_, i64>(1)? as u64,
-                    state,
-                    this_run: Some(r.get::<_, i64>(3)?) == self.run_id,
-                    reason,
-                })?;
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    Some(r.get::<_, i64>(3)?) == self.run_id,
+                    &reasons,
+                )?)?;
             }
         }
         Ok(())
@@ -305,6 +293,37 @@ impl RunLedger {
     }
 }
 
+/// Why refused or kept-out contacts are so, by address: code, message, since.
+type Reasons = HashMap<String, (String, String, String)>;
+
+/// One contact of the sync state as both engines store it (its state as a code).
+fn synced<'a>(
+    email: &'a str,
+    digest: i64,
+    code: i64,
+    this_run: bool,
+    reasons: &'a Reasons,
+) -> Result<Synced<'a>> {
+    let Some(state) = u8::try_from(code).ok().and_then(SyncState::from_code) else {
+        bail!("the sync state of {email} has an unknown code {code}");
+    };
+    let reason = match state {
+        SyncState::Created | SyncState::Updated | SyncState::Left => None,
+        _ => reasons.get(email).map(|(code, message, since)| SyncReason {
+            code,
+            message,
+            since,
+        }),
+    };
+    Ok(Synced {
+        email,
+        digest: digest as u64,
+        state,
+        this_run,
+        reason,
+    })
+}
+
 /// The PostgreSQL engine's journal: contacts are upserted into `sync_contacts` a piece at a
 /// time (arrays bound as one statement each), and read back as a stream.
 async fn pg_size(pool: &deadpool_postgres::Pool, export_id: i64) -> Result<u64> {
@@ -325,7 +344,7 @@ impl RunLedger {
         each: &mut dyn FnMut(Synced<'_>) -> Result<()>,
     ) -> Result<()> {
         let client = pool.get().await?;
-        let mut reasons: HashMap<String, (String, String, String)> = HashMap::new();
+        let mut reasons: Reasons = HashMap::new();
         for r in client
             .query(
                 "SELECT email, code, message, since FROM sync_reasons WHERE export_id = $1",
@@ -345,25 +364,13 @@ impl RunLedger {
         while let Some(r) = rows.next().await {
             let r = r?;
             let email: &str = r.get(0);
-            let code: i16 = r.get(2);
-            let Some(state) = u8::try_from(code).ok().and_then(SyncState::from_code) else {
-                bail!("the sync state of {email} has an unknown code {code}");
-            };
-            let reason = match state {
-                SyncState::Created | SyncState::Updated | SyncState::Left => None,
-                _ => reasons.get(email).map(|(code, message, since)| SyncReason {
-                    code,
-                    message,
-                    since,
-                }),
-            };
-            each(Synced {
+            each(synced(
                 email,
-                digest: r.get::<_, i64>(1) as u64,
-                state,
-                this_run: Some(r.get::<_, i64>(3)) == self.run_id,
-                reason,
-            })?;
+                r.get::<_, i64>(1),
+                r.get::<_, i16>(2).into(),
+                Some(r.get::<_, i64>(3)) == self.run_id,
+                &reasons,
+            )?)?;
         }
         Ok(())
     }
