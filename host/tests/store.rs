@@ -643,3 +643,16 @@ async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
         .await
         .expect("the heartbeat noticed the lease is no longer its own");
 }
+
+/// `sslmode=require` refuses a server that offers no TLS (the test server offers none), by
+/// name; the default (`prefer`) uses TLS where the server has it and plain TCP otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_requiring_tls_refuses_a_server_without_it() {
+    let url = connector_tests::postgres::database().await;
+    let Err(err) = State::connect(&format!("{url}?sslmode=require")).await else {
+        panic!("connected without TLS although the URL requires it");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("cannot connect to PostgreSQL at"), "{err}");
+    assert!(!err.contains("password"), "{err}");
+}

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, Result, bail};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow, hash128};
 
@@ -71,12 +71,15 @@ impl PostgresSource {
 
 async fn connect(url: &str) -> Result<Client> {
     let config = crate::state::postgres_config(url)?;
-    let (client, connection) = config.connect(NoTls).await.with_context(|| {
-        format!(
-            "cannot reach the profile database {}",
-            crate::state::redacted(url)
-        )
-    })?;
+    let (client, connection) = config
+        .connect(crate::state::postgres_tls()?)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the profile database {}",
+                crate::state::redacted(url)
+            )
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("the profile database connection ended: {e}");

@@ -31,7 +31,7 @@ pub use connections::{
 pub use exports::{ExportLock, ExportRecord, NewExport};
 pub use journal::RunLedger;
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
-pub use postgres::{postgres_config, redacted};
+pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;
 pub use runs::{RunAttempt, RunRecord, RunState, Trigger};
 pub use settings::LEASE_SECONDS_SETTING;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 /// The schema, one migration per version (`schema_version` records those applied). Add new
@@ -163,7 +162,7 @@ pub(super) async fn connect(url: &str) -> Result<Pool> {
     let config = postgres_config(url)?;
     let manager = Manager::from_config(
         config,
-        NoTls,
+        postgres_tls()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -230,6 +229,35 @@ pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
         config.password(password.as_encoded_bytes());
     }
     Ok(config)
+}
+
+/// TLS for connections to PostgreSQL (used as the URL's `sslmode` says: `prefer` by default,
+/// `require` to refuse a server without it): the platform's public roots, plus the CA
+/// certificates in the PEM file `PGSSLROOTCERT` names, for a private CA.
+pub fn postgres_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = std::env::var_os("PGSSLROOTCERT") {
+        let path = std::path::PathBuf::from(path);
+        for cert in CertificateDer::pem_file_iter(&path)
+            .with_context(|| format!("reading PGSSLROOTCERT {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("a CA certificate in {}", path.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// `url` with its password replaced, fit to print.
