@@ -20,6 +20,21 @@ fn admin() -> Actor {
     }
 }
 
+/// One test of `$suite` on each engine.
+macro_rules! on_both_engines {
+    ($suite:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $suite(Engine::sqlite().await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $suite(Engine::postgres().await).await;
+        }
+    };
+}
+
 /// One state of each engine, opened twice (as two processes would).
 enum Engine {
     Sqlite(tempfile::TempDir),
@@ -262,15 +277,7 @@ async fn records(engine: Engine) {
     assert!(format!("{err:#}").contains("erased"), "{err:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_on_sqlite() {
-    records(Engine::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_on_postgres() {
-    records(Engine::postgres().await).await;
-}
+on_both_engines!(records, records_on_sqlite, records_on_postgres);
 
 fn settled(i: u64, state: SyncState) -> SettledContact {
     SettledContact {
@@ -436,15 +443,7 @@ async fn runs(engine: Engine) {
     assert!(state.runs(Some("nope"), 10).await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_on_sqlite() {
-    runs(Engine::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_on_postgres() {
-    runs(Engine::postgres().await).await;
-}
+on_both_engines!(runs, runs_on_sqlite, runs_on_postgres);
 
 /// The queue: one queued run an export, claimed by one worker of many, a schedule's fire
 /// queued once, the export's lock held by the claim.
@@ -544,15 +543,7 @@ async fn queue(engine: Engine) {
     assert!(held.len() >= 4, "{} waiting again", held.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_on_sqlite() {
-    queue(Engine::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_on_postgres() {
-    queue(Engine::postgres().await).await;
-}
+on_both_engines!(queue, queue_on_sqlite, queue_on_postgres);
 
 /// PostgreSQL: a worker that stops renewing its lease (it died) loses the run once the lease
 /// expires, and another worker claims it to continue it; while the lease lives, nobody can.

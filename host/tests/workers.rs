@@ -244,21 +244,11 @@ async fn workers_share_a_mailchimp_accounts_ten_connections() {
     for i in 0..6 {
         let audience = sim.add_audience(&key, &format!("Audience {i}"));
         let name = format!("mc-{i}");
-        op.ok(&[
-            "export",
-            "add",
+        op.ok(&export_add_setting(
             &name,
-            "--connection",
             "acme-mc",
-            "--setting",
             &format!("audience-id={audience}"),
-            "--map",
-            "email=email",
-            "--map",
-            "first-name=first_name",
-            "--segment",
-            "newsletter",
-        ]);
+        ));
         op.ok(&["export", "run", &name, "--queue"]);
         audiences.push(audience);
     }

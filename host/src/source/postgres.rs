@@ -41,6 +41,12 @@ impl PostgresSource {
         })
     }
 
+    /// Checks that `text` names a table or view, or is a parenthesised query, as the
+    /// `profiles-table` and `memberships-table` settings must.
+    pub fn check_relation(text: &str) -> Result<()> {
+        relation(text).map(drop)
+    }
+
     fn id(&self) -> String {
         format!("p.{}", quote(&self.id_column))
     }

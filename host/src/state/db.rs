@@ -227,9 +227,15 @@ pub(crate) fn lock(
     db.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// `?N` placeholders as PostgreSQL's `$N` (the statements hold no `?` in string literals).
+/// `?N` placeholders as PostgreSQL's `$N` (a `?` not followed by a digit is left alone).
 pub(crate) fn postgres_sql(sql: &str) -> String {
-    sql.replace('?', "$")
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let placeholder = c == '?' && chars.peek().is_some_and(char::is_ascii_digit);
+        out.push(if placeholder { '$' } else { c });
+    }
+    out
 }
 
 fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {

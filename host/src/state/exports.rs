@@ -189,17 +189,17 @@ impl State {
                 params![export.id, now()],
             ),
         ];
-        // Its sync state can serve no run again; its run history stays readable.
-        for sql in [
-            "DELETE FROM sync_contacts WHERE export_id = ?1",
-            "DELETE FROM sync_log WHERE export_id = ?1",
-            "DELETE FROM sync_reasons WHERE export_id = ?1",
-            "DELETE FROM sync_basis WHERE export_id = ?1",
-        ] {
-            if sql.contains("sync_log") && self.db.is_postgres() {
-                continue;
-            }
-            steps.push(Step::new(sql, params![export.id]));
+        // Its sync state can serve no run again; its run history stays readable. (Only the
+        // SQLite engine keeps a log of settled contacts beside the folded state.)
+        let mut tables = vec!["sync_contacts", "sync_reasons", "sync_basis"];
+        if !self.db.is_postgres() {
+            tables.push("sync_log");
+        }
+        for table in tables {
+            steps.push(Step::new(
+                format!("DELETE FROM {table} WHERE export_id = ?1"),
+                params![export.id],
+            ));
         }
         self.db.batch(&steps).await?;
         Ok(())

@@ -34,7 +34,7 @@ pub use master_key::{MASTER_KEY_ENV, MasterKey};
 pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;
 pub use runs::{RunAttempt, RunRecord, RunState, Trigger};
-pub use settings::LEASE_SECONDS_SETTING;
+pub use settings::{LEASE_SECONDS_SETTING, lease_term_of};
 pub use sync::SyncBasis;
 
 use db::{Db, params};

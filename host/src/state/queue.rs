@@ -39,10 +39,7 @@ impl State {
             .batch(&steps)
             .await?
             .context("the run was not queued")?;
-        done.last()
-            .and_then(|rows| rows.first())
-            .context("the run was not queued")?
-            .get(0)
+        queued_run(&done)
     }
 
     /// Fires `export`'s schedule for the time `at`, unless a worker already did: the id of the
@@ -61,11 +58,7 @@ impl State {
         let Some(done) = self.db.batch(&steps).await? else {
             return Ok(None);
         };
-        let run_id: i64 = done
-            .last()
-            .and_then(|rows| rows.first())
-            .context("the scheduled run was not queued")?
-            .get(0)?;
+        let run_id = queued_run(&done)?;
         self.db
             .execute(
                 "UPDATE schedule_fires SET run_id = ?3 WHERE export_id = ?1 AND fire_at = ?2",
@@ -221,4 +214,12 @@ impl State {
             .await?
             .get(0)
     }
+}
+
+/// The queued run's id, as the last of [`State::enqueue_steps`] reads it.
+fn queued_run(done: &[Vec<super::db::DbRow>]) -> Result<i64> {
+    done.last()
+        .and_then(|rows| rows.first())
+        .context("the run was not queued")?
+        .get(0)
 }

@@ -14,6 +14,20 @@ use crate::approval::Approval;
 pub const LEASE_SECONDS_SETTING: &str = "lease-seconds";
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// A `lease-seconds` value as a term: seconds, from 1 to 3600.
+pub fn lease_term_of(text: &str) -> Result<Duration> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (1.0..=3600.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .with_context(|| {
+            format!(
+                "{LEASE_SECONDS_SETTING} must be a number of seconds from 1 to 3600, not `{text}`"
+            )
+        })
+}
+
 impl State {
     /// A setting's value, if set.
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
@@ -50,16 +64,7 @@ impl State {
     pub async fn lease_term(&self) -> Result<Duration> {
         match self.setting(LEASE_SECONDS_SETTING).await? {
             None => Ok(DEFAULT_LEASE),
-            Some(text) => text
-                .parse::<f64>()
-                .ok()
-                .filter(|s| *s >= 1.0 && s.is_finite())
-                .map(Duration::from_secs_f64)
-                .with_context(|| {
-                    format!(
-                        "the setting {LEASE_SECONDS_SETTING} is `{text}`; give a number of seconds, at least 1"
-                    )
-                }),
+            Some(text) => lease_term_of(&text),
         }
     }
 

@@ -38,6 +38,12 @@ pub fn connection_add(name: &str, connector: &str, base_url: &str) -> Vec<String
 /// `export add NAME` on `connection` to the Campaign Monitor list `list`: email, first and
 /// last name mapped, segment `newsletter`.
 pub fn export_add(name: &str, connection: &str, list: &str) -> Vec<String> {
+    export_add_setting(name, connection, &format!("list-id={list}"))
+}
+
+/// `export add NAME` on `connection` with the one setting `setting` (`KEY=VALUE`): email,
+/// first and last name mapped, segment `newsletter`.
+pub fn export_add_setting(name: &str, connection: &str, setting: &str) -> Vec<String> {
     [
         "export",
         "add",
@@ -45,7 +51,7 @@ pub fn export_add(name: &str, connection: &str, list: &str) -> Vec<String> {
         "--connection",
         connection,
         "--setting",
-        &format!("list-id={list}"),
+        setting,
         "--map",
         "email=email",
         "--map",

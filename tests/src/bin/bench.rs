@@ -66,10 +66,12 @@ enum Serve {
         #[arg(long, default_value = "Bench")]
         account: String,
     },
-    /// A `serve` worker on a PostgreSQL state (the master key in CONNECTOR_HOST_MASTER_KEY).
+    /// A `serve` worker on a PostgreSQL state.
     ServeWorker {
         #[arg(long)]
         state: String,
+        #[arg(long)]
+        key_file: std::path::PathBuf,
         #[arg(long)]
         plugins: std::path::PathBuf,
         #[arg(long)]
@@ -93,6 +95,25 @@ struct SimProcess {
 }
 
 impl SimProcess {
+    /// A connection named `name` to this simulator's account through `connector`, the
+    /// privacy notice accepted.
+    fn connection(&self, name: &str, connector: &str) -> ConnectionRequest {
+        ConnectionRequest {
+            name: name.into(),
+            connector: connector.into(),
+            base_url: Some(self.info.base_url.clone()),
+            data_centre: None,
+            credential: StoredCredential {
+                kind: CredentialKind::ApiKey,
+                secret: Secret::new(self.info.key.clone()),
+                refresh: None,
+            },
+            token_expires_in: None,
+            access: Access::Administrators,
+            accept_privacy_notice: true,
+        }
+    }
+
     fn start(vendor: &str, latency_ms: u64) -> Result<SimProcess> {
         SimProcess::start_account(vendor, latency_ms, "Bench")
     }
@@ -384,10 +405,11 @@ async fn main() -> Result<()> {
         }) => return serve(vendor, *latency_ms, account).await,
         Some(Serve::ServeWorker {
             state,
+            key_file,
             plugins,
             cache,
             name,
-        }) => return serve_worker(state, plugins, cache, name).await,
+        }) => return serve_worker(state, key_file, plugins, cache, name).await,
         None => {}
     }
     if cfg!(debug_assertions) {
@@ -450,7 +472,13 @@ async fn main() -> Result<()> {
 }
 
 /// A worker process of section 7: serves the state until killed.
-async fn serve_worker(state: &str, plugins: &Path, cache: &Path, name: &str) -> Result<()> {
+async fn serve_worker(
+    state: &str,
+    key_file: &Path,
+    plugins: &Path,
+    cache: &Path,
+    name: &str,
+) -> Result<()> {
     let host = std::sync::Arc::new(
         ConnectorHost::open(
             plugins,
@@ -467,7 +495,7 @@ async fn serve_worker(state: &str, plugins: &Path, cache: &Path, name: &str) -> 
         .setting("memberships")
         .await?
         .context("no memberships")?;
-    let key = MasterKey::from_text(&std::env::var(connector_host::state::MASTER_KEY_ENV)?)?;
+    let key = MasterKey::from_file(key_file)?;
     let workspace = std::sync::Arc::new(
         Workspace::new(state)
             .with_host(host)
@@ -577,14 +605,9 @@ impl Bench {
             name: "bench".into(),
             role: Role::Administrator,
         };
-        let key_text: String = (0..4)
-            .map(|_| {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-                format!("{:016x}", h.finish())
-            })
-            .collect();
+        // The workers read the master key from a file, as an operator's processes would.
+        let key_file = dir.join("master.key");
+        MasterKey::create_file(&key_file)?;
         for workers in [1usize, 2, 4] {
             let url = connector_tests::postgres::database().await;
             let state = std::sync::Arc::new(State::connect(&url).await?.with_worker("bench"));
@@ -596,7 +619,7 @@ impl Bench {
                 .await?;
             let workspace = Workspace::new(state.clone())
                 .with_host(self.host.clone())
-                .with_master_key(MasterKey::from_text(&key_text)?)
+                .with_master_key(MasterKey::from_file(&key_file)?)
                 .await?
                 .with_source(std::sync::Arc::new(connector_host::FileSource::new(
                     &files.profiles,
@@ -606,23 +629,7 @@ impl Bench {
             workspace.approve_connector(&admin, "mailchimp").await?;
             for (i, sim) in sims.iter().enumerate() {
                 workspace
-                    .add_connection(
-                        &admin,
-                        ConnectionRequest {
-                            name: format!("account-{i}"),
-                            connector: "mailchimp".into(),
-                            base_url: Some(sim.info.base_url.clone()),
-                            data_centre: None,
-                            credential: StoredCredential {
-                                kind: CredentialKind::ApiKey,
-                                secret: Secret::new(sim.info.key.clone()),
-                                refresh: None,
-                            },
-                            token_expires_in: None,
-                            access: Access::Administrators,
-                            accept_privacy_notice: true,
-                        },
-                    )
+                    .add_connection(&admin, sim.connection(&format!("account-{i}"), "mailchimp"))
                     .await?;
             }
             for e in 0..exports {
@@ -657,7 +664,8 @@ impl Bench {
                         .arg(&self.plugins)
                         .arg("--cache")
                         .arg(self.work.join("cache"))
-                        .env(connector_host::state::MASTER_KEY_ENV, &key_text)
+                        .arg("--key-file")
+                        .arg(&key_file)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()?,
@@ -1032,23 +1040,7 @@ async fn sync_runs(
     }
     workspace.approve_connector(&admin, connector).await?;
     workspace
-        .add_connection(
-            &admin,
-            ConnectionRequest {
-                name: "bench".into(),
-                connector: connection.connector,
-                base_url: connection.base_url,
-                data_centre: None,
-                credential: StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new(sim.info.key.clone()),
-                    refresh: None,
-                },
-                token_expires_in: None,
-                access: Access::Administrators,
-                accept_privacy_notice: true,
-            },
-        )
+        .add_connection(&admin, sim.connection("bench", &connection.connector))
         .await?;
     workspace
         .add_export(

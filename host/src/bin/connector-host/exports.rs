@@ -539,13 +539,7 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                 }
                 "profiles-table" | "memberships-table" => {
                     // Checked as a name or a query now, rather than at the first run.
-                    connector_host::PostgresSource::new(
-                        "postgres://localhost/x",
-                        value,
-                        value,
-                        "id",
-                    )
-                    .context(key.clone())?;
+                    connector_host::PostgresSource::check_relation(value).context(key.clone())?;
                     value.trim().to_string()
                 }
                 "profiles" | "memberships" => std::fs::canonicalize(value)
@@ -561,12 +555,10 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                     Ok(n) => n.to_string(),
                     _ => bail!("max-bad-rows must be a whole number, not `{value}`"),
                 },
-                LEASE_SECONDS_SETTING => match value.parse::<f64>() {
-                    Ok(n) if (1.0..=3600.0).contains(&n) => n.to_string(),
-                    _ => bail!(
-                        "lease-seconds must be a number of seconds from 1 to 3600, not `{value}`"
-                    ),
-                },
+                LEASE_SECONDS_SETTING => {
+                    connector_host::state::lease_term_of(value)?;
+                    value.trim().to_string()
+                }
                 _ => bail!(
                     "unknown setting `{key}`; settings are profiles, memberships, profiles-table, memberships-table, id-column, max-profiles, max-bad-rows, lease-seconds"
                 ),
