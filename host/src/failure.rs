@@ -12,6 +12,18 @@ pub struct Unavailable(pub String);
 #[derive(Debug)]
 pub struct AlreadyRunning(pub String);
 
+/// What was asked for does not exist (a connection, an export, a run, a connector).
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+/// The actor's role does not allow what was asked.
+#[derive(Debug)]
+pub struct Forbidden(pub String);
+
+/// A name is taken already.
+#[derive(Debug)]
+pub struct Conflict(pub String);
+
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -23,6 +35,18 @@ impl fmt::Display for AlreadyRunning {
         f.write_str(&self.0)
     }
 }
+
+macro_rules! message_error {
+    ($($kind:ident),*) => {$(
+        impl fmt::Display for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for $kind {}
+    )*};
+}
+message_error!(NotFound, Forbidden, Conflict);
 
 impl std::error::Error for Unavailable {}
 impl std::error::Error for AlreadyRunning {}

@@ -31,6 +31,7 @@ pub mod failure;
 pub mod mapping;
 pub mod oauth;
 pub mod plugins;
+#[cfg(feature = "console-progress")]
 pub mod progress;
 pub mod run;
 pub mod sandbox;
@@ -52,11 +53,12 @@ pub use broker::{
 };
 pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
+#[cfg(feature = "console-progress")]
 pub use progress::ConsoleProgress;
 pub use run::{
-    Connection, Credential, CredentialCheck, Export, IssueKind, IssueListener, NoProgress,
-    Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan, RunReport,
-    RunStatus, Stage,
+    Connection, Credential, CredentialCheck, Export, IssueCsv, IssueKind, IssueListener,
+    NoProgress, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan,
+    RunReport, RunStatus, Stage,
 };
 pub use sandbox::Limits;
 pub use schedule::Schedule;
@@ -66,7 +68,8 @@ pub use source::{
 };
 pub use state::{Access, Actor, MasterKey, Role, State};
 pub use workspace::{
-    ConnectionRequest, ExportRequest, RunOutcome, RunRequest, ServeOptions, Workspace,
+    ConnectionRequest, ExportRequest, OAuthConnection, RunOutcome, RunRequest, RunWatch,
+    ServeOptions, Workspace,
 };
 
 /// How to set up a host.

@@ -188,7 +188,7 @@ impl Plugins {
     /// The connector with this id, or an error listing the ones there are and the files that
     /// did not load.
     pub fn require(&self, id: &str) -> Result<&Arc<Plugin>> {
-        self.get(id).with_context(|| {
+        self.get(id).ok_or_else(|| {
             let ids: Vec<&str> = self.loaded.iter().map(|p| p.info.id.as_str()).collect();
             let mut message = format!(
                 "no connector `{}` in the plugin directory (loaded: {})",
@@ -208,7 +208,7 @@ impl Plugins {
                     self.skipped.len() - MAX_LISTED
                 ));
             }
-            message
+            crate::failure::NotFound(message).into()
         })
     }
 }

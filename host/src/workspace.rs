@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::approval::{self, Approval, ApprovalStatus};
 use crate::broker::SharedAccount;
-use crate::failure::AlreadyRunning;
+use crate::failure::{AlreadyRunning, Conflict, Forbidden};
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
 use crate::run::{
@@ -23,7 +23,8 @@ use crate::schedule::Schedule;
 use crate::source::ProfileSource;
 use crate::state::{
     Access, Actor, Claim, ConnectionRecord, CredentialKind, ExportLock, ExportRecord, MasterKey,
-    NewConnection, NewExport, Role, RunState, State, StoredCredential, SyncBasis, Trigger,
+    NewConnection, NewExport, RunState, State, StoredCredential, SyncBasis, Trigger,
+    require_administrator,
 };
 use crate::{ConnectorHost, oauth};
 
@@ -47,6 +48,16 @@ pub struct ConnectionRequest {
     pub access: Access,
     /// The acting user accepted the data-privacy notice: exported profiles leave the
     /// platform's compliance boundary. A connection is never saved without it.
+    pub accept_privacy_notice: bool,
+}
+
+/// A connection to save once the vendor's sign-in comes back.
+#[derive(Debug, Clone)]
+pub struct OAuthConnection {
+    pub name: String,
+    pub connector: String,
+    pub access: Access,
+    /// As in [`ConnectionRequest::accept_privacy_notice`].
     pub accept_privacy_notice: bool,
 }
 
@@ -262,6 +273,10 @@ impl Workspace {
         let plugin = self.host()?.plugins().require(id)?;
         let approval = Approval::of(plugin, &actor.name, crate::state::now());
         self.state.approve_connector(&approval).await?;
+        let detail = format!("sha256:{}", approval.digest);
+        self.state
+            .record(actor, "connector.approve", id, &detail)
+            .await?;
         Ok(approval)
     }
 
@@ -272,7 +287,7 @@ impl Workspace {
         if !self.state.revoke_connector(id).await? {
             bail!("connector `{id}` has no approval to revoke");
         }
-        Ok(())
+        self.state.record(actor, "connector.revoke", id, "").await
     }
 
     /// The connector with this id, if an administrator approved it as it is loaded now.
@@ -293,16 +308,15 @@ impl Workspace {
     ) -> Result<(ConnectionRecord, CredentialCheck)> {
         require_administrator(actor, "add connections")?;
         check_name("connection", &request.name)?;
-        if !request.accept_privacy_notice {
-            bail!(
-                "connection `{}` was not saved: the data-privacy notice must be accepted (exported profiles leave the platform's compliance boundary for the vendor's); pass --accept-privacy-notice",
-                request.name
-            );
-        }
+        check_privacy(&request.name, request.accept_privacy_notice)?;
         let key = self.key()?;
         self.approved_connector(&request.connector).await?;
         if self.state.connection(&request.name).await.is_ok() {
-            bail!("a connection named `{}` already exists", request.name);
+            return Err(Conflict(format!(
+                "a connection named `{}` already exists",
+                request.name
+            ))
+            .into());
         }
         let connection = Connection {
             connector: request.connector.clone(),
@@ -332,6 +346,14 @@ impl Workspace {
                 actor,
             )
             .await?;
+        let detail = format!(
+            "connector {}, privacy notice accepted, open to {}",
+            record.connector,
+            crate::state::to_text(&record.access)
+        );
+        self.state
+            .record(actor, "connection.add", &record.name, &detail)
+            .await?;
         Ok((record, check))
     }
 
@@ -358,14 +380,14 @@ impl Workspace {
     ) -> Result<ConnectionRecord> {
         require_administrator(actor, "change connections")?;
         let record = self.state.connection(name).await?;
-        if let Some(credential) = changes.credential {
+        if let Some(credential) = &changes.credential {
             let key = self.key()?;
             self.approved_connector(&record.connector).await?;
             let connection = Connection {
                 connector: record.connector.clone(),
                 base_url: record.base_url.clone(),
                 data_centre: record.data_centre.clone(),
-                credential: library_credential(&credential),
+                credential: library_credential(credential),
             };
             self.host()?
                 .check_connection(&connection)
@@ -375,14 +397,22 @@ impl Workspace {
                 .replace_credential(
                     key,
                     &record,
-                    &credential,
+                    credential,
                     changes.token_expires_in.map(expires_at),
                 )
                 .await?;
         }
+        let mut detail = vec![];
+        if changes.credential.is_some() {
+            detail.push("credential replaced".to_string());
+        }
         if let Some(access) = changes.access {
             self.state.set_access(record.id, access).await?;
+            detail.push(format!("open to {}", crate::state::to_text(&access)));
         }
+        self.state
+            .record(actor, "connection.update", name, &detail.join(", "))
+            .await?;
         self.state.connection(name).await
     }
 
@@ -415,7 +445,117 @@ impl Workspace {
                 users.join(", ")
             );
         }
-        self.state.remove_connection(name, actor).await
+        let removed = self.state.remove_connection(name, actor).await?;
+        let detail = match removed.is_empty() {
+            true => String::new(),
+            false => format!("with exports {}", removed.join(", ")),
+        };
+        self.state
+            .record(actor, "connection.remove", name, &detail)
+            .await?;
+        Ok(removed)
+    }
+
+    // ---- OAuth sign-in with a vendor ----
+
+    /// Saves the platform's OAuth application for a connector. Administrators only.
+    pub async fn set_oauth_app(
+        &self,
+        actor: &Actor,
+        app: &oauth::OAuthApp,
+        client_secret: &crate::Secret,
+    ) -> Result<()> {
+        self.state
+            .set_oauth_app(self.key()?, actor, app, client_secret)
+            .await
+    }
+
+    /// Starts "Authenticate with <vendor>" for a new connection through `connector`: the
+    /// vendor's authorize URL to send the browser to, and what must come back with the code.
+    /// Administrators only (they alone add connections).
+    pub async fn start_oauth(
+        &self,
+        actor: &Actor,
+        connection: &OAuthConnection,
+        redirect_uri: &str,
+    ) -> Result<oauth::Authorization> {
+        require_administrator(actor, "add connections")?;
+        // What would refuse the connection later is refused before the vendor is involved.
+        check_name("connection", &connection.name)?;
+        check_privacy(&connection.name, connection.accept_privacy_notice)?;
+        if self.state.connection(&connection.name).await.is_ok() {
+            return Err(Conflict(format!(
+                "a connection named `{}` already exists",
+                connection.name
+            ))
+            .into());
+        }
+        self.approved_connector(&connection.connector).await?;
+        let (app, _) = self.oauth_app_of(&connection.connector).await?;
+        oauth::authorize(&app, redirect_uri)
+    }
+
+    /// Ends "Authenticate with <vendor>": exchanges the code for tokens, learns the
+    /// account's data centre where the vendor needs it, and saves the connection as
+    /// [`Workspace::add_connection`] does (the vendor checks the credential first).
+    pub async fn finish_oauth(
+        &self,
+        actor: &Actor,
+        connection: OAuthConnection,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&crate::Secret>,
+    ) -> Result<(ConnectionRecord, CredentialCheck)> {
+        require_administrator(actor, "add connections")?;
+        let (app, secret) = self.oauth_app_of(&connection.connector).await?;
+        let network = self.host()?.network();
+        let tokens =
+            oauth::exchange_code(network, &app, &secret, code, redirect_uri, verifier).await?;
+        let data_centre = match &app.metadata_url {
+            Some(url) => Some(oauth::data_centre(network, url, &tokens.access_token).await?),
+            None => None,
+        };
+        let refresh = tokens
+            .refresh_token
+            .map(|refresh_token| crate::state::TokenRefresh {
+                refresh_token,
+                token_url: app.token_url.clone(),
+            });
+        self.add_connection(
+            actor,
+            ConnectionRequest {
+                name: connection.name,
+                connector: connection.connector,
+                base_url: app.base_url.clone(),
+                data_centre,
+                credential: StoredCredential {
+                    kind: CredentialKind::OAuth,
+                    secret: tokens.access_token,
+                    refresh,
+                },
+                token_expires_in: tokens.expires_in,
+                access: connection.access,
+                accept_privacy_notice: connection.accept_privacy_notice,
+            },
+        )
+        .await
+    }
+
+    async fn oauth_app_of(&self, connector: &str) -> Result<(oauth::OAuthApp, crate::Secret)> {
+        self.state
+            .oauth_app(self.key()?, connector)
+            .await?
+            .with_context(|| {
+                format!(
+                    "no OAuth application is set for connector `{connector}`: an administrator sets one with `connector-host oauth-app set {connector}`"
+                )
+            })
+    }
+
+    /// Reports every request of the runs this workspace makes to `observer` (metrics).
+    pub fn with_request_observer(mut self, observer: crate::RequestObserver) -> Workspace {
+        self.options.observer = Some(observer);
+        self
     }
 
     /// The library's view of a saved connection, its OAuth token renewed if it expired.
@@ -466,13 +606,21 @@ impl Workspace {
         let connection = self.state.connection(&request.connection).await?;
         permit(actor, &connection)?;
         if self.state.export(&request.name).await.is_ok() {
-            bail!("an export named `{}` already exists", request.name);
+            return Err(
+                Conflict(format!("an export named `{}` already exists", request.name)).into(),
+            );
         }
         self.check_export_request(&request, &connection, "saved")
             .await?;
-        self.state
+        let saved = self
+            .state
             .add_export(&request.to_save(connection.id), actor)
-            .await
+            .await?;
+        let detail = format!("connection {}", connection.name);
+        self.state
+            .record(actor, "export.add", &saved.name, &detail)
+            .await?;
+        Ok(saved)
     }
 
     /// Changes a saved export, checking it again as a whole (with the vendor) first. A changed
@@ -513,6 +661,7 @@ impl Workspace {
         self.state
             .update_export(current.id, &request.to_save(connection.id))
             .await?;
+        self.state.record(actor, "export.edit", name, "").await?;
         self.state.export(name).await
     }
 
@@ -566,7 +715,8 @@ impl Workspace {
             actor,
             &self.state.connection_by_id(export.connection_id).await?,
         )?;
-        self.state.remove_export(name, actor).await
+        self.state.remove_export(name, actor).await?;
+        self.state.record(actor, "export.remove", name, "").await
     }
 
     // ---- runs ----
@@ -842,6 +992,16 @@ impl Workspace {
         Ok((basis, why))
     }
 
+    /// The connector of an export's connection.
+    async fn connector_of(&self, export_id: i64) -> Result<String> {
+        let export = self.state.export_by_id(export_id).await?;
+        Ok(self
+            .state
+            .connection_by_id(export.connection_id)
+            .await?
+            .connector)
+    }
+
     /// Works as one of the state's workers until `stop` is cancelled: fires the schedules
     /// that fall due (each fire queues one run, whichever worker fires it first) and runs
     /// queued runs, and runs whose worker died, up to `options.max_runs` at a time. Exports
@@ -924,8 +1084,18 @@ impl Workspace {
                 running.insert(claim.export_id, name.clone());
                 let workspace = self.clone();
                 let (id, stop) = (claim.export_id, stop.child_token());
+                let watch = options.watch.clone();
                 runs.spawn(async move {
-                    let outcome = workspace.run_claimed(claim, &NoProgress, Some(stop)).await;
+                    let run_id = claim.run_id;
+                    let progress: Arc<dyn Progress> = match &watch {
+                        Some(watch) => watch.started(run_id, &stop),
+                        None => Arc::new(NoProgress),
+                    };
+                    let outcome = workspace.run_claimed(claim, &*progress, Some(stop)).await;
+                    if let Some(watch) = &watch {
+                        let connector = workspace.connector_of(id).await.unwrap_or_default();
+                        watch.finished(run_id, &connector, &outcome);
+                    }
                     (id, name, outcome)
                 });
             }
@@ -939,6 +1109,7 @@ impl Workspace {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(next_due) => {}
+                _ = options.wake.notified() => {}
                 Some(done) = runs.join_next(), if !runs.is_empty() => log_run(&worker, &mut running, done),
             }
         }
@@ -954,12 +1125,16 @@ impl Workspace {
 }
 
 /// How a worker serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// How often the worker looks for changed exports and queued runs.
     pub poll: Duration,
     /// Runs this worker makes at a time.
     pub max_runs: usize,
+    /// Wakes the worker before `poll` is up (a run was queued by this process).
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Told of each run this worker makes: its progress, and how it ended.
+    pub watch: Option<Arc<dyn RunWatch>>,
 }
 
 impl Default for ServeOptions {
@@ -967,8 +1142,19 @@ impl Default for ServeOptions {
         ServeOptions {
             poll: Duration::from_secs(5),
             max_runs: 8,
+            wake: Arc::default(),
+            watch: None,
         }
     }
+}
+
+/// Follows the runs a worker makes (an HTTP server's live progress and metrics).
+pub trait RunWatch: Send + Sync {
+    /// Run `run_id` starts on this worker: where it reports its progress; cancelling `stop`
+    /// ends it as a signal would (its batches in flight settle, the next run continues it).
+    fn started(&self, run_id: i64, stop: &CancellationToken) -> Arc<dyn Progress>;
+    /// Run `run_id` of an export through `connector` ended (or could not start).
+    fn finished(&self, run_id: i64, connector: &str, outcome: &Result<RunOutcome>);
 }
 
 fn log_run(
@@ -1006,24 +1192,23 @@ fn saved(export: &ExportRecord) -> Result<Export> {
     })
 }
 
-/// Refuses anyone but an administrator `to` do something.
-fn require_administrator(actor: &Actor, to: &str) -> Result<()> {
-    if actor.role != Role::Administrator {
-        bail!(
-            "{} acts as a contributor; only administrators may {to}",
-            actor.name
-        );
+/// Refuses a role the connection is not open to.
+fn permit(actor: &Actor, connection: &ConnectionRecord) -> Result<()> {
+    if !connection.access.permits(actor.role) {
+        return Err(Forbidden(format!(
+            "{} acts as a contributor, and connection `{}` is open to administrators only",
+            actor.name, connection.name
+        ))
+        .into());
     }
     Ok(())
 }
 
-/// Refuses a role the connection is not open to.
-fn permit(actor: &Actor, connection: &ConnectionRecord) -> Result<()> {
-    if !connection.access.permits(actor.role) {
+/// Refuses a connection whose data-privacy notice was not accepted.
+fn check_privacy(name: &str, accepted: bool) -> Result<()> {
+    if !accepted {
         bail!(
-            "{} acts as a contributor, and connection `{}` is open to administrators only",
-            actor.name,
-            connection.name
+            "connection `{name}` was not saved: the data-privacy notice must be accepted (exported profiles leave the platform's compliance boundary for the vendor's); pass --accept-privacy-notice"
         );
     }
     Ok(())

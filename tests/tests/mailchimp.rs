@@ -330,14 +330,27 @@ async fn an_unknown_audience_or_missing_name_field_is_refused_when_saved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauth_token_from_the_authorization_flow_exports_like_an_api_key() {
     let w = world().await;
-    let code = w.sim.authorization_code(&w.api_key);
+    let redirect = "https://cdp.example/oauth/callback";
+    let (client_id, secret) = w.sim.register_oauth_app(redirect);
+    let code = w.sim.authorization_code(&client_id, redirect, &w.api_key);
+    let form = |secret: &str| {
+        format!(
+            "grant_type=authorization_code&client_id={client_id}&client_secret={secret}&redirect_uri=https%3A%2F%2Fcdp.example%2Foauth%2Fcallback&code={code}"
+        )
+    };
     let (status, _, body) = http(
         "POST",
         &format!("{}/token", w.sim.oauth_url()),
         &[("content-type", "application/x-www-form-urlencoded")],
-        &format!(
-            "grant_type=authorization_code&client_id=cdp&client_secret=s&redirect_uri=x&code={code}"
-        ),
+        &form("wrong"),
+    )
+    .await;
+    assert_eq!(status, 400, "a wrong client secret: {body}");
+    let (status, _, body) = http(
+        "POST",
+        &format!("{}/token", w.sim.oauth_url()),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &form(&secret),
     )
     .await;
     assert_eq!(status, 200, "{body}");

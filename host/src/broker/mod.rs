@@ -149,6 +149,8 @@ impl HttpStats {
 /// What one brokered request looked like, for embedders that audit traffic (and for tests).
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
+    /// The connector that made the request (its id).
+    pub connector: String,
     pub method: String,
     pub authority: String,
     pub path: String,
@@ -157,6 +159,8 @@ pub struct RequestRecord {
     /// Final status, or `None` when the request was refused or never got an answer.
     pub status: Option<u16>,
     pub attempts: u32,
+    /// Attempts the vendor answered with 429 Too Many Requests.
+    pub throttled: u32,
     pub latency: Duration,
 }
 
@@ -315,6 +319,7 @@ impl Broker {
         let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let mut record = RequestRecord {
+            connector: self.connector.clone(),
             method: parts.method.to_string(),
             authority: parts
                 .uri
@@ -325,6 +330,7 @@ impl Broker {
             connector_header_names: parts.headers.keys().map(|k| k.to_string()).collect(),
             status: None,
             attempts: 0,
+            throttled: 0,
             latency: Duration::ZERO,
         };
         // One span per request; the credential is never a field (the path carries no query).
@@ -405,6 +411,9 @@ impl Broker {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 self.attempt(parts, request_body.clone(), &waits).await
             };
+            if matches!(&attempt, Ok(a) if a.status() == http::StatusCode::TOO_MANY_REQUESTS) {
+                record.throttled += 1;
+            }
             let retry_hint = match &attempt {
                 Ok(answer) if retry::is_retryable_status(answer.status()) => {
                     Some(retry::retry_after(answer.headers()))

@@ -11,6 +11,7 @@
 mod batches;
 mod call;
 pub mod counts;
+mod issue_csv;
 mod leave;
 mod plan;
 mod prepare;
@@ -28,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use counts::RunCounts;
+pub use issue_csv::IssueCsv;
 pub use plan::RunPlan;
 pub use report::{IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};

@@ -41,6 +41,20 @@ impl PostgresSource {
         })
     }
 
+    /// Checks a `profiles` setting that is a PostgreSQL URL: it must parse, and carry no
+    /// password (settings are stored as they are; the password comes from PGPASSWORD).
+    pub fn check_url(url: &str) -> Result<()> {
+        let config: tokio_postgres::Config = url.parse().with_context(|| {
+            format!("`{}` is not a PostgreSQL URL", crate::state::redacted(url))
+        })?;
+        if config.get_password().is_some() {
+            bail!(
+                "settings are stored as they are: give the URL without its password, and the password in PGPASSWORD to the processes that run exports"
+            );
+        }
+        Ok(())
+    }
+
     /// Checks that `text` names a table or view, or is a parenthesised query, as the
     /// `profiles-table` and `memberships-table` settings must.
     pub fn check_relation(text: &str) -> Result<()> {

@@ -1,10 +1,11 @@
 //! Saved connections: vendor accounts with their credential sealed under the master key.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::db::{DbRow, Step, params};
 use super::{Access, Actor, MasterKey, State, now, to_text};
+use crate::failure::{Conflict, NotFound};
 use crate::secret::Secret;
 
 /// How a connection authenticates (the secret itself is sealed).
@@ -108,7 +109,9 @@ impl State {
             )
             .await?;
         if added == 0 {
-            bail!("a connection named `{}` already exists", new.name);
+            return Err(
+                Conflict(format!("a connection named `{}` already exists", new.name)).into(),
+            );
         }
         self.connection(new.name).await
     }
@@ -123,7 +126,7 @@ impl State {
             .await?
             .map(|r| connection_row(&r))
             .transpose()?
-            .with_context(|| format!("there is no connection named `{name}`"))
+            .ok_or_else(|| NotFound(format!("there is no connection named `{name}`")).into())
     }
 
     /// A connection by id, removed or not (for history).

@@ -3,13 +3,14 @@
 
 use std::fs::File;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::db::{Db, DbRow, Step, params};
 use super::postgres::{self, Lease};
 use super::{Actor, State, now, sqlite};
+use crate::failure::{Conflict, NotFound};
 
 /// A saved export.
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +114,7 @@ impl State {
             )
             .await?;
         if added == 0 {
-            bail!("an export named `{}` already exists", new.name);
+            return Err(Conflict(format!("an export named `{}` already exists", new.name)).into());
         }
         self.export(new.name).await
     }
@@ -147,7 +148,7 @@ impl State {
             .await?
             .map(|r| export_row(&r))
             .transpose()?
-            .with_context(|| format!("there is no export named `{name}`"))
+            .ok_or_else(|| NotFound(format!("there is no export named `{name}`")).into())
     }
 
     /// An export by id, removed or not.

@@ -13,6 +13,8 @@ pub(crate) mod db;
 mod exports;
 mod journal;
 mod master_key;
+mod oauth_apps;
+mod people;
 mod postgres;
 mod queue;
 mod runs;
@@ -31,6 +33,9 @@ pub use connections::{
 pub use exports::{ExportLock, ExportRecord, NewExport};
 pub use journal::RunLedger;
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
+pub use people::{
+    AuditEntry, MIN_PASSWORD_CHARS, SESSION_HOURS, Session, TOKEN_PREFIX, TokenInfo, User,
+};
 pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;
 pub use runs::{RunAttempt, RunRecord, RunState, Trigger};
@@ -82,6 +87,25 @@ pub enum Access {
     Administrators,
     /// Administrators and contributors.
     Contributors,
+}
+
+impl Role {
+    /// The role's name, as stored and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::Contributor => "contributor",
+        }
+    }
+
+    /// The actor standing for this machine's operator: whoever holds the state and the master
+    /// key (the CLI's commands on people, which need no sign-in).
+    pub fn operator() -> Actor {
+        Actor {
+            name: "operator".into(),
+            role: Role::Administrator,
+        }
+    }
 }
 
 impl Access {
@@ -231,4 +255,16 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("cannot create the directory {}", dir.display()))
+}
+
+/// Refuses anyone but an administrator `to` do something.
+pub fn require_administrator(actor: &Actor, to: &str) -> Result<()> {
+    if actor.role != Role::Administrator {
+        return Err(crate::failure::Forbidden(format!(
+            "{} acts as a contributor; only administrators may {to}",
+            actor.name
+        ))
+        .into());
+    }
+    Ok(())
 }

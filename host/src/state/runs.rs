@@ -1,11 +1,12 @@
 //! Runs of exports: their record (status, counts, HTTP figures, what the host refused), the
 //! contacts each did not deliver, and which run an export's next run continues.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::db::{DbRow, Step, params};
 use super::{Actor, ExportRecord, State, now, to_text};
+use crate::failure::NotFound;
 use crate::run::{RunCounts, RunIssue, RunMode, RunReport};
 
 /// Where a run stands.
@@ -272,7 +273,7 @@ impl State {
             .db
             .query_opt(&format!("{RUN_COLUMNS} WHERE r.id = ?1"), params![run_id])
             .await?
-            .with_context(|| format!("there is no run {run_id}"))?;
+            .ok_or_else(|| NotFound(format!("there is no run {run_id}")))?;
         let mut run = self.with_liveness(run_row(&row)?).await?;
         run.attempt_log = self
             .db
@@ -326,7 +327,7 @@ impl State {
                 .await?
                 .get(0)?;
             if !known {
-                bail!("there is no export named `{name}`");
+                return Err(NotFound(format!("there is no export named `{name}`")).into());
             }
         }
         let mut runs = Vec::with_capacity(rows.len());

@@ -189,6 +189,49 @@ const MIGRATIONS: &[&str] = &[
     -- At most one queued run an export: asking again gives that one.
     CREATE UNIQUE INDEX runs_queued ON runs(export_id) WHERE status = 'queued';
     "#,
+    // 7: people (users, API tokens, console sessions), the audit log of changes, and the
+    // platform's OAuth applications with the vendors.
+    r#"
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        token_hash TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        label TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE oauth_apps (
+        connector TEXT PRIMARY KEY,
+        app TEXT NOT NULL,
+        client_secret BLOB NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path`, its schema brought up to date.

@@ -510,6 +510,7 @@ async fn serve_worker(
     let options = connector_host::ServeOptions {
         poll: Duration::from_millis(100),
         max_runs: 8,
+        ..Default::default()
     };
     workspace
         .serve(tokio_util::sync::CancellationToken::new(), options)

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::oauth::{OAuthServer, Refusal};
 use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest import accepted (more: Code 209).
@@ -115,6 +116,8 @@ struct State {
     access_tokens: HashMap<String, (String, std::time::Instant)>,
     /// OAuth refresh tokens, by the client they renew for (each usable once: a refresh rotates).
     refresh_tokens: HashMap<String, String>,
+    /// The OAuth apps registered with this account's vendor, and their codes.
+    oauth: OAuthServer,
 }
 
 impl State {
@@ -170,6 +173,17 @@ impl CampaignMonitorSim {
             state,
             server: Arc::new(server),
         })
+    }
+
+    /// Registers the platform's OAuth app with this vendor: (client id, client secret). The
+    /// authorize page is [`CampaignMonitorSim::authorize_url`].
+    pub fn register_oauth_app(&self, redirect_uri: &str) -> (String, String) {
+        self.state.lock().unwrap().oauth.register(redirect_uri)
+    }
+
+    /// The authorize page, e.g. `http://127.0.0.1:41234/oauth`.
+    pub fn authorize_url(&self) -> String {
+        format!("http://{}/oauth", self.server.addr())
     }
 
     /// The OAuth token endpoint, e.g. `http://127.0.0.1:41234/oauth/token`.
@@ -317,6 +331,23 @@ fn handle(
     body: Bytes,
 ) -> Response {
     let mut s = state.lock().unwrap();
+    // The browser's side of OAuth: the authorize page and its answer.
+    match (method.as_str(), uri.path()) {
+        ("GET", "/oauth") => {
+            let clients: Vec<(usize, String)> = s
+                .clients
+                .values()
+                .enumerate()
+                .map(|(i, c)| (i, c.name.clone()))
+                .collect();
+            let query = uri.query().unwrap_or("");
+            return s
+                .oauth
+                .authorize_page("Campaign Monitor", "/oauth/approve", query, &clients);
+        }
+        ("POST", "/oauth/approve") => return s.oauth.approve(&body),
+        _ => {}
+    }
     let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -372,8 +403,27 @@ fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
             json!({"error": "invalid_grant", "error_description": description}),
         )
     };
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        let account = match s.oauth.exchange(&form) {
+            Ok(account) => account,
+            Err(Refusal(error, description)) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": error, "error_description": description}),
+                );
+            }
+        };
+        let Some(client) = s.clients.keys().nth(account).cloned() else {
+            return refused("The account granted no longer exists");
+        };
+        let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME);
+        return (
+            StatusCode::OK,
+            json!({"access_token": access, "expires_in": TOKEN_LIFETIME.as_secs(), "refresh_token": refresh}),
+        );
+    }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return refused("Only the refresh_token grant is simulated");
+        return refused("Unsupported grant_type");
     }
     let Some(client) = form
         .get("refresh_token")

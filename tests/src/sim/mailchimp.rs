@@ -14,7 +14,7 @@
 //!
 //! Points the contract marks UNCONFIRMED are fields of [`Behaviour`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
+use super::oauth::{OAuthServer, Refusal};
 use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest batch subscribe accepted.
@@ -128,7 +129,8 @@ struct Audience {
 struct State {
     accounts: Vec<Account>,
     audiences: BTreeMap<String, Audience>,
-    oauth_codes: HashMap<String, usize>,
+    /// The OAuth apps registered with the vendor, and their codes.
+    oauth: OAuthServer,
     log: Vec<LoggedRequest>,
     behaviour: Behaviour,
 }
@@ -273,14 +275,18 @@ impl MailchimpSim {
         api_key
     }
 
-    /// Issues an OAuth authorization code for the account of `api_key`, to exchange at
-    /// `/oauth2/token` as the browser flow would.
-    pub fn authorization_code(&self, api_key: &str) -> String {
+    /// Registers the platform's OAuth app with the vendor: (client id, client secret). The
+    /// authorize page is `<oauth_url>/authorize`.
+    pub fn register_oauth_app(&self, redirect_uri: &str) -> (String, String) {
+        self.state.lock().unwrap().oauth.register(redirect_uri)
+    }
+
+    /// Issues an OAuth authorization code for the account of `api_key` to the app
+    /// `client_id`, as the authorize page does when its owner allows access.
+    pub fn authorization_code(&self, client_id: &str, redirect_uri: &str, api_key: &str) -> String {
         let mut s = self.state.lock().unwrap();
         let account = s.account_of(api_key);
-        let code = new_id(24);
-        s.oauth_codes.insert(code.clone(), account);
-        code
+        s.oauth.grant(account, client_id, redirect_uri)
     }
 
     /// Adds an audience to the account of `api_key`; returns its ID.
@@ -450,7 +456,7 @@ async fn serve(
 ) -> Result<Response, Problem> {
     let path = uri.path().trim_start_matches('/');
     if let Some(rest) = path.strip_prefix("oauth2/") {
-        return oauth(state, method, rest, authorization, body);
+        return oauth(state, method, uri, rest, authorization, body);
     }
     let Some((dc, rest)) = path.split_once("/3.0") else {
         return Err(problem(
@@ -626,24 +632,40 @@ fn authenticate(s: &State, dc: &str, authorization: Option<&str>) -> Result<usiz
 fn oauth(
     state: &Mutex<State>,
     method: &Method,
+    uri: &Uri,
     path: &str,
     authorization: Option<&str>,
     body: &[u8],
 ) -> Result<Response, Problem> {
     let mut s = state.lock().unwrap();
     match (method.as_str(), path) {
-        ("POST", "token") => {
-            let form: HashMap<String, String> = String::from_utf8_lossy(body)
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        ("GET", "authorize") => {
+            let accounts: Vec<(usize, String)> = s
+                .accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i, a.name.clone()))
                 .collect();
-            let account = (form.get("grant_type").map(String::as_str)
-                == Some("authorization_code"))
-            .then(|| form.get("code").and_then(|c| s.oauth_codes.remove(c)))
-            .flatten();
-            let Some(account) = account else {
-                return Ok((StatusCode::BAD_REQUEST, [("content-type", "application/json")], json!({"error": "invalid_grant", "error_description": "Invalid authorization code"}).to_string()).into_response());
+            let query = uri.query().unwrap_or("");
+            Ok(s.oauth
+                .authorize_page("Mailchimp", "/oauth2/approve", query, &accounts))
+        }
+        ("POST", "approve") => Ok(s.oauth.approve(body)),
+        ("POST", "token") => {
+            let form = super::oauth::form(&String::from_utf8_lossy(body));
+            let exchanged = match form.get("grant_type").map(String::as_str) {
+                Some("authorization_code") => s.oauth.exchange(&form),
+                _ => Err(Refusal("unsupported_grant_type", "Unsupported grant_type")),
+            };
+            let account = match exchanged {
+                Ok(account) if account < s.accounts.len() => account,
+                Ok(_) => {
+                    return Ok(token_refusal(Refusal(
+                        "invalid_grant",
+                        "The account no longer exists",
+                    )));
+                }
+                Err(r) => return Ok(token_refusal(r)),
             };
             let token = new_id(32);
             s.accounts[account].tokens.push(token.clone());
@@ -1233,4 +1255,14 @@ fn invalid_resource(errors: Value) -> Problem {
             "The resource submitted could not be validated. For field-specific details, see the 'errors' array.",
         )
     }
+}
+
+/// A token endpoint's refusal: 400 with `error` and `error_description`.
+fn token_refusal(Refusal(error, description): Refusal) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", "application/json")],
+        json!({"error": error, "error_description": description}).to_string(),
+    )
+        .into_response()
 }

@@ -3,6 +3,7 @@
 
 pub mod campaign_monitor;
 pub mod mailchimp;
+pub mod oauth;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

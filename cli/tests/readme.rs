@@ -78,7 +78,7 @@ async fn the_operator_section_runs_as_written() {
     let mut segment = None;
     for command in &commands {
         if let Some(rest) = command.strip_prefix("cargo ") {
-            if rest.starts_with("build -p connector-host") {
+            if rest.starts_with("build -p connector-host-cli") {
                 // The binary under test, first on PATH.
                 continue;
             }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use connector_host::{
-    BrokerPolicy, Connection, ConsoleProgress, Credential, Export, FieldMapping, FileSource,
-    IssueListener, RunIssue, RunOptions,
+    BrokerPolicy, Connection, Credential, Export, FieldMapping, FileSource, IssueListener,
+    RunIssue, RunOptions,
 };
 
 use crate::input::{parse_settings, read_secret};
 use crate::output::IssueCsv;
 use crate::{Session, exit};
+use connector_host::ConsoleProgress;
 
 #[derive(Args)]
 pub struct RunArgs {

@@ -5,7 +5,9 @@ mod exit;
 mod exports;
 mod history;
 mod input;
+mod oauth_apps;
 mod output;
+mod people;
 mod plugins;
 mod run_once;
 
@@ -111,6 +113,13 @@ enum Command {
         /// Runs this worker makes at a time.
         #[arg(long, default_value_t = 8)]
         max_runs: usize,
+        /// Also serve the HTTP API and the web console at this address (e.g. 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The URL people reach the server at, behind a proxy for instance (OAuth redirect
+        /// URIs are made from it) [default: http://LISTEN].
+        #[arg(long)]
+        public_url: Option<String>,
     },
     /// Settings of the saved state: the profile source and the per-run limits (profiles, bad rows).
     #[command(subcommand)]
@@ -118,6 +127,23 @@ enum Command {
     /// The master key that seals stored credentials.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// People who sign in to the server (API and console), with their roles.
+    #[command(subcommand)]
+    Users(people::UsersCommand),
+    /// The platform's OAuth application with each vendor ("Authenticate with <vendor>").
+    #[command(subcommand, name = "oauth-app")]
+    OAuthApp(oauth_apps::OAuthAppCommand),
+    /// API tokens, for programs that use the HTTP API.
+    #[command(subcommand)]
+    Tokens(people::TokensCommand),
+    /// What was changed, by whom, newest first.
+    Audit {
+        /// How many changes to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,7 +156,7 @@ enum KeyCommand {
     },
 }
 
-fn parse_role(text: &str) -> Result<Role, String> {
+pub(crate) fn parse_role(text: &str) -> Result<Role, String> {
     match text {
         "administrator" | "admin" => Ok(Role::Administrator),
         "contributor" => Ok(Role::Contributor),
@@ -223,17 +249,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             poll_seconds,
             max_runs,
+            listen,
+            public_url,
         } => {
             let poll = Duration::try_from_secs_f64(*poll_seconds).context("--poll-seconds")?;
-            let workspace = Arc::new(context.workspace_with_host().await?);
+            let workspace = context.workspace_with_host().await?;
             let stop = stop_on_signals();
             let options = ServeOptions {
                 poll,
                 max_runs: *max_runs,
+                ..ServeOptions::default()
             };
-            workspace.serve(stop, options).await?;
+            let Some(listen) = listen else {
+                Arc::new(workspace).serve(stop, options).await?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let address = listener.local_addr()?;
+            let public_url = public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{address}"));
+            let server = connector_host_api::Server::new(workspace, &public_url);
+            let options = server.serve_options(options);
+            // Printed for people and scripts (with --listen 127.0.0.1:0, the port chosen).
+            println!("listening on http://{address} (console and API; public URL {public_url})");
+            let worker = server.workspace().serve(stop.clone(), options);
+            let http = connector_host_api::serve(listener, server, stop);
+            let (worker, http) = tokio::join!(worker, http);
+            worker.and(http)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Users(command) => people::users(&context, command).await,
+        Command::OAuthApp(command) => oauth_apps::run(&context, command).await,
+        Command::Tokens(command) => people::tokens(&context, command).await,
+        Command::Audit { limit, json } => people::audit(&context, *limit, *json).await,
         Command::Key(_) => unreachable!("handled above"),
     }
 }

@@ -8,7 +8,9 @@ use connector_host::state::LEASE_SECONDS_SETTING;
 use connector_host::state::Trigger;
 use connector_host::workspace::ExportChanges;
 use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_BAD_ROWS_SETTING, MAX_PROFILES_SETTING};
-use connector_host::{ConsoleProgress, ExportRequest, RunRequest, Schedule};
+use connector_host::{ExportRequest, RunRequest, Schedule};
+
+use connector_host::ConsoleProgress;
 
 use crate::exit;
 use crate::input::parse_settings;
@@ -524,17 +526,7 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                 "profiles"
                     if value.starts_with("postgres://") || value.starts_with("postgresql://") =>
                 {
-                    let config: tokio_postgres::Config = value.parse().with_context(|| {
-                        format!(
-                            "`{}` is not a PostgreSQL URL",
-                            connector_host::state::redacted(value)
-                        )
-                    })?;
-                    if config.get_password().is_some() {
-                        bail!(
-                            "settings are stored as they are: give the URL without its password, and the password in PGPASSWORD to the processes that run exports"
-                        );
-                    }
+                    connector_host::PostgresSource::check_url(value)?;
                     value.to_string()
                 }
                 "profiles-table" | "memberships-table" => {

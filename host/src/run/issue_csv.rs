@@ -1,10 +1,11 @@
-//! Writing for the operator: the undelivered-contacts CSV, aligned tables.
+//! The undelivered contacts of a run as CSV, for the CLI and the HTTP API alike.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use connector_host::RunIssue;
-use connector_host::text::{MAX_MESSAGE_CHARS, clean, csv_cell};
+
+use crate::run::RunIssue;
+use crate::text::csv_cell;
 
 /// Writes contacts that were not delivered, with reasons, as CSV: profile_id, email, kind,
 /// stage, code, message, since. No cell can start a spreadsheet formula.
@@ -66,40 +67,16 @@ impl<W: Write> IssueCsv<W> {
         Ok(())
     }
 
+    /// Flushes; the writer it wrote to.
+    pub fn into_inner(self) -> Result<W> {
+        self.writer
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("cannot write the CSV: {}", e.error()))
+    }
+
     /// Flushes; returns the rows written.
     pub fn finish(mut self) -> Result<u64> {
         self.writer.flush()?;
         Ok(self.count)
-    }
-}
-
-/// Prints rows as columns padded to their widest cell; every cell is cleaned first, so no
-/// cell can move the cursor or forge a line.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| row.iter().map(|c| clean(c, MAX_MESSAGE_CHARS)).collect())
-        .collect();
-    let rows = rows.as_slice();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
 }

@@ -1,0 +1,818 @@
+//! The web console: plain server-rendered pages (maud escapes every value), forms that work
+//! without script and carry the session's CSRF token, and one small script for a run's live
+//! progress. Every page is a thin view over the same library calls as the API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use connector_host::{Access, OAuthConnection, Role, Secret};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::api::{ConnectorView, RunView};
+use crate::auth::{Caller, ClientIp, ConsoleCaller, SESSION_COOKIE, Via};
+use crate::problem::Problem;
+use crate::{PendingOAuth, Server};
+
+type Fields = HashMap<String, String>;
+
+pub fn routes() -> Router<Arc<Server>> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/exports") }))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", post(sign_out))
+        .route("/connections", get(connections).post(add_connection))
+        .route("/connections/authenticate", post(start_oauth))
+        .route("/oauth/callback", get(oauth_callback))
+        .route("/connectors", get(connectors))
+        .route("/connectors/{id}/approve", post(approve))
+        .route("/exports", get(exports).post(add_export))
+        .route("/exports/{name}", get(export))
+        .route("/exports/{name}/run", post(run_now))
+        .route("/runs", get(runs))
+        .route("/runs/{id}", get(run))
+        .route("/runs/{id}/rejections.csv", get(rejections))
+}
+
+/// A page: the navigation, the title, the content.
+fn page(caller: Option<&Caller>, title: &str, content: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (title) " · connector host" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header {
+                        nav aria-label="Main" {
+                            strong { "connector host" }
+                            @if let Some(caller) = caller {
+                                a href="/exports" { "Exports" }
+                                a href="/runs" { "Runs" }
+                                a href="/connections" { "Connections" }
+                                a href="/connectors" { "Connectors" }
+                                span.who { (caller.actor.name) " (" (caller.actor.role.name()) ")" }
+                                form method="post" action="/sign-out" class="inline" {
+                                    (csrf(caller))
+                                    button type="submit" { "Sign out" }
+                                }
+                            }
+                        }
+                    }
+                    main { h1 { (title) } (content) }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b}\
+header{background:#14213d;color:#fff;padding:.6rem 1rem}nav{display:flex;gap:1rem;align-items:center}\
+nav a{color:#fff}.who{margin-left:auto}main{padding:1rem 2rem;max-width:70rem}\
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}\
+form.card{border:1px solid #ccc;padding:1rem;margin:1rem 0;max-width:40rem}label{display:block;margin:.5rem 0 .2rem}\
+input[type=text],input[type=password],select,textarea{width:100%;padding:.3rem;box-sizing:border-box}\
+.inline{display:inline}.error{background:#fde2e1;border:1px solid #c00;padding:.6rem}\
+.ok{background:#e2f5e1;border:1px solid #0a0;padding:.6rem}progress{width:30rem}\
+:focus{outline:3px solid #fca311}";
+
+fn csrf(caller: &Caller) -> Markup {
+    html! { input type="hidden" name="csrf" value=(caller.csrf()); }
+}
+
+/// A refusal shown as a page that says what went wrong, with the status it deserves.
+fn refused(caller: Option<&Caller>, problem: Problem) -> Response {
+    let status = problem.status();
+    let retry = problem.retry_after;
+    let body = page(
+        caller,
+        problem.title.as_str(),
+        html! {
+            p.error role="alert" { (problem.detail) }
+            p { a href="javascript:history.back()" { "Back" } }
+        },
+    );
+    let mut response = (status, body).into_response();
+    if let Some(seconds) = retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Runs `work` for a console form: its CSRF token checked first; an error becomes a page.
+async fn form_action<F>(caller: &Caller, form: &Fields, work: F) -> Response
+where
+    F: Future<Output = Result<Response, Problem>>,
+{
+    if let Err(p) = caller.check_form(form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return refused(Some(caller), p);
+    }
+    match work.await {
+        Ok(r) => r,
+        Err(p) => refused(Some(caller), p),
+    }
+}
+
+fn field<'a>(form: &'a Fields, name: &str) -> &'a str {
+    form.get(name).map(|s| s.trim()).unwrap_or("")
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+// ---- signing in ----
+
+async fn sign_in_page() -> Html<String> {
+    page(
+        None,
+        "Sign in",
+        html! {
+            form.card method="post" action="/sign-in" {
+                label for="name" { "User name" }
+                input #name type="text" name="name" autocomplete="username" required autofocus;
+                label for="password" { "Password" }
+                input #password type="password" name="password" autocomplete="current-password" required;
+                p { button type="submit" { "Sign in" } }
+            }
+        },
+    )
+}
+
+async fn sign_in(
+    State(server): State<Arc<Server>>,
+    ClientIp(ip): ClientIp,
+    form: Result<Form<Fields>, FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return refused(
+            None,
+            Problem::new(StatusCode::BAD_REQUEST, "fill in the form"),
+        );
+    };
+    if let Err(p) = server.limiter.check(ip) {
+        return refused(None, p);
+    }
+    let password = Secret::new(field(&form, "password").to_string());
+    match server
+        .state()
+        .sign_in(field(&form, "name"), &password)
+        .await
+    {
+        Ok(Some((id, _))) => {
+            let secure = if server.public_url.starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
+            // Lax, not Strict: the vendor's redirect back to /oauth/callback is a cross-site
+            // navigation and must carry the session. Changes are guarded by CSRF tokens.
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+                id.expose(),
+                connector_host::state::SESSION_HOURS * 3600
+            );
+            let mut response = Redirect::to("/exports").into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Ok(None) => {
+            server.limiter.failed(ip);
+            refused(
+                None,
+                Problem::new(StatusCode::UNAUTHORIZED, "wrong user name or password"),
+            )
+        }
+        Err(e) => refused(None, e.into()),
+    }
+}
+
+async fn sign_out(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        if let Via::Session { id, .. } = &caller.via {
+            server.state().sign_out(id).await?;
+        }
+        let mut response = Redirect::to("/sign-in").into_response();
+        response.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+            ))
+            .expect("a valid header"),
+        );
+        Ok(response)
+    })
+    .await
+}
+
+// ---- connections ----
+
+async fn connections(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+) -> Response {
+    let work = async {
+        let list = server.state().connections().await?;
+        let apps = server.state().oauth_apps().await?;
+        let admin = caller.actor.role == Role::Administrator;
+        let connectors = server.workspace.connectors().await?;
+        Ok::<_, Problem>(page(
+            Some(&caller),
+            "Connections",
+            html! {
+                table {
+                    thead { tr { th { "Name" } th { "Vendor" } th { "Credential" } th { "Who may use it" } th { "Privacy notice accepted" } } }
+                    tbody {
+                        @for c in list.iter().filter(|c| c.access.permits(caller.actor.role)) {
+                            tr {
+                                td { (c.name) }
+                                td { (c.connector) }
+                                td { (format!("{:?}", c.credential_kind)) " · " (c.fingerprint) }
+                                td { (access_words(c.access)) }
+                                td { (c.privacy_accepted_by) " at " (c.privacy_accepted_at) }
+                            }
+                        }
+                    }
+                }
+                @if admin {
+                    h2 { "Add connection" }
+                    @for app in &apps {
+                        form.card method="post" action="/connections/authenticate" {
+                            (csrf(&caller))
+                            input type="hidden" name="connector" value=(app.connector);
+                            label for={"name-" (app.connector)} { "Connection name" }
+                            input id={"name-" (app.connector)} type="text" name="name" required;
+                            (access_choice(&app.connector))
+                            (privacy(&app.connector))
+                            p { button type="submit" { "Authenticate with " (display_name(&connectors, &app.connector)) } }
+                        }
+                    }
+                    form.card method="post" action="/connections" {
+                        (csrf(&caller))
+                        p { "Or with an API key:" }
+                        label for="key-name" { "Connection name" }
+                        input #key-name type="text" name="name" required;
+                        label for="key-connector" { "Vendor" }
+                        select #key-connector name="connector" {
+                            @for (p, _) in &connectors { option value=(p.info.id) { (p.info.display_name) } }
+                        }
+                        label for="key-secret" { "API key" }
+                        input #key-secret type="password" name="api_key" autocomplete="off" required;
+                        label for="key-base" { "API base URL (only for a test server)" }
+                        input #key-base type="text" name="base_url";
+                        (access_choice("key"))
+                        (privacy("key"))
+                        p { button type="submit" { "Add connection" } }
+                    }
+                }
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+fn display_name(
+    connectors: &[(Arc<connector_host::Plugin>, connector_host::ApprovalStatus)],
+    id: &str,
+) -> String {
+    connectors
+        .iter()
+        .find(|(p, _)| p.info.id == id)
+        .map_or(id.to_string(), |(p, _)| p.info.display_name.clone())
+}
+
+fn access_words(access: Access) -> &'static str {
+    match access {
+        Access::Administrators => "administrators",
+        Access::Contributors => "administrators and contributors",
+    }
+}
+
+fn access_choice(id: &str) -> Markup {
+    html! {
+        fieldset {
+            legend { "Who may use it" }
+            label { input type="radio" name="access" value="administrators" checked; " Administrators only" }
+            label { input type="radio" name="access" value="contributors" id={"contributors-" (id)}; " Contributors too" }
+        }
+    }
+}
+
+fn privacy(id: &str) -> Markup {
+    html! {
+        label {
+            input type="checkbox" name="privacy" value="accepted" required id={"privacy-" (id)};
+            " I accept the data-privacy notice: exported profiles leave this platform's compliance boundary for the vendor's."
+        }
+    }
+}
+
+fn access_of(form: &Fields) -> Access {
+    match field(form, "access") {
+        "contributors" => Access::Contributors,
+        _ => Access::Administrators,
+    }
+}
+
+async fn add_connection(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        let base_url = Some(field(&form, "base_url").to_string()).filter(|s| !s.is_empty());
+        server
+            .workspace
+            .add_connection(
+                &caller.actor,
+                connector_host::ConnectionRequest {
+                    name: field(&form, "name").into(),
+                    connector: field(&form, "connector").into(),
+                    base_url,
+                    data_centre: None,
+                    credential: connector_host::state::StoredCredential {
+                        kind: connector_host::state::CredentialKind::ApiKey,
+                        secret: Secret::new(field(&form, "api_key").to_string()),
+                        refresh: None,
+                    },
+                    token_expires_in: None,
+                    access: access_of(&form),
+                    accept_privacy_notice: field(&form, "privacy") == "accepted",
+                },
+            )
+            .await?;
+        Ok(Redirect::to("/connections").into_response())
+    })
+    .await
+}
+
+async fn start_oauth(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        let connection = OAuthConnection {
+            name: field(&form, "name").into(),
+            connector: field(&form, "connector").into(),
+            access: access_of(&form),
+            accept_privacy_notice: field(&form, "privacy") == "accepted",
+        };
+        let authorization = server
+            .workspace
+            .start_oauth(&caller.actor, &connection, &server.redirect_uri())
+            .await?;
+        server.keep_pending(
+            authorization.state,
+            PendingOAuth {
+                user: caller.actor.name.clone(),
+                connection,
+                verifier: authorization.verifier,
+                started: std::time::Instant::now(),
+            },
+        );
+        Ok(Redirect::to(&authorization.url).into_response())
+    })
+    .await
+}
+
+async fn oauth_callback(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Query(query): Query<Fields>,
+) -> Response {
+    let work = async {
+        let state = field(&query, "state");
+        let pending = server
+            .take_pending(state)
+            .filter(|p| p.user == caller.actor.name)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "this sign-in with the vendor is unknown, expired or someone else's (its state does not match); start again from Connections",
+                )
+            })?;
+        if let Some(error) = query.get("error") {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the vendor did not authorise connection `{}`: {error} {}",
+                    pending.connection.name,
+                    field(&query, "error_description")
+                ),
+            ));
+        }
+        let code = field(&query, "code");
+        if code.is_empty() {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the vendor sent no authorization code",
+            ));
+        }
+        let (record, _) = server
+            .workspace
+            .finish_oauth(
+                &caller.actor,
+                pending.connection,
+                code,
+                &server.redirect_uri(),
+                pending.verifier.as_ref(),
+            )
+            .await?;
+        Ok(page(
+            Some(&caller),
+            "Connection added",
+            html! {
+                p.ok role="status" { "Connection " strong { (record.name) } " to " (record.connector) " is saved; the vendor accepted it." }
+                p { a href="/connections" { "Connections" } " · " a href="/exports" { "Add an export" } }
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+// ---- connectors ----
+
+async fn connectors(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+) -> Response {
+    let work = async {
+        let list = server.workspace.connectors().await?;
+        let admin = caller.actor.role == Role::Administrator;
+        Ok::<_, Problem>(page(
+            Some(&caller),
+            "Connectors",
+            html! {
+                table {
+                    thead { tr { th { "Connector" } th { "Version" } th { "Hosts" } th { "SHA-256" } th { "Approval" } } }
+                    tbody {
+                        @for (plugin, status) in &list {
+                            @let view = ConnectorView::of(plugin, status);
+                            tr {
+                                td { (view.display_name) " (" (view.id) ")" }
+                                td { (view.version) }
+                                td { (view.hosts.join(", ")) }
+                                td { code { (&view.sha256[..12]) } }
+                                td {
+                                    (view.approval)
+                                    @if !view.changes.is_empty() { ": " (view.changes.join("; ")) }
+                                    @if admin && view.approval != "approved" {
+                                        form method="post" action={"/connectors/" (view.id) "/approve"} class="inline" {
+                                            (csrf(&caller))
+                                            " " button type="submit" { "Approve" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+async fn approve(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Path(id): Path<String>,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        server
+            .workspace
+            .approve_connector(&caller.actor, &id)
+            .await?;
+        Ok(Redirect::to("/connectors").into_response())
+    })
+    .await
+}
+
+// ---- exports ----
+
+async fn exports(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+) -> Response {
+    let work = async {
+        let usable = server.usable_export_ids(&caller.actor).await?;
+        let list: Vec<_> = server
+            .state()
+            .exports()
+            .await?
+            .into_iter()
+            .filter(|e| usable.contains(&e.id))
+            .collect();
+        let connections: Vec<_> = server
+            .state()
+            .connections()
+            .await?
+            .into_iter()
+            .filter(|c| c.access.permits(caller.actor.role))
+            .collect();
+        let connectors = server.workspace.connectors().await?;
+        Ok::<_, Problem>(page(
+            Some(&caller),
+            "Exports",
+            html! {
+                table {
+                    thead { tr { th { "Export" } th { "Connection" } th { "Segments" } th { "Schedule" } } }
+                    tbody {
+                        @for e in &list {
+                            tr {
+                                td { a href={"/exports/" (e.name)} { (e.name) } }
+                                td { (e.connection) " (" (e.connector) ")" }
+                                td { (e.segments.join(", ")) }
+                                td { (e.schedule.as_deref().unwrap_or("on demand")) }
+                            }
+                        }
+                    }
+                }
+                h2 { "Add destination" }
+                @if connections.is_empty() {
+                    p { "No connection is open to you yet." }
+                } @else {
+                    form.card method="post" action="/exports" {
+                        (csrf(&caller))
+                        label for="export-name" { "Export name" }
+                        input #export-name type="text" name="name" required;
+                        label for="export-connection" { "Connection" }
+                        select #export-connection name="connection" {
+                            @for c in &connections { option value=(c.name) { (c.name) " (" (c.connector) ")" } }
+                        }
+                        label for="export-settings" { "Settings, one KEY=VALUE a line" }
+                        textarea #export-settings name="settings" rows="3" {}
+                        p.hint {
+                            @for (p, _) in &connectors {
+                                (p.info.display_name) ": "
+                                (p.info.config_fields.iter().map(|f| format!("{}{}", f.key, if f.required { " (required)" } else { "" })).collect::<Vec<_>>().join(", "))
+                                br;
+                            }
+                        }
+                        label for="export-mapping" { "Data matching, one FIELD=COLUMN a line (email is required)" }
+                        textarea #export-mapping name="mapping" rows="3" { "email=email\nfirst-name=first_name\nlast-name=last_name" }
+                        label for="export-segments" { "Segments, comma-separated" }
+                        input #export-segments type="text" name="segments" required;
+                        label for="export-schedule" { "Schedule (cron, UTC; empty: on demand)" }
+                        input #export-schedule type="text" name="schedule";
+                        p { button type="submit" { "Save export" } }
+                    }
+                }
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+async fn add_export(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        let settings = lines(field(&form, "settings"))
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the setting `{l}` must look like KEY=VALUE"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = field(&form, "name").to_string();
+        let schedule = Some(field(&form, "schedule").to_string()).filter(|s| !s.is_empty());
+        server
+            .workspace
+            .add_export(
+                &caller.actor,
+                connector_host::ExportRequest {
+                    name: name.clone(),
+                    connection: field(&form, "connection").into(),
+                    settings,
+                    mapping: lines(field(&form, "mapping")),
+                    segments: field(&form, "segments")
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    schedule,
+                    leave_action: None,
+                    confirm_irreversible: false,
+                },
+            )
+            .await?;
+        Ok(Redirect::to(&format!("/exports/{}", path_segment(&name))).into_response())
+    })
+    .await
+}
+
+/// A name as one URL path segment.
+fn path_segment(name: &str) -> String {
+    connector_host::oauth::form_encode(name)
+}
+
+async fn export(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Path(name): Path<String>,
+) -> Response {
+    let work = async {
+        let export = server.state().export(&name).await?;
+        if !server
+            .usable_export_ids(&caller.actor)
+            .await?
+            .contains(&export.id)
+        {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no export named `{name}`"),
+            ));
+        }
+        let runs = server.state().runs(Some(&name), 20).await?;
+        Ok(page(
+            Some(&caller),
+            &format!("Export {name}"),
+            html! {
+                dl {
+                    dt { "Connection" } dd { (export.connection) " (" (export.connector) ")" }
+                    dt { "Settings" } dd { @for (k, v) in &export.settings { (k) " = " (v) br; } }
+                    dt { "Data matching" } dd { (export.mapping.join(", ")) }
+                    dt { "Segments" } dd { (export.segments.join(", ")) }
+                    dt { "Schedule" } dd { (export.schedule.as_deref().unwrap_or("on demand")) }
+                    dt { "Leavers" } dd { (export.leave_action.as_deref().unwrap_or("counted only")) }
+                }
+                form method="post" action={"/exports/" (path_segment(&name)) "/run"} {
+                    (csrf(&caller))
+                    button type="submit" { "Run now" }
+                }
+                h2 { "Runs" }
+                (runs_table(&runs.into_iter().map(RunView::from).collect::<Vec<_>>()))
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+async fn run_now(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Path(name): Path<String>,
+    Form(form): Form<Fields>,
+) -> Response {
+    form_action(&caller, &form, async {
+        let run = server
+            .queue_run(&caller.actor, &name, crate::api::RunAsk::default())
+            .await?;
+        Ok(Redirect::to(&format!("/runs/{run}")).into_response())
+    })
+    .await
+}
+
+// ---- runs ----
+
+fn runs_table(runs: &[RunView]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Run" } th { "Export" } th { "Status" } th { "Started" } th { "By" } th { "Profiles" } th { "Sent" } } }
+            tbody {
+                @for r in runs {
+                    tr {
+                        td { a href={"/runs/" (r.id)} { "#" (r.id) } }
+                        td { (r.export) }
+                        td { (r.status) }
+                        td { (r.started_at) }
+                        td { (r.started_by) }
+                        td { (count(r, "profiles")) }
+                        td { (count(r, "created") + count(r, "updated")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn count(r: &RunView, key: &str) -> u64 {
+    r.counts.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+async fn runs(State(server): State<Arc<Server>>, ConsoleCaller(caller): ConsoleCaller) -> Response {
+    let work = async {
+        let usable = server.usable_export_ids(&caller.actor).await?;
+        let list: Vec<RunView> = server
+            .state()
+            .runs(None, 100)
+            .await?
+            .into_iter()
+            .filter(|r| usable.contains(&r.export_id))
+            .map(Into::into)
+            .collect();
+        Ok::<_, Problem>(page(Some(&caller), "Runs", runs_table(&list)).into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+async fn usable_run(server: &Server, caller: &Caller, id: i64) -> Result<RunView, Problem> {
+    let run = server.state().run(id).await?;
+    if !server
+        .usable_export_ids(&caller.actor)
+        .await?
+        .contains(&run.export_id)
+    {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no run {id}"),
+        ));
+    }
+    Ok(run.into())
+}
+
+async fn run(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Path(id): Path<i64>,
+) -> Response {
+    let work = async {
+        let run = usable_run(&server, &caller, id).await?;
+        let going = matches!(run.status.as_str(), "queued" | "running");
+        Ok::<_, Problem>(page(
+            Some(&caller),
+            &format!("Run #{id} of {}", run.export),
+            html! {
+                p #status role="status" aria-live="polite" { "Status: " strong #state { (run.status) } }
+                @if going {
+                    p { progress #progress max="1" value="0" aria-label="Profiles handled" {} " " span #done { "waiting for a worker" } }
+                    script { (PreEscaped(format!("{LIVE_SCRIPT}follow({id});"))) }
+                }
+                @if let Some(error) = &run.error { p.error role="alert" { (error) } }
+                h2 { "Counts" }
+                table #counts {
+                    tbody {
+                        @for (k, v) in &run.counts {
+                            @if v.as_u64().unwrap_or(0) > 0 || k == "profiles" {
+                                tr { th { (k.replace('_', " ")) } td { (v) } }
+                            }
+                        }
+                    }
+                }
+                p {
+                    a href={"/runs/" (id) "/rejections.csv"} download { "Download undelivered contacts (CSV)" }
+                }
+                p { "Started " (run.started_at) " by " (run.started_by) " (" (run.trigger) "); "
+                    (run.requests) " requests, " (run.retries) " retries, " (format!("{:.1}", run.seconds)) " s." }
+            },
+        )
+        .into_response())
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
+
+/// Follows a run's server-sent events and reloads the page when it ends.
+const LIVE_SCRIPT: &str = "function follow(id){const s=new EventSource('/api/v1/runs/'+id+'/events');\
+s.addEventListener('progress',e=>{const d=JSON.parse(e.data);document.getElementById('state').textContent=d.status;\
+const p=document.getElementById('progress');if(d.total){p.max=d.total;p.value=d.done;}\
+document.getElementById('done').textContent=d.done+(d.total?' of '+d.total:'')+' profiles';});\
+s.addEventListener('end',()=>{s.close();location.reload();});}";
+
+async fn rejections(
+    State(server): State<Arc<Server>>,
+    ConsoleCaller(caller): ConsoleCaller,
+    Path(id): Path<i64>,
+) -> Response {
+    let work = async {
+        usable_run(&server, &caller, id).await?;
+        crate::api::rejections_csv(&server, id).await
+    };
+    work.await.unwrap_or_else(|p| refused(Some(&caller), p))
+}
