@@ -141,6 +141,7 @@ enum Command {
         /// How many changes to show.
         #[arg(long, default_value_t = 50)]
         limit: u64,
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },

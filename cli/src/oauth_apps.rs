@@ -18,19 +18,24 @@ pub enum OAuthAppCommand {
     /// Mailchimp); the redirect URI to register with the vendor is the server's
     /// `<public URL>/oauth/callback`.
     Set {
+        /// The connector's id (campaign-monitor, mailchimp, ...).
         connector: String,
+        /// The client id the vendor gave the platform's application.
         #[arg(long)]
         client_id: String,
         /// The environment variable holding the client secret.
         #[arg(long, default_value = "CONNECTOR_OAUTH_CLIENT_SECRET")]
         client_secret_env: String,
+        /// The vendor's authorize page.
         #[arg(long)]
         authorize_url: Option<String>,
+        /// The vendor's token endpoint.
         #[arg(long)]
         token_url: Option<String>,
         /// The endpoint that says which data centre the account is in (Mailchimp).
         #[arg(long)]
         metadata_url: Option<String>,
+        /// The scopes to ask for, as the vendor writes them.
         #[arg(long)]
         scope: Option<String>,
         /// Send a PKCE challenge (only if the vendor supports it).

@@ -18,6 +18,7 @@ use crate::output::print_table;
 pub enum UsersCommand {
     /// Add a user who signs in to the server (console with a password, programs with a token).
     Add {
+        /// The user's name (letters, digits, `.`, `_`, `@`, `-`).
         name: String,
         /// administrator or contributor.
         #[arg(long, value_parser = crate::parse_role)]
@@ -29,17 +30,22 @@ pub enum UsersCommand {
     },
     /// The users and their roles.
     List {
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a user, their tokens and sessions.
-    Remove { name: String },
+    Remove {
+        /// The user's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum TokensCommand {
     /// Create an API token for a user; it is printed once and kept only as a hash.
     Create {
+        /// The user the token signs in.
         user: String,
         /// What the token is for, shown in listings.
         #[arg(long, default_value = "")]
@@ -47,11 +53,15 @@ pub enum TokensCommand {
     },
     /// The API tokens (their ids, never the tokens).
     List {
+        /// As JSON.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by its id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id, as `tokens list` shows it.
+        id: String,
+    },
 }
 
 pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<ExitCode> {
