@@ -399,10 +399,6 @@ fn mapping_pairs(mapping: &BTreeMap<String, String>) -> Vec<String> {
     mapping.iter().map(|(f, c)| format!("{f}={c}")).collect()
 }
 
-fn visible(caller: &ApiCaller, c: &ConnectionRecord) -> bool {
-    c.access.permits(caller.0.actor.role)
-}
-
 #[utoipa::path(get, path = "/api/v1/me", tag = "people",
     responses((status = 200, body = Me), (status = 401, body = Problem)))]
 pub async fn me(caller: ApiCaller) -> Json<Me> {
@@ -456,7 +452,7 @@ pub async fn connections(
     let list = server.state().connections().await?;
     Ok(Json(
         list.into_iter()
-            .filter(|c| visible(&caller, c))
+            .filter(|c| c.access.permits(caller.0.actor.role))
             .map(Into::into)
             .collect(),
     ))
@@ -495,22 +491,6 @@ pub async fn add_connection(
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-async fn usable_connection(
-    server: &Server,
-    caller: &ApiCaller,
-    name: &str,
-) -> Answer<ConnectionRecord> {
-    let record = server.state().connection(name).await?;
-    if !visible(caller, &record) {
-        // Not told apart from a connection that does not exist.
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no connection named `{name}`"),
-        ));
-    }
-    Ok(record)
-}
-
 #[utoipa::path(get, path = "/api/v1/connections/{name}", tag = "connections",
     params(("name" = String, Path)),
     responses((status = 200, body = ConnectionView), (status = 401, body = Problem), (status = 404, body = Problem)))]
@@ -521,7 +501,7 @@ pub async fn connection(
 ) -> Answer<Json<ConnectionView>> {
     let Path(name) = name?;
     Ok(Json(
-        usable_connection(&server, &caller, &name).await?.into(),
+        server.connection_for(&caller.0.actor, &name).await?.into(),
     ))
 }
 
@@ -564,7 +544,7 @@ pub async fn test_connection(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(name) = name?;
-    usable_connection(&server, &caller, &name).await?;
+    server.connection_for(&caller.0.actor, &name).await?;
     server
         .workspace
         .test_connection(&caller.0.actor, &name)
@@ -597,33 +577,14 @@ pub async fn exports(
     State(server): State<Arc<Server>>,
     caller: ApiCaller,
 ) -> Answer<Json<Vec<ExportView>>> {
-    let connections = server.state().connections().await?;
+    let reach = server.reach(&caller.0.actor).await?;
     let list = server.state().exports().await?;
     Ok(Json(
         list.into_iter()
-            .filter(|e| {
-                connections
-                    .iter()
-                    .any(|c| c.id == e.connection_id && visible(&caller, c))
-            })
+            .filter(|e| reach.has(e.id))
             .map(Into::into)
             .collect(),
     ))
-}
-
-async fn usable_export(server: &Server, caller: &ApiCaller, name: &str) -> Answer<ExportRecord> {
-    let export = server.state().export(name).await?;
-    let connection = server
-        .state()
-        .connection_by_id(export.connection_id)
-        .await?;
-    if !visible(caller, &connection) {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no export named `{name}`"),
-        ));
-    }
-    Ok(export)
 }
 
 #[utoipa::path(post, path = "/api/v1/exports", tag = "exports", request_body = NewExport,
@@ -636,7 +597,9 @@ pub async fn add_export(
     body: Result<Json<NewExport>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<ExportView>)> {
     let Json(body) = body?;
-    usable_connection(&server, &caller, &body.connection).await?;
+    server
+        .connection_for(&caller.0.actor, &body.connection)
+        .await?;
     let record = server
         .workspace
         .add_export(
@@ -665,7 +628,9 @@ pub async fn export(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<Json<ExportView>> {
     let Path(name) = name?;
-    Ok(Json(usable_export(&server, &caller, &name).await?.into()))
+    Ok(Json(
+        server.export_for(&caller.0.actor, &name).await?.into(),
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/v1/exports/{name}", tag = "exports",
@@ -680,7 +645,7 @@ pub async fn edit_export(
     body: Result<Json<ExportPatch>, JsonRejection>,
 ) -> Answer<Json<ExportView>> {
     let (Path(name), Json(body)) = (name?, body?);
-    usable_export(&server, &caller, &name).await?;
+    server.export_for(&caller.0.actor, &name).await?;
     let empty_is_none = |s: String| (!s.trim().is_empty()).then_some(s);
     let changes = ExportChanges {
         set: body.settings.into_iter().collect(),
@@ -707,7 +672,7 @@ pub async fn remove_export(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(name) = name?;
-    usable_export(&server, &caller, &name).await?;
+    server.export_for(&caller.0.actor, &name).await?;
     server
         .workspace
         .remove_export(&caller.0.actor, &name)
@@ -726,7 +691,7 @@ pub async fn dry_run(
     body: Result<Json<RunAsk>, JsonRejection>,
 ) -> Answer<Json<PlanView>> {
     let (Path(name), Json(body)) = (name?, body?);
-    usable_export(&server, &caller, &name).await?;
+    server.export_for(&caller.0.actor, &name).await?;
     let plan = server
         .workspace
         .plan_export(&caller.0.actor, &name, body.full)
@@ -748,7 +713,7 @@ pub async fn run_export(
     body: Result<Json<RunAsk>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<Queued>)> {
     let (Path(name), Json(body)) = (name?, body?);
-    usable_export(&server, &caller, &name).await?;
+    server.export_for(&caller.0.actor, &name).await?;
     let run_id = server.queue_run(&caller.0.actor, &name, body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -768,29 +733,14 @@ pub async fn runs(
 ) -> Answer<Json<Vec<RunView>>> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000) as usize;
-    let exports = server.usable_export_ids(&caller.0.actor).await?;
+    let reach = server.reach(&caller.0.actor).await?;
     let list = server.state().runs(query.export.as_deref(), limit).await?;
     Ok(Json(
         list.into_iter()
-            .filter(|r| exports.contains(&r.export_id))
+            .filter(|r| reach.has(r.export_id))
             .map(Into::into)
             .collect(),
     ))
-}
-
-async fn usable_run(server: &Server, caller: &ApiCaller, id: i64) -> Answer<RunRecord> {
-    let run = server.state().run(id).await?;
-    if !server
-        .usable_export_ids(&caller.0.actor)
-        .await?
-        .contains(&run.export_id)
-    {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no run {id}"),
-        ));
-    }
-    Ok(run)
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = i64, Path)),
@@ -802,7 +752,7 @@ pub async fn run(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Json<RunView>> {
     let Path(id) = id?;
-    Ok(Json(usable_run(&server, &caller, id).await?.into()))
+    Ok(Json(server.run_for(&caller.0.actor, id).await?.into()))
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}/rejections", tag = "runs", params(("id" = i64, Path)),
@@ -815,7 +765,7 @@ pub async fn rejections(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Response> {
     let Path(id) = id?;
-    usable_run(&server, &caller, id).await?;
+    server.run_for(&caller.0.actor, id).await?;
     rejections_csv(&server, id).await
 }
 
@@ -850,7 +800,7 @@ pub async fn cancel_run(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(id) = id?;
-    let run = usable_run(&server, &caller, id).await?;
+    let run = server.run_for(&caller.0.actor, id).await?;
     server.cancel_run(&caller.0.actor, &run).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -865,6 +815,6 @@ pub async fn run_events(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let Path(id) = id?;
-    usable_run(&server, &caller, id).await?;
+    server.run_for(&caller.0.actor, id).await?;
     Ok(Sse::new(crate::events(server, id)).keep_alive(KeepAlive::default()))
 }

@@ -37,6 +37,11 @@ impl Limiter {
         let now = Instant::now();
         let list = failures.entry(ip).or_default();
         list.retain(|t| now.duration_since(*t) < WINDOW);
+        if list.is_empty() {
+            // Addresses whose failures are all old are forgotten.
+            failures.remove(&ip);
+            return Ok(());
+        }
         if list.len() >= MAX_FAILURES {
             let wait = WINDOW.saturating_sub(now.duration_since(list[0]));
             let mut problem = Problem::new(

@@ -523,13 +523,13 @@ async fn exports(
     ConsoleCaller(caller): ConsoleCaller,
 ) -> Response {
     let work = async {
-        let usable = server.usable_export_ids(&caller.actor).await?;
+        let reach = server.reach(&caller.actor).await?;
         let list: Vec<_> = server
             .state()
             .exports()
             .await?
             .into_iter()
-            .filter(|e| usable.contains(&e.id))
+            .filter(|e| reach.has(e.id))
             .collect();
         let connections: Vec<_> = server
             .state()
@@ -648,17 +648,7 @@ async fn export(
     Path(name): Path<String>,
 ) -> Response {
     let work = async {
-        let export = server.state().export(&name).await?;
-        if !server
-            .usable_export_ids(&caller.actor)
-            .await?
-            .contains(&export.id)
-        {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("there is no export named `{name}`"),
-            ));
-        }
+        let export = server.export_for(&caller.actor, &name).await?;
         let runs = server.state().runs(Some(&name), 20).await?;
         Ok(page(
             Some(&caller),
@@ -729,33 +719,18 @@ fn count(r: &RunView, key: &str) -> u64 {
 
 async fn runs(State(server): State<Arc<Server>>, ConsoleCaller(caller): ConsoleCaller) -> Response {
     let work = async {
-        let usable = server.usable_export_ids(&caller.actor).await?;
+        let reach = server.reach(&caller.actor).await?;
         let list: Vec<RunView> = server
             .state()
             .runs(None, 100)
             .await?
             .into_iter()
-            .filter(|r| usable.contains(&r.export_id))
+            .filter(|r| reach.has(r.export_id))
             .map(Into::into)
             .collect();
         Ok::<_, Problem>(page(Some(&caller), "Runs", runs_table(&list)).into_response())
     };
     work.await.unwrap_or_else(|p| refused(Some(&caller), p))
-}
-
-async fn usable_run(server: &Server, caller: &Caller, id: i64) -> Result<RunView, Problem> {
-    let run = server.state().run(id).await?;
-    if !server
-        .usable_export_ids(&caller.actor)
-        .await?
-        .contains(&run.export_id)
-    {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("there is no run {id}"),
-        ));
-    }
-    Ok(run.into())
 }
 
 async fn run(
@@ -764,7 +739,7 @@ async fn run(
     Path(id): Path<i64>,
 ) -> Response {
     let work = async {
-        let run = usable_run(&server, &caller, id).await?;
+        let run = RunView::from(server.run_for(&caller.actor, id).await?);
         let going = matches!(run.status.as_str(), "queued" | "running");
         Ok::<_, Problem>(page(
             Some(&caller),
@@ -811,7 +786,7 @@ async fn rejections(
     Path(id): Path<i64>,
 ) -> Response {
     let work = async {
-        usable_run(&server, &caller, id).await?;
+        server.run_for(&caller.actor, id).await?;
         crate::api::rejections_csv(&server, id).await
     };
     work.await.unwrap_or_else(|p| refused(Some(&caller), p))

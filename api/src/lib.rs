@@ -26,7 +26,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use connector_host::state::{RunRecord, RunState, Trigger};
+use connector_host::state::{ConnectionRecord, ExportRecord, RunRecord, RunState, Trigger};
 use connector_host::{Actor, OAuthConnection, RunRequest, Secret, ServeOptions, State, Workspace};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -44,6 +44,25 @@ pub struct Server {
     limiter: auth::Limiter,
     pending: Mutex<HashMap<String, PendingOAuth>>,
     wake: Arc<tokio::sync::Notify>,
+}
+
+/// What a caller may see.
+enum Reach {
+    All,
+    Exports(HashSet<i64>),
+}
+
+impl Reach {
+    fn has(&self, export_id: i64) -> bool {
+        match self {
+            Reach::All => true,
+            Reach::Exports(ids) => ids.contains(&export_id),
+        }
+    }
+}
+
+fn not_found(detail: String) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, detail)
 }
 
 /// An "Authenticate with <vendor>" under way, by its `state`.
@@ -132,29 +151,54 @@ impl Server {
         Ok(())
     }
 
-    /// The exports (ids) whose connection `actor` may use.
-    async fn usable_export_ids(&self, actor: &Actor) -> Result<HashSet<i64>> {
+    /// What `actor` may see: everything for administrators (runs of removed exports
+    /// included), else the exports of connections opened to their role.
+    async fn reach(&self, actor: &Actor) -> Result<Reach> {
+        if actor.role == connector_host::Role::Administrator {
+            return Ok(Reach::All);
+        }
         let connections = self.state().connections().await?;
-        let usable: HashSet<i64> = connections
+        let open: HashSet<i64> = connections
             .iter()
             .filter(|c| c.access.permits(actor.role))
             .map(|c| c.id)
             .collect();
-        // Runs of removed exports stay readable by administrators only.
-        let mut ids: HashSet<i64> = self
-            .state()
-            .exports()
-            .await?
-            .into_iter()
-            .filter(|e| usable.contains(&e.connection_id))
-            .map(|e| e.id)
-            .collect();
-        if actor.role == connector_host::Role::Administrator {
-            for run in self.state().runs(None, 10_000).await? {
-                ids.insert(run.export_id);
-            }
+        let exports = self.state().exports().await?;
+        Ok(Reach::Exports(
+            exports
+                .into_iter()
+                .filter(|e| open.contains(&e.connection_id))
+                .map(|e| e.id)
+                .collect(),
+        ))
+    }
+
+    /// The connection `name`, if `actor` may use it; otherwise not found, as if it did not
+    /// exist (a contributor learns nothing of connections closed to them).
+    async fn connection_for(&self, actor: &Actor, name: &str) -> Result<ConnectionRecord, Problem> {
+        let record = self.state().connection(name).await?;
+        if !record.access.permits(actor.role) {
+            return Err(not_found(format!("there is no connection named `{name}`")));
         }
-        Ok(ids)
+        Ok(record)
+    }
+
+    /// The export `name`, if `actor` may use its connection.
+    async fn export_for(&self, actor: &Actor, name: &str) -> Result<ExportRecord, Problem> {
+        let export = self.state().export(name).await?;
+        if !self.reach(actor).await?.has(export.id) {
+            return Err(not_found(format!("there is no export named `{name}`")));
+        }
+        Ok(export)
+    }
+
+    /// Run `id`, if `actor` may see its export.
+    async fn run_for(&self, actor: &Actor, id: i64) -> Result<RunRecord, Problem> {
+        let run = self.state().run(id).await?;
+        if !self.reach(actor).await?.has(run.export_id) {
+            return Err(not_found(format!("there is no run {id}")));
+        }
+        Ok(run)
     }
 
     fn keep_pending(&self, state: String, pending: PendingOAuth) {

@@ -9,6 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use connector_tests::sim::mailchimp::MailchimpSim;
+use connector_tests::sim::oauth::AUTHORIZE_PARAMS;
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
@@ -600,16 +601,10 @@ async fn authenticate(w: &World, connector: &str, name: &str) -> reqwest::Respon
         .await
         .unwrap();
     assert!(vendor_page.contains("Allow access"), "{vendor_page}");
-    let mut form: Vec<(String, String)> = [
-        "client_id",
-        "redirect_uri",
-        "state",
-        "code_challenge",
-        "code_challenge_method",
-    ]
-    .iter()
-    .map(|k| (k.to_string(), hidden(&vendor_page, k)))
-    .collect();
+    let mut form: Vec<(String, String)> = AUTHORIZE_PARAMS
+        .iter()
+        .map(|k| (k.to_string(), hidden(&vendor_page, k)))
+        .collect();
     form.push(("account".into(), "0".into()));
     form.push(("decision".into(), "allow".into()));
     let origin: String = authorize.split('/').take(3).collect::<Vec<_>>().join("/");

@@ -196,14 +196,15 @@ pub async fn data_centre(network: &Network, metadata_url: &str, token: &Secret) 
         error: Option<String>,
         error_description: Option<String>,
     }
-    let request = http::Request::get(endpoint(metadata_url)?.0)
+    let (uri, dial) = endpoint(metadata_url)?;
+    let request = http::Request::get(uri)
         .header(
             http::header::AUTHORIZATION,
             format!("OAuth {}", token.expose()),
         )
         .header(http::header::ACCEPT, "application/json")
         .body(Bytes::new())?;
-    let (status, bytes) = send(network, metadata_url, request, "the metadata endpoint").await?;
+    let (status, bytes) = send(network, dial, request, "the metadata endpoint").await?;
     let answer: Metadata = serde_json::from_slice(&bytes)
         .with_context(|| format!("the metadata endpoint answered HTTP {status} without JSON"))?;
     match answer.dc {
@@ -246,14 +247,15 @@ async fn token_request(
         .map(|(k, v)| format!("{k}={}", form_encode(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let request = http::Request::post(endpoint(token_url)?.0)
+    let (uri, dial) = endpoint(token_url)?;
+    let request = http::Request::post(uri)
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json")
         .body(Bytes::from(body))?;
-    let (status, bytes) = send(network, token_url, request, "the token endpoint").await?;
+    let (status, bytes) = send(network, dial, request, "the token endpoint").await?;
     let answer: TokenAnswer = serde_json::from_slice(&bytes).with_context(|| {
         format!("the token endpoint answered HTTP {status} without a JSON token")
     })?;
@@ -309,11 +311,10 @@ fn endpoint(url: &str) -> Result<(http::Uri, DialPolicy)> {
 /// Sends one request to an OAuth endpoint through the host's network; status and body.
 async fn send(
     network: &Network,
-    url: &str,
+    dial: DialPolicy,
     request: http::Request<Bytes>,
     who: &str,
 ) -> Result<(http::StatusCode, Bytes)> {
-    let (_, dial) = endpoint(url)?;
     let response = match network.transport(dial, 0).send(request, TIMEOUT).await {
         Ok(response) => response,
         Err(SendError::Refused(why)) => bail!("the host refused {why}"),

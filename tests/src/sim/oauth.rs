@@ -28,6 +28,15 @@ struct Grant {
     issued: Instant,
 }
 
+/// The authorize request's parameters the page carries through its form (hidden fields).
+pub const AUTHORIZE_PARAMS: [&str; 5] = [
+    "client_id",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+
 /// How long a code may wait to be exchanged (RFC 6749 recommends at most 10 minutes).
 const CODE_LIFE: Duration = Duration::from_secs(600);
 
@@ -117,21 +126,15 @@ impl OAuthServer {
             )
                 .into_response();
         }
-        let hidden: String = [
-            "client_id",
-            "redirect_uri",
-            "state",
-            "code_challenge",
-            "code_challenge_method",
-        ]
-        .iter()
-        .map(|k| {
-            format!(
-                r#"<input type="hidden" name="{k}" value="{}">"#,
-                escape(get(k))
-            )
-        })
-        .collect();
+        let hidden: String = AUTHORIZE_PARAMS
+            .iter()
+            .map(|k| {
+                format!(
+                    r#"<input type="hidden" name="{k}" value="{}">"#,
+                    escape(get(k))
+                )
+            })
+            .collect();
         let options: String = accounts
             .iter()
             .map(|(i, name)| format!(r#"<option value="{i}">{}</option>"#, escape(name)))
