@@ -1,6 +1,7 @@
 //! Who is asking: an API token (`Authorization: Bearer cht_...`) for programs, or the
-//! console's session cookie (HttpOnly, SameSite=Strict) whose changes must carry the
-//! session's CSRF token. Failed sign-ins are limited per client address.
+//! console's session cookie (HttpOnly, SameSite=Lax) whose changes must carry the
+//! session's CSRF token; the sign-in form itself carries a token tied to the browser. Failed
+//! sign-ins are limited per client address.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use connector_host::Actor;
 
 use crate::Server;
@@ -101,7 +102,7 @@ impl Caller {
     }
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -109,16 +110,15 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The session id in the request's cookie, if any.
-pub fn session_cookie(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The value of the request's cookie `name`, if any.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.to_string())
 }
 
@@ -156,7 +156,7 @@ pub async fn identify(server: &Server, parts: &Parts) -> Result<Option<Caller>, 
             }
         };
     }
-    let Some(id) = session_cookie(parts) else {
+    let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
         return Ok(None);
     };
     Ok(server.state().session(&id).await?.map(|s| Caller {

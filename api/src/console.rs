@@ -9,14 +9,14 @@ use axum::Form;
 use axum::Router;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use connector_host::{Access, OAuthConnection, Role, Secret};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::api::{ConnectorView, RunView};
-use crate::auth::{Caller, ClientIp, ConsoleCaller, SESSION_COOKIE, Via};
+use crate::auth::{Caller, ClientIp, ConsoleCaller, SESSION_COOKIE, Via, constant_time_eq, cookie};
 use crate::problem::Problem;
 use crate::{PendingOAuth, Server};
 
@@ -140,12 +140,27 @@ fn lines(text: &str) -> Vec<String> {
 
 // ---- signing in ----
 
-async fn sign_in_page() -> Html<String> {
-    page(
+/// The cookie that ties a sign-in form to the browser that opened it: a form posted from
+/// another site cannot carry it, so nobody can sign a visitor in as someone else (login CSRF).
+const SIGN_IN_COOKIE: &str = "connector_host_sign_in";
+
+/// `; Secure` when the console is served over https.
+fn secure(server: &Server) -> &'static str {
+    if server.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+async fn sign_in_page(State(server): State<Arc<Server>>) -> Response {
+    let token = connector_host::state::random_token();
+    let mut response = page(
         None,
         "Sign in",
         html! {
             form.card method="post" action="/sign-in" {
+                input type="hidden" name="sign_in" value=(token);
                 label for="name" { "User name" }
                 input #name type="text" name="name" autocomplete="username" required autofocus;
                 label for="password" { "Password" }
@@ -154,11 +169,22 @@ async fn sign_in_page() -> Html<String> {
             }
         },
     )
+    .into_response();
+    let cookie = format!(
+        "{SIGN_IN_COOKIE}={token}; Path=/sign-in; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+        secure(&server)
+    );
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("a valid header"),
+    );
+    response
 }
 
 async fn sign_in(
     State(server): State<Arc<Server>>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     form: Result<Form<Fields>, FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -170,6 +196,17 @@ async fn sign_in(
     if let Err(p) = server.limiter.check(ip) {
         return refused(None, p);
     }
+    let opened_here = cookie(&headers, SIGN_IN_COOKIE)
+        .is_some_and(|token| constant_time_eq(&token, field(&form, "sign_in")));
+    if !opened_here {
+        return refused(
+            None,
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "this sign-in form was not opened in this browser, or it expired: open the sign-in page again",
+            ),
+        );
+    }
     let password = Secret::new(field(&form, "password").to_string());
     match server
         .state()
@@ -177,11 +214,7 @@ async fn sign_in(
         .await
     {
         Ok(Some((id, _))) => {
-            let secure = if server.public_url.starts_with("https://") {
-                "; Secure"
-            } else {
-                ""
-            };
+            let secure = secure(&server);
             // Lax, not Strict: the vendor's redirect back to /oauth/callback is a cross-site
             // navigation and must carry the session. Changes are guarded by CSRF tokens.
             let cookie = format!(
@@ -239,6 +272,10 @@ async fn connections(
         let apps = server.state().oauth_apps().await?;
         let admin = caller.actor.role == Role::Administrator;
         let connectors = server.workspace.connectors().await?;
+        let visible: Vec<_> = list
+            .iter()
+            .filter(|c| c.access.permits(caller.actor.role))
+            .collect();
         Ok::<_, Problem>(page(
             Some(&caller),
             "Connections",
@@ -246,15 +283,16 @@ async fn connections(
                 table {
                     thead { tr { th { "Name" } th { "Vendor" } th { "Credential" } th { "Who may use it" } th { "Privacy notice accepted" } } }
                     tbody {
-                        @for c in list.iter().filter(|c| c.access.permits(caller.actor.role)) {
+                        @for c in &visible {
                             tr {
                                 td { (c.name) }
-                                td { (c.connector) }
-                                td { (format!("{:?}", c.credential_kind)) " · " (c.fingerprint) }
+                                td { (display_name(&connectors, &c.connector)) }
+                                td { (credential_words(c.credential_kind)) " · " code { (c.fingerprint) } }
                                 td { (access_words(c.access)) }
                                 td { (c.privacy_accepted_by) " at " (c.privacy_accepted_at) }
                             }
                         }
+                        @if visible.is_empty() { (none_yet(5, "No connection yet.")) }
                     }
                 }
                 @if admin {
@@ -303,6 +341,18 @@ fn display_name(
         .iter()
         .find(|(p, _)| p.info.id == id)
         .map_or(id.to_string(), |(p, _)| p.info.display_name.clone())
+}
+
+fn credential_words(kind: connector_host::state::CredentialKind) -> &'static str {
+    match kind {
+        connector_host::state::CredentialKind::ApiKey => "API key",
+        connector_host::state::CredentialKind::OAuth => "OAuth",
+    }
+}
+
+/// The one row of an empty table, saying so.
+fn none_yet(columns: u32, words: &str) -> Markup {
+    html! { tr { td colspan=(columns) { em { (words) } } } }
 }
 
 fn access_words(access: Access) -> &'static str {
@@ -443,11 +493,12 @@ async fn oauth_callback(
                 pending.verifier.as_ref(),
             )
             .await?;
+        let vendor = display_name(&server.workspace.connectors().await?, &record.connector);
         Ok(page(
             Some(&caller),
             "Connection added",
             html! {
-                p.ok role="status" { "Connection " strong { (record.name) } " to " (record.connector) " is saved; the vendor accepted it." }
+                p.ok role="status" { "Connection " strong { (record.name) } " to " (vendor) " is saved; the vendor accepted it." }
                 p { a href="/connections" { "Connections" } " · " a href="/exports" { "Add an export" } }
             },
         )
@@ -554,6 +605,7 @@ async fn exports(
                                 td { (e.schedule.as_deref().unwrap_or("on demand")) }
                             }
                         }
+                        @if list.is_empty() { (none_yet(4, "No export yet.")) }
                     }
                 }
                 h2 { "Add destination" }
@@ -708,6 +760,7 @@ fn runs_table(runs: &[RunView]) -> Markup {
                         td { (count(r, "created") + count(r, "updated")) }
                     }
                 }
+                @if runs.is_empty() { (none_yet(7, "No run yet.")) }
             }
         }
     }
@@ -751,21 +804,25 @@ async fn run(
                     script { (PreEscaped(format!("{LIVE_SCRIPT}follow({id});"))) }
                 }
                 @if let Some(error) = &run.error { p.error role="alert" { (error) } }
-                h2 { "Counts" }
-                table #counts {
-                    tbody {
-                        @for (k, v) in &run.counts {
-                            @if v.as_u64().unwrap_or(0) > 0 || k == "profiles" {
-                                tr { th { (k.replace('_', " ")) } td { (v) } }
+                @if going {
+                    p { "Started " (run.started_at) " by " (run.started_by) " (" (run.trigger) "). Its counts and undelivered contacts appear here when it ends." }
+                } @else {
+                    h2 { "Counts" }
+                    table #counts {
+                        tbody {
+                            @for (k, v) in &run.counts {
+                                @if v.as_u64().unwrap_or(0) > 0 || k == "profiles" {
+                                    tr { th { (k.replace('_', " ")) } td { (v) } }
+                                }
                             }
                         }
                     }
+                    p {
+                        a href={"/runs/" (id) "/rejections.csv"} download { "Download undelivered contacts (CSV)" }
+                    }
+                    p { "Started " (run.started_at) " by " (run.started_by) " (" (run.trigger) "); "
+                        (run.requests) " requests, " (run.retries) " retries, " (format!("{:.1}", run.seconds)) " s." }
                 }
-                p {
-                    a href={"/runs/" (id) "/rejections.csv"} download { "Download undelivered contacts (CSV)" }
-                }
-                p { "Started " (run.started_at) " by " (run.started_by) " (" (run.trigger) "); "
-                    (run.requests) " requests, " (run.retries) " retries, " (format!("{:.1}", run.seconds)) " s." }
             },
         )
         .into_response())

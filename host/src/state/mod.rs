@@ -35,6 +35,7 @@ pub use journal::RunLedger;
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
 pub use people::{
     AuditEntry, MIN_PASSWORD_CHARS, SESSION_HOURS, Session, TOKEN_PREFIX, TokenInfo, User,
+    random_token,
 };
 pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;

@@ -65,8 +65,8 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// 256 random bits, base64url.
-fn random_token() -> String {
+/// 256 random bits, base64url: for tokens that must not be guessed.
+pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
