@@ -46,6 +46,10 @@ struct Cli {
     /// Where compiled connectors are cached [default: $XDG_CACHE_HOME/connector-host or ~/.cache/connector-host].
     #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_CACHE")]
     cache_dir: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for vendors, besides the platform's roots (a
+    /// corporate proxy's CA, or a test server's).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
     /// Compile connectors at every start instead of caching them.
     #[arg(long, global = true, help_heading = GLOBAL)]
     no_cache: bool,
@@ -217,7 +221,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cli.cache_dir.clone().or_else(default_cache_dir)
         },
         limits,
-        ..HostOptions::default()
+        network: connector_host::NetworkOptions {
+            ca_bundle: cli.ca_bundle.clone(),
+            ..Default::default()
+        },
     };
     if let Command::Key(KeyCommand::Generate { file }) = &cli.command {
         let path = file

@@ -40,6 +40,7 @@ pub mod secret;
 pub mod source;
 pub mod state;
 pub mod text;
+pub mod tls;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -98,7 +99,7 @@ impl ConnectorHost {
         let plugins = Plugins::load_dir(&sandbox, plugin_dir).await?;
         Ok(ConnectorHost {
             sandbox,
-            network: broker::Network::new(&options.network),
+            network: broker::Network::new(&options.network)?,
             plugins,
         })
     }

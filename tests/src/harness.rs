@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use connector_host::{ConnectorHost, HostOptions, Limits};
+use connector_host::{ConnectorHost, HostOptions, Limits, NetworkOptions};
 use tempfile::TempDir;
 
 use crate::artifacts;
@@ -47,12 +47,19 @@ pub const CLI_COMPILE_TIMEOUT: (&str, &str) = ("CONNECTOR_HOST_COMPILE_TIMEOUT",
 
 /// A host loaded from `dir`, sharing the compile cache with the other tests.
 pub async fn open_host(dir: &Path) -> ConnectorHost {
+    open_host_with(dir, NetworkOptions::default())
+        .await
+        .expect("open host")
+}
+
+/// [`open_host`] reaching vendors as `network` says.
+pub async fn open_host_with(dir: &Path, network: NetworkOptions) -> anyhow::Result<ConnectorHost> {
     let options = HostOptions {
         cache_dir: Some(artifacts::COMPILE_CACHE.into()),
         limits: test_limits(),
-        ..HostOptions::default()
+        network,
     };
-    ConnectorHost::open(dir, options).await.expect("open host")
+    ConnectorHost::open(dir, options).await
 }
 
 /// What exporting `segment` of a sample must produce, computed from the generator alone.

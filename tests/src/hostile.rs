@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::artifacts;
-use crate::sim::Server;
+use crate::sim::{Listen, Server};
 
 /// Where the hostile component keeps the `describe()` answer the tests rewrite.
 const MARKER: &[u8] = b"@@HOSTILE-DESCRIBE@@";
@@ -113,7 +113,7 @@ impl FloodVendor {
         let big = Bytes::from(vec![b'x'; BIG_ANSWER]);
         let (p, r) = (peak.clone(), requests.clone());
         let server = Server::start(
-            0,
+            Listen::plain(0),
             move |method: Method, uri: Uri, _headers: HeaderMap, _body: Bytes| {
                 let (in_flight, peak, requests, big) =
                     (in_flight.clone(), p.clone(), r.clone(), big.clone());

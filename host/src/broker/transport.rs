@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,7 +53,8 @@ pub struct Network {
     sockets: Arc<Semaphore>,
     max_sockets: usize,
     idle_timeout: Duration,
-    tls: OnceLock<Arc<rustls::ClientConfig>>,
+    tls: rustls::ClientConfig,
+    fresh_connections: bool,
 }
 
 /// How the host reaches vendors.
@@ -65,6 +66,12 @@ pub struct NetworkOptions {
     /// Sockets connectors' requests may hold open at once, across all runs [default: half of
     /// the process's file-descriptor limit, at most 4096].
     pub max_open_connections: Option<usize>,
+    /// A PEM file of CA certificates trusted besides the platform's roots (a corporate
+    /// proxy's, or a test server's).
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// A new connection for every request (HTTP/1.1, no keep-alive): for proxies that
+    /// mishandle kept-alive connections, and to measure what reuse buys.
+    pub fresh_connections: bool,
 }
 
 impl std::fmt::Debug for NetworkOptions {
@@ -72,6 +79,8 @@ impl std::fmt::Debug for NetworkOptions {
         f.debug_struct("NetworkOptions")
             .field("resolver", &self.resolver.as_ref().map(|_| "custom"))
             .field("max_open_connections", &self.max_open_connections)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("fresh_connections", &self.fresh_connections)
             .finish()
     }
 }
@@ -80,12 +89,13 @@ impl std::fmt::Debug for NetworkOptions {
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Network {
-    pub fn new(options: &NetworkOptions) -> Network {
+    /// Fails only on a CA bundle that cannot be read.
+    pub fn new(options: &NetworkOptions) -> anyhow::Result<Network> {
         let max_sockets = options
             .max_open_connections
             .unwrap_or_else(default_socket_cap)
             .max(1);
-        Network {
+        Ok(Network {
             resolver: options
                 .resolver
                 .clone()
@@ -93,8 +103,9 @@ impl Network {
             sockets: Arc::new(Semaphore::new(max_sockets)),
             max_sockets,
             idle_timeout: IDLE_TIMEOUT,
-            tls: OnceLock::new(),
-        }
+            tls: crate::tls::client_config(options.ca_bundle.as_deref(), "the CA bundle")?,
+            fresh_connections: options.fresh_connections,
+        })
     }
 
     /// A transport for one connection: its dial policy, and up to `keep_alive` idle
@@ -106,12 +117,20 @@ impl Network {
             sockets: self.sockets.clone(),
             max_sockets: self.max_sockets,
         };
-        let tls = self.tls.get_or_init(tls_config).clone();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(guarded);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http();
+        // HTTP/2 when the vendor offers it by ALPN: one connection carries every request.
+        let connector = if self.fresh_connections {
+            builder.enable_http1().wrap_connector(guarded)
+        } else {
+            builder.enable_all_versions().wrap_connector(guarded)
+        };
+        let keep_alive = if self.fresh_connections {
+            0
+        } else {
+            keep_alive
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(self.idle_timeout)
             .pool_max_idle_per_host(keep_alive)
@@ -128,20 +147,6 @@ fn default_socket_cap() -> usize {
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
     (soft / 2).clamp(16, 4096) as usize
-}
-
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
 }
 
 /// The network transport of one connection: pooled, kept-alive connections.
@@ -175,6 +180,20 @@ fn send_error(error: &hyper_util::client::legacy::Error) -> SendError {
             tracing::warn!("{full}");
             return SendError::Failed(HttpError::ConnectionLimitReached);
         }
+        match tls_verdict(e) {
+            // Not a passing fault: another attempt meets the same certificate.
+            Some(rustls::Error::InvalidCertificate(why)) => {
+                return SendError::Refused(format!(
+                    "a TLS connection whose certificate it does not trust ({why:?}); a vendor \
+                     behind a private CA needs that CA in the CA bundle (--ca-bundle)"
+                ));
+            }
+            Some(other) => {
+                tracing::debug!("TLS failed: {other}");
+                return SendError::Failed(HttpError::TlsProtocolError);
+            }
+            None => {}
+        }
         source = e.source();
     }
     tracing::debug!("request failed: {error:#}");
@@ -183,6 +202,15 @@ fn send_error(error: &hyper_util::client::legacy::Error) -> SendError {
     } else {
         SendError::Failed(HttpError::HttpResponseIncomplete)
     }
+}
+
+/// rustls's verdict, which travels inside (nested) io::Errors whose `source` skips it.
+fn tls_verdict<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut inner = error;
+    while let Some(io) = inner.downcast_ref::<io::Error>() {
+        inner = io.get_ref()?;
+    }
+    inner.downcast_ref::<rustls::Error>()
 }
 
 /// The host ran out of sockets for connectors.
@@ -381,7 +409,10 @@ mod tests {
         Network::new(&NetworkOptions {
             resolver: Some(Arc::new(resolver)),
             max_open_connections: Some(4),
+            ca_bundle: None,
+            fresh_connections: false,
         })
+        .unwrap()
     }
 
     #[tokio::test]

@@ -278,28 +278,8 @@ pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
 /// `require` to refuse a server without it): the platform's public roots, plus the CA
 /// certificates in the PEM file `PGSSLROOTCERT` names, for a private CA.
 pub fn postgres_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = std::env::var_os("PGSSLROOTCERT") {
-        let path = std::path::PathBuf::from(path);
-        for cert in CertificateDer::pem_file_iter(&path)
-            .with_context(|| format!("reading PGSSLROOTCERT {}", path.display()))?
-        {
-            let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("a CA certificate in {}", path.display()))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let extra = std::env::var_os("PGSSLROOTCERT").map(std::path::PathBuf::from);
+    let config = crate::tls::client_config(extra.as_deref(), "PGSSLROOTCERT")?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::oauth::{OAuthServer, Refusal};
-use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, Listen, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest import accepted (more: Code 209).
 pub const MAX_IMPORT: usize = 1000;
@@ -153,12 +153,20 @@ impl CampaignMonitorSim {
 
     /// Starts with the given choices for unconfirmed behaviour.
     pub async fn start_with(port: u16, behaviour: Behaviour) -> anyhow::Result<CampaignMonitorSim> {
+        Self::start_on(Listen::plain(port), behaviour).await
+    }
+
+    /// Starts where `listen` says (HTTPS with [`Listen::tls`]) with the given behaviour.
+    pub async fn start_on(
+        listen: Listen,
+        behaviour: Behaviour,
+    ) -> anyhow::Result<CampaignMonitorSim> {
         let state = Arc::new(Mutex::new(State {
             behaviour,
             ..State::default()
         }));
         let handler_state = state.clone();
-        let server = Server::start(port, move |method, uri, headers, body| {
+        let server = Server::start(listen, move |method, uri, headers, body| {
             let state = handler_state.clone();
             async move {
                 let latency = state.lock().unwrap().behaviour.latency;
@@ -183,12 +191,12 @@ impl CampaignMonitorSim {
 
     /// The authorize page, e.g. `http://127.0.0.1:41234/oauth`.
     pub fn authorize_url(&self) -> String {
-        format!("http://{}/oauth", self.server.addr())
+        format!("{}/oauth", self.server.origin())
     }
 
     /// The OAuth token endpoint, e.g. `http://127.0.0.1:41234/oauth/token`.
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.server.addr())
+        format!("{}/oauth/token", self.server.origin())
     }
 
     /// Issues OAuth tokens for a client, as the authorization-code exchange would: an access
@@ -204,7 +212,7 @@ impl CampaignMonitorSim {
 
     /// The API base URL, e.g. `http://127.0.0.1:41234/api/v3.3`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/api/v3.3", self.server.addr())
+        format!("{}/api/v3.3", self.server.origin())
     }
 
     /// Adds a client reachable with `api_key`; returns its ClientID.
@@ -315,6 +323,11 @@ impl CampaignMonitorSim {
     /// Injects vendor faults into the requests from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.server.set_faults(faults);
+    }
+
+    /// The HTTP server underneath (its connection and answer-time counts).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Every request received so far.

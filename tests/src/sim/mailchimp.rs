@@ -26,7 +26,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
 use super::oauth::{OAuthServer, Refusal};
-use super::{Faults, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, Listen, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
 
 /// Largest batch subscribe accepted.
 pub const MAX_BATCH: usize = 500;
@@ -229,13 +229,18 @@ impl MailchimpSim {
 
     /// Starts with the given behaviour.
     pub async fn start_with(port: u16, behaviour: Behaviour) -> anyhow::Result<MailchimpSim> {
+        Self::start_on(Listen::plain(port), behaviour).await
+    }
+
+    /// Starts where `listen` says (HTTPS with [`Listen::tls`]) with the given behaviour.
+    pub async fn start_on(listen: Listen, behaviour: Behaviour) -> anyhow::Result<MailchimpSim> {
         let state = Arc::new(Mutex::new(State {
             behaviour,
             ..State::default()
         }));
         let peak = Arc::new(AtomicUsize::new(0));
         let (handler_state, handler_peak) = (state.clone(), peak.clone());
-        let server = Server::start(port, move |method, uri, headers, body| {
+        let server = Server::start(listen, move |method, uri, headers, body| {
             let (state, peak) = (handler_state.clone(), handler_peak.clone());
             async move { handle(state, peak, method, uri, headers, body).await }
         })
@@ -250,12 +255,12 @@ impl MailchimpSim {
     /// The base URL of a data centre's API, e.g. `http://127.0.0.1:41234/us21/3.0`; with `{dc}`
     /// instead of a data centre, the template a connection uses.
     pub fn base_url(&self, dc: &str) -> String {
-        format!("http://{}/{dc}/3.0", self.server.addr())
+        format!("{}/{dc}/3.0", self.server.origin())
     }
 
     /// The OAuth server's address (token and metadata endpoints), e.g. `http://127.0.0.1:41234/oauth2`.
     pub fn oauth_url(&self) -> String {
-        format!("http://{}/oauth2", self.server.addr())
+        format!("{}/oauth2", self.server.origin())
     }
 
     /// Adds an account in data centre `dc`; returns its API key (`<32 hex>-<dc>`).
@@ -390,6 +395,11 @@ impl MailchimpSim {
     /// Injects vendor faults into the requests from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.server.set_faults(faults);
+    }
+
+    /// The HTTP server underneath (its connection and answer-time counts).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Every request received so far.

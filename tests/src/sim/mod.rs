@@ -2,8 +2,10 @@
 //! ledger of every contact so tests can prove nothing was lost, duplicated or resubscribed.
 
 pub mod campaign_monitor;
+pub mod delay;
 pub mod mailchimp;
 pub mod oauth;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use tokio::sync::oneshot;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::CancellationToken;
 
 /// Vendor misbehaviour to inject, by request number (1-based, every request counts). Injected
 /// faults happen before the simulator handles the request, except `slow`, which delays it.
@@ -78,54 +81,143 @@ impl Faults {
     }
 }
 
-/// A loopback HTTP server that hands every request to one handler, with optional injected
-/// faults; stops when dropped.
+/// Where a simulator listens: a loopback port (0 picks a free one), over plain HTTP or HTTPS.
+#[derive(Clone, Default)]
+pub struct Listen {
+    pub port: u16,
+    /// Serve HTTPS with a certificate from this CA.
+    pub tls: Option<Arc<tls::TestCa>>,
+}
+
+impl Listen {
+    /// Plain HTTP on `port`.
+    pub fn plain(port: u16) -> Listen {
+        Listen { port, tls: None }
+    }
+
+    /// HTTPS on a free port, with a certificate from `ca`.
+    pub fn tls(ca: &Arc<tls::TestCa>) -> Listen {
+        Listen {
+            port: 0,
+            tls: Some(ca.clone()),
+        }
+    }
+}
+
+/// What a server counts: TCP connections accepted, requests answered by the simulator (not
+/// by an injected fault) and the time it took to answer them, so a benchmark can set the
+/// vendor's own time apart from the network's.
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    answered: AtomicU64,
+    answer_micros: AtomicU64,
+    http2: AtomicU64,
+}
+
+/// A loopback HTTP(S) server that hands every request to one handler, with optional injected
+/// faults; when dropped it stops accepting and closes the connections it holds open.
 pub struct Server {
+    origin: String,
     addr: SocketAddr,
-    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    stop: CancellationToken,
     faults: Arc<Mutex<Faults>>,
+    counters: Arc<Counters>,
 }
 
 impl Server {
-    /// Listens on 127.0.0.1:`port` (0 picks a free port).
-    pub async fn start<F, Fut>(port: u16, handler: F) -> anyhow::Result<Server>
+    /// Serves `handler` where `listen` says.
+    pub async fn start<F, Fut>(listen: Listen, handler: F) -> anyhow::Result<Server>
     where
         F: Fn(Method, Uri, HeaderMap, Bytes) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen.port)).await?;
         let addr = listener.local_addr()?;
         let faults: Arc<Mutex<Faults>> = Arc::default();
+        let counters: Arc<Counters> = Arc::default();
         let requests = Arc::new(AtomicU64::new(0));
-        let injected = faults.clone();
+        let (injected, counted) = (faults.clone(), counters.clone());
         let app = axum::Router::new()
             .fallback(
                 move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                    let (handler, faults, requests) =
-                        (handler.clone(), injected.clone(), requests.clone());
+                    let (handler, faults, requests, counted) = (
+                        handler.clone(),
+                        injected.clone(),
+                        requests.clone(),
+                        counted.clone(),
+                    );
                     async move {
                         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
                         let faults = faults.lock().unwrap().clone();
-                        match faults.inject(n).await {
-                            Some(answer) => answer,
-                            None => handler(method, uri, headers, body).await,
+                        if let Some(answer) = faults.inject(n).await {
+                            return answer;
                         }
+                        let started = std::time::Instant::now();
+                        let mut answer = handler(method, uri, headers, body).await;
+                        let took = started.elapsed();
+                        counted.answered.fetch_add(1, Ordering::Relaxed);
+                        counted
+                            .answer_micros
+                            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                        // As real APIs do: how long the server itself took.
+                        if let Ok(value) =
+                            format!("app;dur={:.1}", took.as_secs_f64() * 1000.0).parse()
+                        {
+                            answer.headers_mut().insert("server-timing", value);
+                        }
+                        answer
                     }
                 },
             )
             .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
-        let (tx, rx) = oneshot::channel();
+        let stop = CancellationToken::new();
+        let acceptor = listen.tls.as_ref().map(|ca| ca.acceptor());
+        let (accepting, counted) = (stop.clone(), counters.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            loop {
+                let stream = tokio::select! {
+                    _ = accepting.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                counted.connections.fetch_add(1, Ordering::Relaxed);
+                let (app, stop, acceptor, counted) = (
+                    app.clone(),
+                    accepting.clone(),
+                    acceptor.clone(),
+                    counted.clone(),
+                );
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                counted.http2.fetch_add(1, Ordering::Relaxed);
+                            }
+                            serve_connection(tls, app, stop).await
+                        }
+                        None => serve_connection(stream, app, stop).await,
+                    }
+                });
+            }
         });
+        let scheme = if listen.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Server {
+            origin: format!("{scheme}://{addr}"),
             addr,
-            shutdown: Mutex::new(Some(tx)),
+            stop,
             faults,
+            counters,
         })
     }
 
@@ -134,17 +226,51 @@ impl Server {
         self.addr
     }
 
+    /// Scheme and address, e.g. `https://127.0.0.1:41234`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// Injects `faults` into the requests from now on.
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.lock().unwrap() = faults;
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// TLS connections that chose HTTP/2.
+    pub fn http2_connections(&self) -> u64 {
+        self.counters.http2.load(Ordering::Relaxed)
+    }
+
+    /// Requests the simulator answered, and their mean answer time (its own, network aside).
+    pub fn answered(&self) -> (u64, Duration) {
+        let n = self.counters.answered.load(Ordering::Relaxed);
+        let micros = self.counters.answer_micros.load(Ordering::Relaxed);
+        (n, Duration::from_micros(micros.checked_div(n).unwrap_or(0)))
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or the server stops.
+async fn serve_connection<IO>(io: IO, app: axum::Router, stop: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let serving = builder.serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = serving => {}
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.lock().unwrap().take() {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
     }
 }
 
