@@ -394,3 +394,31 @@ async fn a_connector_flooding_connections_cannot_starve_serve_of_files() {
         "{peak} connections at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_behind_a_private_ca_is_trusted_only_with_ca_bundle() {
+    use connector_tests::sim::Listen;
+    use connector_tests::sim::campaign_monitor::{Behaviour, CampaignMonitorSim};
+    use connector_tests::sim::tls::TestCa;
+    let ca = TestCa::generate().unwrap();
+    let sim = CampaignMonitorSim::start_on(Listen::tls(&ca), Behaviour::default())
+        .await
+        .unwrap();
+    sim.add_list(&sim.add_client("Acme", API_KEY), "Main");
+    let op = Operator::new(3, 50);
+    // Without the CA: refused before anything is sent, with the cause and the remedy.
+    let refused = op.fails(&connection_add("acme", "campaign-monitor", &sim.base_url()));
+    assert!(
+        refused.contains("certificate it does not trust") && refused.contains("--ca-bundle"),
+        "{refused}"
+    );
+    assert_eq!(sim.server().answered().0, 0);
+    // With it, the connection is checked over TLS and saved.
+    let bundle = op.path("vendor-ca.pem");
+    ca.write_ca(&bundle).unwrap();
+    let mut args = connection_add("acme", "campaign-monitor", &sim.base_url());
+    args.extend(["--ca-bundle".to_string(), bundle.display().to_string()]);
+    op.ok(&args);
+    assert!(sim.server().answered().0 >= 1);
+    assert!(sim.server().http2_connections() >= 1);
+}

@@ -19,9 +19,13 @@ use connector_host::{
 };
 use connector_tests::artifacts;
 use connector_tests::sample::{self, GeneratedSource};
+use connector_tests::sim::Listen;
 use connector_tests::sim::campaign_monitor::{self, CampaignMonitorSim};
+use connector_tests::sim::delay::DelayProxy;
 use connector_tests::sim::mailchimp::{self, MailchimpSim};
+use connector_tests::sim::tls::TestCa;
 use serde::Serialize;
+use tokio::io::AsyncBufReadExt as _;
 
 /// The same allocator as the `connector-host` binary, so the figures are the product's.
 #[global_allocator]
@@ -38,6 +42,9 @@ struct Args {
     /// Latency per vendor call for the ceiling runs, in milliseconds.
     #[arg(long, default_value_t = 200)]
     latency_ms: u64,
+    /// Round-trip time on the wire for the ceiling runs (over TLS), in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    rtt_ms: u64,
     /// Requests in flight at the vendor for the ceiling runs (Mailchimp's ceiling is its 10
     /// connections; Campaign Monitor publishes none, so the same number is used for it). Twice
     /// as many batches are prepared at once, so a slot never waits on encoding.
@@ -65,6 +72,12 @@ enum Serve {
         /// The simulated account's name (its API key derives from it).
         #[arg(long, default_value = "Bench")]
         account: String,
+        /// Serve HTTPS, writing the CA's certificate to this file.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// Put a proxy adding this round-trip time in front, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
     },
     /// A `serve` worker on a PostgreSQL state.
     ServeWorker {
@@ -92,6 +105,25 @@ struct SimInfo {
 struct SimProcess {
     child: Child,
     info: SimInfo,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+/// How the benchmark reaches a child simulator: over TLS (its CA written to `tls_ca`), and
+/// through a proxy adding `rtt` when not zero.
+#[derive(Default, Clone)]
+struct Wire {
+    tls_ca: Option<std::path::PathBuf>,
+    rtt: Duration,
+}
+
+/// What a simulator counted: connections accepted, requests it answered and its own mean
+/// answer time.
+#[derive(Serialize, serde::Deserialize)]
+struct SimStats {
+    connections: u64,
+    answered: u64,
+    mean_answer_ms: f64,
 }
 
 impl SimProcess {
@@ -115,23 +147,49 @@ impl SimProcess {
     }
 
     fn start(vendor: &str, latency_ms: u64) -> Result<SimProcess> {
-        SimProcess::start_account(vendor, latency_ms, "Bench")
+        SimProcess::start_on(vendor, latency_ms, "Bench", &Wire::default())
     }
 
     /// A simulator whose one account is called `account` (accounts of different names have
     /// different credentials).
     fn start_account(vendor: &str, latency_ms: u64, account: &str) -> Result<SimProcess> {
-        let mut child = Command::new(std::env::current_exe()?)
+        SimProcess::start_on(vendor, latency_ms, account, &Wire::default())
+    }
+
+    fn start_on(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Result<SimProcess> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .args(["serve-sim", vendor, "--latency-ms", &latency_ms.to_string()])
             .args(["--account", account])
+            .args(["--rtt-ms", &wire.rtt.as_millis().to_string()]);
+        if let Some(ca) = &wire.tls_ca {
+            command.arg("--tls-ca").arg(ca);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
             .spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take().unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        stdout.read_line(&mut line)?;
         let info =
             serde_json::from_str(&line).with_context(|| format!("simulator said: {line}"))?;
-        Ok(SimProcess { child, info })
+        Ok(SimProcess {
+            child,
+            info,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// What the simulator counted so far.
+    fn stats(&mut self) -> Result<SimStats> {
+        use std::io::Write as _;
+        writeln!(self.stdin, "stats")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("simulator said: {line}"))
     }
 }
 
@@ -142,13 +200,20 @@ impl Drop for SimProcess {
     }
 }
 
-async fn serve(vendor: &str, latency_ms: u64, account: &str) -> Result<()> {
+async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Result<()> {
     let latency = Duration::from_millis(latency_ms);
-    let _keep;
-    let info = match vendor {
+    let listen = match &wire.tls_ca {
+        Some(path) => {
+            let ca = TestCa::generate()?;
+            ca.write_ca(path)?;
+            Listen::tls(&ca)
+        }
+        None => Listen::plain(0),
+    };
+    let (info, server): (SimInfo, Box<dyn std::any::Any>) = match vendor {
         "campaign-monitor" => {
-            let sim = CampaignMonitorSim::start_with(
-                0,
+            let sim = CampaignMonitorSim::start_on(
+                listen,
                 campaign_monitor::Behaviour {
                     latency,
                     ..Default::default()
@@ -162,12 +227,11 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str) -> Result<()> {
                 key,
                 list,
             };
-            _keep = (Some(sim), None);
-            info
+            (info, Box::new(sim))
         }
         "mailchimp" => {
-            let sim = MailchimpSim::start_with(
-                0,
+            let sim = MailchimpSim::start_on(
+                listen,
                 mailchimp::Behaviour {
                     latency,
                     ..Default::default()
@@ -181,14 +245,45 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str) -> Result<()> {
                 key,
                 list,
             };
-            _keep = (None, Some(sim));
-            info
+            (info, Box::new(sim))
         }
         other => bail!("unknown vendor {other}"),
     };
+    fn http(sim: &dyn std::any::Any) -> &connector_tests::sim::Server {
+        match sim.downcast_ref::<CampaignMonitorSim>() {
+            Some(cm) => cm.server(),
+            None => sim
+                .downcast_ref::<MailchimpSim>()
+                .expect("a simulator")
+                .server(),
+        }
+    }
+    let addr = http(server.as_ref()).addr();
+    let mut info = info;
+    let _proxy = if wire.rtt.is_zero() {
+        None
+    } else {
+        let proxy = DelayProxy::start(addr, wire.rtt).await?;
+        info.base_url = info
+            .base_url
+            .replace(&addr.to_string(), &proxy.addr().to_string());
+        Some(proxy)
+    };
     println!("{}", serde_json::to_string(&info)?);
-    // Serve until the benchmark closes our stdin (or kills us).
-    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
+    // Answer `stats` lines; serve until the benchmark closes our stdin (or kills us).
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() == "stats" {
+            let s = http(server.as_ref());
+            let (answered, mean) = s.answered();
+            let stats = SimStats {
+                connections: s.connections(),
+                answered,
+                mean_answer_ms: mean.as_secs_f64() * 1000.0,
+            };
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+    }
     Ok(())
 }
 
@@ -402,7 +497,15 @@ async fn main() -> Result<()> {
             vendor,
             latency_ms,
             account,
-        }) => return serve(vendor, *latency_ms, account).await,
+            tls_ca,
+            rtt_ms,
+        }) => {
+            let wire = Wire {
+                tls_ca: tls_ca.clone(),
+                rtt: Duration::from_millis(*rtt_ms),
+            };
+            return serve(vendor, *latency_ms, account, &wire).await;
+        }
         Some(Serve::ServeWorker {
             state,
             key_file,
@@ -753,32 +856,69 @@ impl Bench {
         Ok(())
     }
 
+    /// Against the vendor ceiling over a real network path: HTTPS with `--rtt-ms` added on
+    /// the wire, once with kept-alive connections (HTTP/2) and once with a new connection a
+    /// request, so the ratio shows what reuse buys.
     async fn ceiling(&self) -> Result<()> {
         let (latency_ms, concurrency) = (self.args.latency_ms, self.args.concurrency);
+        let rtt = Duration::from_millis(self.args.rtt_ms);
         println!(
-            "\n2. Against the vendor ceiling: {latency_ms} ms a call, {concurrency} requests in flight"
+            "\n2. Against the vendor ceiling over TLS: {latency_ms} ms a call, {} ms round trip, {concurrency} requests in flight",
+            rtt.as_millis()
         );
         println!(
-            "   {:<18} {:>9} {:>9} {:>10} {:>7}",
-            "vendor", "wall s", "batches", "ceiling s", "ratio"
+            "   {:<18} {:<12} {:>8} {:>8} {:>9} {:>12} {:>10} {:>7}",
+            "vendor",
+            "connections",
+            "wall s",
+            "batches",
+            "opened",
+            "answer ms",
+            "ceiling s",
+            "ratio"
         );
         for connector in ["campaign-monitor", "mailchimp"] {
-            let sim = SimProcess::start(connector, latency_ms)?;
-            let (report, wall, _) =
-                run(&self.host, connector, &sim, &self.source, Some(concurrency)).await?;
-            // Every call (validation included) waits the latency; `concurrency` at a time.
-            let ceiling = (report.counts.batches as f64 / concurrency as f64).ceil()
-                * latency_ms as f64
-                / 1000.0
-                + latency_ms as f64 / 1000.0;
-            println!(
-                "   {:<18} {:>9.2} {:>9} {:>10.2} {:>7.3}",
-                connector,
-                wall.as_secs_f64(),
-                report.counts.batches,
-                ceiling,
-                wall.as_secs_f64() / ceiling
-            );
+            for fresh in [false, true] {
+                let ca = self.work.join(format!("{connector}-ca.pem"));
+                let wire = Wire {
+                    tls_ca: Some(ca.clone()),
+                    rtt,
+                };
+                let mut sim = SimProcess::start_on(connector, latency_ms, "Bench", &wire)?;
+                let host = ConnectorHost::open(
+                    &self.plugins,
+                    HostOptions {
+                        cache_dir: Some(self.work.join("cache")),
+                        network: connector_host::NetworkOptions {
+                            ca_bundle: Some(ca),
+                            fresh_connections: fresh,
+                            ..Default::default()
+                        },
+                        ..HostOptions::default()
+                    },
+                )
+                .await?;
+                let (report, wall, _) =
+                    run(&host, connector, &sim, &self.source, Some(concurrency)).await?;
+                let stats = sim.stats()?;
+                // Each call takes the vendor's own answer time (as the simulator measured it)
+                // plus one round trip, `concurrency` at a time, after the validation call;
+                // the first connections' TCP and TLS handshakes add two round trips.
+                let call = stats.mean_answer_ms / 1000.0 + rtt.as_secs_f64();
+                let rounds = (report.counts.batches as f64 / concurrency as f64).ceil();
+                let ceiling = (rounds + 1.0) * call + 2.0 * rtt.as_secs_f64();
+                println!(
+                    "   {:<18} {:<12} {:>8.2} {:>8} {:>9} {:>12.1} {:>10.2} {:>7.3}",
+                    connector,
+                    if fresh { "one each" } else { "kept alive" },
+                    wall.as_secs_f64(),
+                    report.counts.batches,
+                    stats.connections,
+                    stats.mean_answer_ms,
+                    ceiling,
+                    wall.as_secs_f64() / ceiling
+                );
+            }
         }
         Ok(())
     }
