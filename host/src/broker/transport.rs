@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,7 +53,9 @@ pub struct Network {
     sockets: Arc<Semaphore>,
     max_sockets: usize,
     idle_timeout: Duration,
-    tls: rustls::ClientConfig,
+    /// The CA bundle's certificates, read at start; the configuration is made on first use.
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    tls: OnceLock<rustls::ClientConfig>,
     fresh_connections: bool,
 }
 
@@ -103,7 +105,11 @@ impl Network {
             sockets: Arc::new(Semaphore::new(max_sockets)),
             max_sockets,
             idle_timeout: IDLE_TIMEOUT,
-            tls: crate::tls::client_config(options.ca_bundle.as_deref(), "the CA bundle")?,
+            extra_roots: match &options.ca_bundle {
+                Some(path) => crate::tls::read_bundle(path, "the CA bundle")?,
+                None => vec![],
+            },
+            tls: OnceLock::new(),
             fresh_connections: options.fresh_connections,
         })
     }
@@ -118,7 +124,11 @@ impl Network {
             max_sockets: self.max_sockets,
         };
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(self.tls.clone())
+            .with_tls_config(
+                self.tls
+                    .get_or_init(|| crate::tls::client_config(&self.extra_roots))
+                    .clone(),
+            )
             .https_or_http();
         // HTTP/2 when the vendor offers it by ALPN: one connection carries every request.
         let connector = if self.fresh_connections {

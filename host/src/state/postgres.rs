@@ -278,8 +278,11 @@ pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
 /// `require` to refuse a server without it): the platform's public roots, plus the CA
 /// certificates in the PEM file `PGSSLROOTCERT` names, for a private CA.
 pub fn postgres_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let extra = std::env::var_os("PGSSLROOTCERT").map(std::path::PathBuf::from);
-    let config = crate::tls::client_config(extra.as_deref(), "PGSSLROOTCERT")?;
+    let extra = match std::env::var_os("PGSSLROOTCERT") {
+        Some(path) => crate::tls::read_bundle(std::path::Path::new(&path), "PGSSLROOTCERT")?,
+        None => vec![],
+    };
+    let config = crate::tls::client_config(&extra);
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
