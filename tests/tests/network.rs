@@ -108,7 +108,6 @@ async fn an_export_over_https_keeps_its_connections_and_speaks_http2() {
         report.requests
     );
     assert_eq!(w.sim.server().http2_connections(), connections);
-    let _ = &w.data;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,4 +205,40 @@ async fn through_a_delaying_proxy_the_export_still_delivers_on_kept_connections(
         report.counts.created
     );
     assert!(w.sim.server().connections() <= 3);
+}
+
+#[tokio::test]
+async fn the_delaying_proxy_adds_its_round_trip_and_one_more_for_a_new_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An echo server on loopback, behind a proxy with a 100 ms round trip.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = echo.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 || socket.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let rtt = Duration::from_millis(100);
+    let proxy = DelayProxy::start(target, rtt).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut exchange = async |byte: u8| {
+        let started = std::time::Instant::now();
+        client.write_all(&[byte]).await.unwrap();
+        let mut back = [0u8; 1];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(back[0], byte, "bytes pass unchanged");
+        started.elapsed()
+    };
+    // Lower bounds only: a loaded machine may take longer, never shorter.
+    let first = exchange(b'a').await;
+    assert!(
+        first >= 2 * rtt,
+        "a new connection's first exchange took {first:?}"
+    );
+    let second = exchange(b'b').await;
+    assert!(second >= rtt, "an exchange took {second:?}");
 }

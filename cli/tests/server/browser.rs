@@ -77,8 +77,8 @@ impl Browser {
                 .await
             {
                 Ok(client) => break client,
-                Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                    let _ = e;
+                // chromedriver may still be starting.
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => panic!("no browser session from chromedriver at {url}: {e}"),

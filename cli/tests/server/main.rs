@@ -121,6 +121,11 @@ fn hidden(page: &str, name: &str) -> String {
         .replace("&quot;", "\"")
 }
 
+/// The text of the page at `url`, as `browser` gets it.
+async fn text_of(browser: &reqwest::Client, url: &str) -> String {
+    browser.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Signs `browser` in as the console's form does: the page first (its token and cookie),
 /// then the form.
 async fn sign_in(
@@ -129,14 +134,7 @@ async fn sign_in(
     name: &str,
     password: &str,
 ) -> reqwest::Response {
-    let page = browser
-        .get(format!("{url}/sign-in"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(browser, &format!("{url}/sign-in")).await;
     let token = hidden(&page, "sign_in");
     browser
         .post(format!("{url}/sign-in"))

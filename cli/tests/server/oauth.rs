@@ -7,14 +7,7 @@ async fn authenticate(w: &World, connector: &str, name: &str) -> reqwest::Respon
     let browser = client();
     let url = &w.server.url;
     sign_in(&browser, url, "ada", ADMIN_PASSWORD).await;
-    let page = browser
-        .get(format!("{url}/connections"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(&browser, &format!("{url}/connections")).await;
     assert!(page.contains("Authenticate with"), "{page}");
     let csrf = hidden(&page, "csrf");
     let to_vendor = browser
@@ -43,14 +36,7 @@ async fn authenticate(w: &World, connector: &str, name: &str) -> reqwest::Respon
         authorize.contains("state=") && authorize.contains("client_id="),
         "{authorize}"
     );
-    let vendor_page = client()
-        .get(&authorize)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let vendor_page = text_of(&client(), &authorize).await;
     assert!(vendor_page.contains("Allow access"), "{vendor_page}");
     let mut form: Vec<(String, String)> = AUTHORIZE_PARAMS
         .iter()

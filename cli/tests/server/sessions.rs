@@ -10,14 +10,7 @@ async fn failed_sign_ins_are_limited_and_sessions_need_their_csrf_token() {
     // A sign-in form posted from elsewhere (no token, or another browser's) is refused even
     // with the right password, and is not counted as a failed password.
     let elsewhere = client();
-    let page = client()
-        .get(format!("{url}/sign-in"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(&client(), &format!("{url}/sign-in")).await;
     for token in ["", hidden(&page, "sign_in").as_str()] {
         let answer = elsewhere
             .post(format!("{url}/sign-in"))
@@ -56,14 +49,7 @@ async fn failed_sign_ins_are_limited_and_sessions_need_their_csrf_token() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 403);
-    let page = browser
-        .get(format!("{url}/connectors"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(&browser, &format!("{url}/connectors")).await;
     let csrf = hidden(&page, "csrf");
     let approved = browser
         .post(format!("{url}/api/v1/connectors/mailchimp/approve"))

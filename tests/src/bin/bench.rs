@@ -200,6 +200,12 @@ impl Drop for SimProcess {
     }
 }
 
+/// The simulator a child process serves.
+enum Sim {
+    CampaignMonitor(CampaignMonitorSim),
+    Mailchimp(MailchimpSim),
+}
+
 async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Result<()> {
     let latency = Duration::from_millis(latency_ms);
     let listen = match &wire.tls_ca {
@@ -210,7 +216,7 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Res
         }
         None => Listen::plain(0),
     };
-    let (info, server): (SimInfo, Box<dyn std::any::Any>) = match vendor {
+    let (mut info, sim) = match vendor {
         "campaign-monitor" => {
             let sim = CampaignMonitorSim::start_on(
                 listen,
@@ -227,7 +233,7 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Res
                 key,
                 list,
             };
-            (info, Box::new(sim))
+            (info, Sim::CampaignMonitor(sim))
         }
         "mailchimp" => {
             let sim = MailchimpSim::start_on(
@@ -245,21 +251,15 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Res
                 key,
                 list,
             };
-            (info, Box::new(sim))
+            (info, Sim::Mailchimp(sim))
         }
         other => bail!("unknown vendor {other}"),
     };
-    fn http(sim: &dyn std::any::Any) -> &connector_tests::sim::Server {
-        match sim.downcast_ref::<CampaignMonitorSim>() {
-            Some(cm) => cm.server(),
-            None => sim
-                .downcast_ref::<MailchimpSim>()
-                .expect("a simulator")
-                .server(),
-        }
-    }
-    let addr = http(server.as_ref()).addr();
-    let mut info = info;
+    let server = match &sim {
+        Sim::CampaignMonitor(cm) => cm.server(),
+        Sim::Mailchimp(mc) => mc.server(),
+    };
+    let addr = server.addr();
     let _proxy = if wire.rtt.is_zero() {
         None
     } else {
@@ -274,10 +274,9 @@ async fn serve(vendor: &str, latency_ms: u64, account: &str, wire: &Wire) -> Res
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim() == "stats" {
-            let s = http(server.as_ref());
-            let (answered, mean) = s.answered();
+            let (answered, mean) = server.answered();
             let stats = SimStats {
-                connections: s.connections(),
+                connections: server.connections(),
                 answered,
                 mean_answer_ms: mean.as_secs_f64() * 1000.0,
             };
