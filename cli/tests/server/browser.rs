@@ -199,7 +199,8 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_chromium_authenticates_adds_runs_and_downloads() {
-    // Each Mailchimp call takes a second, so that the run's progress can be watched.
+    // Each Mailchimp call takes a second, and the segment needs three rounds of 10 batches
+    // in flight, so that the run's progress can be watched for seconds, even on a busy machine.
     let behaviour = Behaviour {
         latency: Duration::from_secs(1),
         ..Behaviour::default()
@@ -208,7 +209,7 @@ async fn the_console_in_chromium_authenticates_adds_runs_and_downloads() {
     let key = mc.add_account("Acme Mail", "us21");
     let audience = mc.add_audience(&key, "Customers");
     let (cm, _client, _list) = vendor(Duration::ZERO).await;
-    let op = Operator::new(43, 6_000);
+    let op = Operator::new(43, 20_000);
     // A third connector dropped into the plugin directory waits for an administrator.
     std::fs::copy(
         connector_tests::artifacts::HOSTILE,
@@ -321,6 +322,7 @@ async fn the_console_in_chromium_authenticates_adds_runs_and_downloads() {
 
     // Run now: the run's page follows its progress, then shows its counts.
     b.click("form[action$='/run'] button").await;
+    b.until("the run's page", |p| p.contains("Run #")).await;
     // The bar as the server-sent events move it: some profiles done, not all.
     let started = Instant::now();
     let (done, total) = loop {
