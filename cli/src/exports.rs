@@ -117,9 +117,9 @@ pub enum ExportCommand {
         /// with examples) without sending anything or changing any state.
         #[arg(long, conflicts_with = "fresh")]
         dry_run: bool,
-        /// Batches in flight at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
+        /// Batches in flight at once [default: twice the requests the vendor takes at once].
+        #[arg(long)]
+        concurrency: Option<usize>,
         /// Rows of the segment that cannot be read (each recorded with its line and reason)
         /// tolerated before the run stops as failed [default: the max-bad-rows setting, else
         /// no limit].

@@ -53,9 +53,9 @@ pub struct RunArgs {
     /// Profile field holding the profile id.
     #[arg(long, default_value = "id")]
     pub id_column: String,
-    /// Batches in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Batches in flight at once [default: twice the requests the vendor takes at once].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Requests in flight at once to the vendor [default: the connector's declared vendor limit].
     #[arg(long)]
     pub max_concurrent_requests: Option<usize>,

@@ -425,12 +425,11 @@ fn assert_newsletter_delivered_once(w: &World) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_keeps_to_the_vendors_ten_connections() {
+async fn by_default_a_run_uses_the_vendors_ten_connections_and_no_more() {
     let w = world_with(slow_vendor(), MANY).await;
-    let options = RunOptions {
-        concurrency: 14,
-        ..RunOptions::default()
-    };
+    // Default options: the run prepares twice the connector's declared limit of batches, and
+    // the broker lets the declared limit through.
+    let options = RunOptions::default();
     let report = w
         .host
         .run_export(
@@ -461,7 +460,7 @@ async fn the_eleventh_simultaneous_connection_is_throttled_and_the_run_rides_thr
         ..BrokerPolicy::default()
     };
     let options = RunOptions {
-        concurrency: 14,
+        concurrency: Some(14),
         broker,
         ..RunOptions::default()
     };

@@ -551,7 +551,7 @@ async fn mailchimp_applies_full_leave_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vendor_outage_fails_a_run_and_the_next_continues_it_sending_nothing_twice() {
     let options = RunOptions {
-        concurrency: 1,
+        concurrency: Some(1),
         broker: BrokerPolicy {
             max_attempts: 2,
             base_backoff: Duration::from_millis(5),

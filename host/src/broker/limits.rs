@@ -147,13 +147,12 @@ mod tests {
 /// the account's slots for each attempt, on top of its own limit.
 pub trait AccountSlots: Send + Sync {
     /// Waits for one of the `capacity` slots of `account`, held until the guard is dropped.
-    /// `hold_at_most` bounds how long a slot may stay taken if its holder dies without giving
-    /// it back.
+    /// A slot whose holder dies without giving it back must come back by itself, soon (a
+    /// shared store leases it, renewed while its holder lives).
     fn acquire<'a>(
         &'a self,
         account: &'a str,
         capacity: usize,
-        hold_at_most: Duration,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<AccountSlot>>;
 }
 
@@ -212,7 +211,6 @@ impl AccountSlots for ProcessSlots {
         &'a self,
         account: &'a str,
         capacity: usize,
-        _hold_at_most: Duration,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<AccountSlot>> {
         Box::pin(async move { Ok(AccountSlot::new(self.local(account, capacity).await)) })
     }

@@ -257,15 +257,9 @@ impl Broker {
     /// could exceed the vendor's limit).
     async fn account_slot(&self) -> Option<AccountSlot> {
         let account = self.account.as_ref()?;
-        // A dead holder's slot comes back once the longest attempt it could make is over.
-        let hold = self.policy.request_timeout * 3 + Duration::from_secs(5);
         let mut wait = Duration::from_millis(50);
         loop {
-            match account
-                .slots
-                .acquire(&account.key, self.in_flight, hold)
-                .await
-            {
+            match account.slots.acquire(&account.key, self.in_flight).await {
                 Ok(slot) => return Some(slot),
                 Err(e) => {
                     tracing::warn!(connector = %self.connector, "could not take a slot of the vendor account: {e:#}");
@@ -299,6 +293,11 @@ impl Broker {
     pub fn with_observer(mut self, observer: Option<RequestObserver>) -> Broker {
         self.observer = observer;
         self
+    }
+
+    /// Requests this broker lets in flight at once.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// Counters of this broker's requests.

@@ -98,8 +98,10 @@ pub struct Export {
 /// How a run behaves. The defaults suit the shipped connectors.
 #[derive(Clone)]
 pub struct RunOptions {
-    /// Batches in flight at once.
-    pub concurrency: usize,
+    /// Batches in flight at once; `None`: twice the requests the connection lets in flight
+    /// (the connector's declared vendor limit, or the broker policy's), so that a request slot
+    /// freed never waits for the next batch to be encoded.
+    pub concurrency: Option<usize>,
     /// Refuse runs with more profiles than this, before anything is sent.
     pub max_profiles: u64,
     /// Rows of the segment the source cannot read that a run skips (each recorded with its
@@ -136,7 +138,7 @@ pub type IssueListener = Arc<dyn Fn(&RunIssue) -> Result<()> + Send + Sync>;
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            concurrency: 4,
+            concurrency: None,
             max_profiles: 1_000_000,
             max_bad_rows: None,
             batch_retries: 2,
@@ -213,7 +215,10 @@ impl ConnectorHost {
             (None, Some(_)) => RunMode::Delta,
         };
         let info = &prepared.plugin.info;
-        let concurrency = options.concurrency.max(1);
+        let concurrency = options
+            .concurrency
+            .unwrap_or(2 * prepared.broker.in_flight())
+            .max(1);
         let mut run = Run {
             report: RunReport::new(
                 &info.id,

@@ -3,6 +3,8 @@
 //! renewed by a heartbeat while the run goes on): a worker that dies stops renewing, and once
 //! the lease expires another worker takes the run over from its checkpoints.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -500,15 +502,24 @@ pub(super) async fn claim(
 }
 
 /// A vendor account's slots, counted in the database so that every worker using the account
-/// shares them: each is a row taken with `SKIP LOCKED` for the length of a request, given
-/// back after, and free again by itself if its worker dies holding it. The process's own
-/// slots come first, so that at most `capacity` of its requests wait on the database.
+/// shares them: each is a row taken with `SKIP LOCKED` for the length of a request and given
+/// back after. A taken slot is leased like an export (the `lease-seconds` term), and one
+/// heartbeat a process renews all the slots it holds: a worker killed while holding slots
+/// stops renewing them, and they are free again within the term. The process's own slots
+/// come first, so that at most `capacity` of its requests wait on the database.
 pub(super) struct PgSlots {
     pool: Pool,
     worker: String,
-    local: std::sync::Arc<crate::broker::ProcessSlots>,
+    local: Arc<crate::broker::ProcessSlots>,
     /// Accounts (and capacities) whose rows exist.
-    known: std::sync::Mutex<std::collections::HashSet<(String, usize)>>,
+    known: Mutex<HashSet<(String, usize)>>,
+    /// Tokens of the slots this process holds, renewed together.
+    held: Arc<Mutex<HashSet<String>>>,
+    /// The lease term, read on first use, and the heartbeat renewing `held`.
+    heartbeat: tokio::sync::OnceCell<(Duration, tokio::task::JoinHandle<()>)>,
+    /// Held while looking for a free slot: the process's waiting requests look one at a
+    /// time, so that they never crowd out its other uses of the database (a lease's renewal).
+    looking: tokio::sync::Mutex<()>,
 }
 
 impl PgSlots {
@@ -516,17 +527,41 @@ impl PgSlots {
         PgSlots {
             pool,
             worker: worker.to_string(),
-            local: std::sync::Arc::default(),
-            known: std::sync::Mutex::default(),
+            local: Arc::default(),
+            known: Mutex::default(),
+            held: Arc::default(),
+            heartbeat: tokio::sync::OnceCell::new(),
+            looking: tokio::sync::Mutex::new(()),
         }
     }
 
-    async fn take(
-        &self,
-        account: &str,
-        capacity: usize,
-        hold: Duration,
-    ) -> Result<Option<(i32, String)>> {
+    /// The term a taken slot lasts unrenewed; the first call reads it and starts the
+    /// heartbeat.
+    async fn term(&self) -> Result<Duration> {
+        let (term, _) = self
+            .heartbeat
+            .get_or_try_init(|| async {
+                let client = self.pool.get().await.context("no PostgreSQL connection")?;
+                let row = client
+                    .query_opt(
+                        "SELECT value FROM settings WHERE key = $1",
+                        &[&super::LEASE_SECONDS_SETTING],
+                    )
+                    .await?;
+                let term = match row {
+                    Some(row) => super::lease_term_of(&row.get::<_, String>(0))?,
+                    None => super::settings::DEFAULT_LEASE,
+                };
+                let renewing =
+                    tokio::spawn(renew_slots(self.pool.clone(), self.held.clone(), term));
+                anyhow::Ok((term, renewing))
+            })
+            .await?;
+        Ok(*term)
+    }
+
+    async fn take(&self, account: &str, capacity: usize) -> Result<Option<(i32, String)>> {
+        let term = self.term().await?;
         let client = self.pool.get().await.context("no PostgreSQL connection")?;
         let known = (account.to_string(), capacity);
         if !self
@@ -548,6 +583,11 @@ impl PgSlots {
                 .insert(known);
         }
         let token = format!("{:016x}", fastrand::u64(..));
+        // Renewed from the moment it is taken: the heartbeat may run before this returns.
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone());
         let row = client
             .query_opt(
                 &format!(
@@ -563,17 +603,68 @@ impl PgSlots {
                     &(capacity as i32),
                     &token,
                     &self.worker,
-                    &(hold.as_millis() as i64),
+                    &(term.as_millis() as i64),
                 ],
             )
-            .await?;
-        Ok(row.map(|r| (r.get(0), token)))
+            .await
+            .map(|row| row.map(|r| r.get::<_, i32>(0)));
+        if !matches!(row, Ok(Some(_))) {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+        }
+        Ok(row?.map(|slot| (slot, token)))
+    }
+}
+
+impl Drop for PgSlots {
+    fn drop(&mut self) {
+        if let Some((_, renewing)) = self.heartbeat.get() {
+            renewing.abort();
+        }
+    }
+}
+
+/// Renews the slots in `held` three times a term. A renewal that fails is tried again at the
+/// next beat; slots unrenewed for a whole term may be taken by another worker.
+async fn renew_slots(pool: Pool, held: Arc<Mutex<HashSet<String>>>, term: Duration) {
+    loop {
+        tokio::time::sleep(term / 3).await;
+        let tokens: Vec<String> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        let renewal = async {
+            let client = pool.get().await?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE account_slots SET expires_ms = {NOW} + $2
+                         WHERE token = ANY($1) AND expires_ms > 0"
+                    ),
+                    &[&tokens, &(term.as_millis() as i64)],
+                )
+                .await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(term / 3, renewal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not renew the vendor account slots held: {e:#}"),
+            Err(_) => tracing::warn!("renewing the vendor account slots held timed out"),
+        }
     }
 }
 
 /// A slot taken in the database; given back when dropped.
 struct PgSlot {
     pool: Pool,
+    held: Arc<Mutex<HashSet<String>>>,
     account: String,
     slot: i32,
     token: String,
@@ -581,6 +672,10 @@ struct PgSlot {
 
 impl Drop for PgSlot {
     fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.token);
         let (pool, account, slot, token) = (
             self.pool.clone(),
             std::mem::take(&mut self.account),
@@ -608,15 +703,18 @@ impl crate::broker::AccountSlots for PgSlots {
         &'a self,
         account: &'a str,
         capacity: usize,
-        hold_at_most: Duration,
     ) -> futures_util::future::BoxFuture<'a, Result<crate::broker::AccountSlot>> {
         Box::pin(async move {
             let local = self.local.local(account, capacity).await;
             let mut wait = Duration::from_millis(2);
             loop {
-                if let Some((slot, token)) = self.take(account, capacity, hold_at_most).await? {
+                let looking = self.looking.lock().await;
+                let taken = self.take(account, capacity).await?;
+                drop(looking);
+                if let Some((slot, token)) = taken {
                     let held = PgSlot {
                         pool: self.pool.clone(),
+                        held: self.held.clone(),
                         account: account.to_string(),
                         slot,
                         token,

@@ -12,7 +12,7 @@ use crate::approval::Approval;
 /// The setting holding how long, in seconds, an export's lease lasts unrenewed: how soon
 /// another worker takes over the run of a worker that died (PostgreSQL).
 pub const LEASE_SECONDS_SETTING: &str = "lease-seconds";
-const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// A `lease-seconds` value as a term: seconds, from 1 to 3600.
 pub fn lease_term_of(text: &str) -> Result<Duration> {
