@@ -173,7 +173,8 @@ impl CampaignMonitorSim {
                 if !latency.is_zero() {
                     tokio::time::sleep(latency).await;
                 }
-                handle(&state, method, uri, headers, body)
+                super::apart_from_the_network(move || handle(&state, method, uri, headers, body))
+                    .await
             }
         })
         .await?;

@@ -457,12 +457,12 @@ async fn handle(
 }
 
 async fn serve(
-    state: &Mutex<State>,
+    state: &Arc<Mutex<State>>,
     peak: &AtomicUsize,
     method: &Method,
     uri: &Uri,
     authorization: Option<&str>,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<Response, Problem> {
     let path = uri.path().trim_start_matches('/');
     if let Some(rest) = path.strip_prefix("oauth2/") {
@@ -504,9 +504,30 @@ async fn serve(
     if !behaviour.latency.is_zero() {
         tokio::time::sleep(behaviour.latency).await;
     }
+    let (state, method, uri, body) = (state.clone(), method.clone(), uri.clone(), body.clone());
+    super::apart_from_the_network(move || {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        route(
+            &mut state.lock().unwrap(),
+            account,
+            &method,
+            &uri,
+            &parts,
+            &body,
+        )
+    })
+    .await
+}
 
-    let mut s = state.lock().unwrap();
-    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+/// Answers an authenticated API request for `account`.
+fn route(
+    s: &mut State,
+    account: usize,
+    method: &Method,
+    uri: &Uri,
+    parts: &[&str],
+    body: &[u8],
+) -> Result<Response, Problem> {
     let not_found = || {
         problem(
             StatusCode::NOT_FOUND,
@@ -515,7 +536,7 @@ async fn serve(
         )
     };
     let owned = |s: &State, id: &str| s.audiences.get(id).is_some_and(|a| a.account == account);
-    match (method.as_str(), parts.as_slice()) {
+    match (method.as_str(), parts) {
         ("GET", ["ping"]) => Ok(ok(json!({"health_status": "Everything's Chimpy!"}))),
         ("GET", ["lists"]) => {
             let lists: Vec<Value> = s
@@ -526,8 +547,8 @@ async fn serve(
                 .collect();
             Ok(ok(json!({"total_items": lists.len(), "lists": lists})))
         }
-        ("GET", ["lists", id]) if owned(&s, id) => Ok(ok(audience_json(id, &s.audiences[*id]))),
-        ("GET", ["lists", id, "merge-fields"]) if owned(&s, id) => {
+        ("GET", ["lists", id]) if owned(s, id) => Ok(ok(audience_json(id, &s.audiences[*id]))),
+        ("GET", ["lists", id, "merge-fields"]) if owned(s, id) => {
             let fields: Vec<Value> = s.audiences[*id]
                 .merge_fields
                 .iter()
@@ -539,17 +560,17 @@ async fn serve(
                 json!({"merge_fields": fields, "list_id": id, "total_items": total}),
             ))
         }
-        ("GET", ["lists", id, "members", who]) if owned(&s, id) => {
+        ("GET", ["lists", id, "members", who]) if owned(s, id) => {
             let member = s.audiences[*id]
                 .members
                 .get(&member_hash(who))
                 .ok_or_else(not_found)?;
             Ok(ok(member_json(id, member)))
         }
-        ("PUT", ["lists", id, "members", who]) if owned(&s, id) => {
-            put_member(&mut s, id, &member_hash(who), body).map(ok)
+        ("PUT", ["lists", id, "members", who]) if owned(s, id) => {
+            put_member(s, id, &member_hash(who), body).map(ok)
         }
-        ("DELETE", ["lists", id, "members", who]) if owned(&s, id) => {
+        ("DELETE", ["lists", id, "members", who]) if owned(s, id) => {
             let audience = s.audiences.get_mut(*id).unwrap();
             let member = audience
                 .members
@@ -558,11 +579,11 @@ async fn serve(
             member.status = Status::Archived;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        ("POST", ["lists", id, "members", who, "tags"]) if owned(&s, id) => {
-            member_tags(&mut s, id, &member_hash(who), body)?;
+        ("POST", ["lists", id, "members", who, "tags"]) if owned(s, id) => {
+            member_tags(s, id, &member_hash(who), body)?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        ("GET", ["lists", id, "segments"]) if owned(&s, id) => {
+        ("GET", ["lists", id, "segments"]) if owned(s, id) => {
             let audience = &s.audiences[*id];
             let counted = wants_field(uri, "segments.member_count");
             let segments: Vec<Value> = audience
@@ -587,14 +608,12 @@ async fn serve(
                 json!({"segments": segments, "list_id": id, "total_items": total}),
             ))
         }
-        ("POST", ["lists", id, "segments"]) if owned(&s, id) => {
-            create_segment(&mut s, id, body).map(ok)
+        ("POST", ["lists", id, "segments"]) if owned(s, id) => create_segment(s, id, body).map(ok),
+        ("POST", ["lists", id, "segments", sid]) if owned(s, id) => {
+            change_segment(s, id, sid, body).map(ok)
         }
-        ("POST", ["lists", id, "segments", sid]) if owned(&s, id) => {
-            change_segment(&mut s, id, sid, body).map(ok)
-        }
-        ("POST", ["lists", id]) if owned(&s, id) => batch(&mut s, id, uri, body).map(ok),
-        (_, ["lists", id, ..]) if !owned(&s, id) => Err(not_found()),
+        ("POST", ["lists", id]) if owned(s, id) => batch(s, id, uri, body).map(ok),
+        (_, ["lists", id, ..]) if !owned(s, id) => Err(not_found()),
         (_, ["ping" | "lists", ..]) => Err(problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",

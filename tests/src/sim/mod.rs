@@ -81,6 +81,19 @@ impl Faults {
     }
 }
 
+/// Runs a simulator's work on its state (its lock held, its CPU spent) on a blocking thread,
+/// so that a request waiting for the state never holds up the async workers that move every
+/// other connection's bytes. A vendor's network front does not stall while its servers work;
+/// a simulator that did would add its own queueing to the network time a benchmark measures.
+pub(crate) async fn apart_from_the_network<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(answer) => answer,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Where a simulator listens: a loopback port (0 picks a free one), over plain HTTP or HTTPS.
 #[derive(Clone, Default)]
 pub struct Listen {
