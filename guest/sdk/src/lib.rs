@@ -162,13 +162,18 @@ impl ConnectorError {
 impl Contact {
     /// First and last name joined by a space, or `None` when the contact has neither.
     pub fn full_name(&self) -> Option<String> {
-        let parts: Vec<&str> = [self.first_name.as_deref(), self.last_name.as_deref()]
-            .into_iter()
-            .flatten()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(" "))
+        let mut name = String::new();
+        let parts = [self.first_name.as_deref(), self.last_name.as_deref()];
+        for part in parts.into_iter().flatten().map(str::trim) {
+            if part.is_empty() {
+                continue;
+            }
+            if !name.is_empty() {
+                name.push(' ');
+            }
+            name.push_str(part);
+        }
+        (!name.is_empty()).then_some(name)
     }
 
     /// A mapped attribute by key.
