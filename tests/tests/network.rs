@@ -14,7 +14,7 @@ use connector_tests::sample;
 use connector_tests::sim::Listen;
 use connector_tests::sim::campaign_monitor::{Behaviour, CampaignMonitorSim};
 use connector_tests::sim::delay::DelayProxy;
-use connector_tests::sim::tls::TestCa;
+use connector_tests::sim::tls::{ServerCertificate, TestCa};
 
 const API_KEY: &str = "cm-network-key-0123456789";
 
@@ -29,7 +29,11 @@ struct World {
 }
 
 async fn world(profiles: u64) -> World {
-    let ca = TestCa::generate().unwrap();
+    world_with(profiles, TestCa::generate().unwrap()).await
+}
+
+/// [`world`] with a simulator holding a certificate from `ca`.
+async fn world_with(profiles: u64, ca: std::sync::Arc<TestCa>) -> World {
     let sim = CampaignMonitorSim::start_on(Listen::tls(&ca), Behaviour::default())
         .await
         .unwrap();
@@ -145,6 +149,44 @@ async fn a_vendor_certificate_from_an_unknown_ca_is_refused_before_any_request()
         "{words}"
     );
     assert_eq!(w.sim.server().answered().0, 0, "nothing reached the vendor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_name_or_out_of_date_is_refused_even_from_a_trusted_ca() {
+    let for_another_name = ServerCertificate {
+        names: vec!["vendor.invalid".into()],
+        ..ServerCertificate::default()
+    };
+    let expired = ServerCertificate {
+        expired: true,
+        ..ServerCertificate::default()
+    };
+    for (certificate, cause, remedy) in [
+        (
+            for_another_name,
+            "NotValidForName",
+            "check the connection's base URL",
+        ),
+        (expired, "Expired", "out of date"),
+    ] {
+        let w = world_with(20, TestCa::generate_with(certificate).unwrap()).await;
+        // The CA is in the bundle: only the certificate itself is wrong.
+        let host = w.host(w.trusted()).await;
+        let words = match w.export(&host, w.sim.base_url()).await {
+            Ok(report) => {
+                assert!(!report.succeeded());
+                report.summary()
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            words.contains("certificate it does not trust (")
+                && words.contains(cause)
+                && words.contains(remedy),
+            "{words}"
+        );
+        assert_eq!(w.sim.server().answered().0, 0, "nothing reached the vendor");
+    }
 }
 
 #[tokio::test]

@@ -194,8 +194,8 @@ fn send_error(error: &hyper_util::client::legacy::Error) -> SendError {
             // Not a passing fault: another attempt meets the same certificate.
             Some(rustls::Error::InvalidCertificate(why)) => {
                 return SendError::Refused(format!(
-                    "a TLS connection whose certificate it does not trust ({why:?}); a vendor \
-                     behind a private CA needs that CA in the CA bundle (--ca-bundle)"
+                    "a TLS connection whose certificate it does not trust ({why:?}); {}",
+                    certificate_remedy(why)
                 ));
             }
             Some(other) => {
@@ -221,6 +221,25 @@ fn tls_verdict<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e r
         inner = io.get_ref()?;
     }
     inner.downcast_ref::<rustls::Error>()
+}
+
+/// What an operator can do about a certificate the host refused.
+fn certificate_remedy(why: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as E;
+    match why {
+        E::UnknownIssuer => {
+            "a vendor behind a private CA needs that CA in the CA bundle (--ca-bundle)"
+        }
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            "the certificate is for another host name: check the connection's base URL"
+        }
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
+            "the certificate is out of date, or this machine's clock is wrong"
+        }
+        _ => {
+            "the vendor's certificate is not acceptable; the CA bundle (--ca-bundle) adds trusted CAs"
+        }
+    }
 }
 
 /// The host ran out of sockets for connectors.

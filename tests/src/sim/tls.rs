@@ -26,9 +26,34 @@ pub struct TestCa {
     server: Arc<rustls::ServerConfig>,
 }
 
+/// The server certificate a test CA signs, for tests of certificates a client must refuse.
+pub struct ServerCertificate {
+    /// The names it holds (DNS names or IP addresses).
+    pub names: Vec<String>,
+    /// Out of date: valid only in the year 2000.
+    pub expired: bool,
+}
+
+impl Default for ServerCertificate {
+    /// For loopback and the vendors' names, valid now.
+    fn default() -> Self {
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(VENDOR_NAMES.iter().map(|n| n.to_string()));
+        ServerCertificate {
+            names,
+            expired: false,
+        }
+    }
+}
+
 impl TestCa {
     /// A new CA (ECDSA P-256), and a server certificate for loopback and the vendors' names.
     pub fn generate() -> Result<Arc<TestCa>> {
+        TestCa::generate_with(ServerCertificate::default())
+    }
+
+    /// A new CA, and the server certificate `server` describes.
+    pub fn generate_with(server: ServerCertificate) -> Result<Arc<TestCa>> {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.distinguished_name
             .push(DnType::CommonName, "connector host test CA");
@@ -36,11 +61,13 @@ impl TestCa {
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
-        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        names.extend(VENDOR_NAMES.iter().map(|n| n.to_string()));
-        let mut leaf = CertificateParams::new(names)?;
+        let mut leaf = CertificateParams::new(server.names)?;
         leaf.distinguished_name
             .push(DnType::CommonName, "vendor simulator");
+        if server.expired {
+            leaf.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
         let key = KeyPair::generate()?;
         let cert = leaf.signed_by(&key, &ca)?;
 
