@@ -127,6 +127,25 @@ struct SimStats {
 }
 
 impl SimProcess {
+    /// CPU time the simulator's process has used (user and system), from `/proc`.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .filter_map(|f| f.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // SAFETY: sysconf only reads a constant of the system.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let used = fields.get(10).unwrap_or(&0) + fields.get(11).unwrap_or(&0);
+        Duration::from_secs_f64(used as f64 / ticks)
+    }
+
     /// A connection named `name` to this simulator's account through `connector`, the
     /// privacy notice accepted.
     fn connection(&self, name: &str, connector: &str) -> ConnectionRequest {
@@ -835,21 +854,34 @@ impl Bench {
             "\n1. {} profiles, segment `everyone`, no injected latency",
             self.args.profiles
         );
+        // Host and simulator share the machine's cores: their CPU times show which one the
+        // wall time waits on.
         println!(
-            "   {:<18} {:>9} {:>12} {:>14} {:>9} {:>9}",
-            "vendor", "wall s", "profiles/s", "peak RSS MB", "requests", "sent"
+            "   {:<18} {:>9} {:>12} {:>14} {:>9} {:>9} {:>11} {:>10}",
+            "vendor",
+            "wall s",
+            "profiles/s",
+            "peak RSS MB",
+            "requests",
+            "sent",
+            "host CPU s",
+            "sim CPU s"
         );
         for connector in ["campaign-monitor", "mailchimp"] {
             let sim = SimProcess::start(connector, 0)?;
+            let (host_before, sim_before) = (cpu_time(), sim.cpu());
             let (report, wall, rss) = run(&self.host, connector, &sim, &self.source, None).await?;
+            let (host_cpu, sim_cpu) = (cpu_time() - host_before, sim.cpu() - sim_before);
             println!(
-                "   {:<18} {:>9.2} {:>12.0} {:>14.1} {:>9} {:>9}",
+                "   {:<18} {:>9.2} {:>12.0} {:>14.1} {:>9} {:>9} {:>11.2} {:>10.2}",
                 connector,
                 wall.as_secs_f64(),
                 report.counts.profiles as f64 / wall.as_secs_f64(),
                 rss,
                 report.requests,
-                report.counts.sent()
+                report.counts.sent(),
+                host_cpu.as_secs_f64(),
+                sim_cpu.as_secs_f64()
             );
         }
         Ok(())
