@@ -64,6 +64,17 @@ impl World {
         }
     }
 
+    /// The words of an export to the simulator that must fail: the report's or the error's.
+    async fn refusal(&self, host: &ConnectorHost) -> String {
+        match self.export(host, self.sim.base_url()).await {
+            Ok(report) => {
+                assert!(!report.succeeded(), "the export succeeded");
+                report.summary()
+            }
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     /// Exports `everyone` to the list through `base_url`.
     async fn export(&self, host: &ConnectorHost, base_url: String) -> anyhow::Result<RunReport> {
         let connection = Connection {
@@ -135,13 +146,7 @@ async fn fresh_connections_open_one_a_request_over_http1() {
 async fn a_vendor_certificate_from_an_unknown_ca_is_refused_before_any_request() {
     let w = world(200).await;
     let host = w.host(NetworkOptions::default()).await;
-    let words = match w.export(&host, w.sim.base_url()).await {
-        Ok(report) => {
-            assert!(!report.succeeded());
-            report.summary()
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let words = w.refusal(&host).await;
     // The words name the cause and the remedy, and the run is not retried into the ground.
     assert!(
         words.contains("certificate it does not trust (UnknownIssuer)")
@@ -172,13 +177,7 @@ async fn a_certificate_for_another_name_or_out_of_date_is_refused_even_from_a_tr
         let w = world_with(20, TestCa::generate_with(certificate).unwrap()).await;
         // The CA is in the bundle: only the certificate itself is wrong.
         let host = w.host(w.trusted()).await;
-        let words = match w.export(&host, w.sim.base_url()).await {
-            Ok(report) => {
-                assert!(!report.succeeded());
-                report.summary()
-            }
-            Err(e) => format!("{e:#}"),
-        };
+        let words = w.refusal(&host).await;
         assert!(
             words.contains("certificate it does not trust (")
                 && words.contains(cause)
