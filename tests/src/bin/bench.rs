@@ -131,18 +131,17 @@ impl SimProcess {
     fn cpu(&self) -> Duration {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-        let fields: Vec<u64> = stat
+        // The fields after the command's closing parenthesis, by position (some, such as
+        // tpgid, are -1 when the process has no terminal): state first, utime the 12th,
+        // stime the 13th.
+        let fields: Vec<&str> = stat
             .rsplit_once(')')
-            .map(|(_, rest)| {
-                rest.split_whitespace()
-                    .filter_map(|f| f.parse().ok())
-                    .collect()
-            })
+            .map(|(_, rest)| rest.split_whitespace().collect())
             .unwrap_or_default();
+        let field = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
         // SAFETY: sysconf only reads a constant of the system.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let used = fields.get(10).unwrap_or(&0) + fields.get(11).unwrap_or(&0);
+        let used = field(11) + field(12);
         Duration::from_secs_f64(used as f64 / ticks)
     }
 
