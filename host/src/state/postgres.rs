@@ -515,7 +515,9 @@ pub(super) struct PgSlots {
     known: Mutex<HashSet<(String, usize)>>,
     /// Tokens of the slots this process holds, renewed together.
     held: Arc<Mutex<HashSet<String>>>,
-    /// The lease term, read on first use, and the heartbeat renewing `held`.
+    /// The lease term, read on first use (once a process, not every request: a changed
+    /// `lease-seconds` reaches the slots when the worker restarts), and the heartbeat renewing
+    /// `held`.
     heartbeat: tokio::sync::OnceCell<(Duration, tokio::task::JoinHandle<()>)>,
     /// Held while looking for a free slot: the process's waiting requests look one at a
     /// time, so that they never crowd out its other uses of the database (a lease's renewal).
