@@ -44,111 +44,84 @@ const INVALID_LIST_ID: i64 = 101;
 const IMPORT_HAD_FAILURES: i64 = 210;
 /// Error code of a subscriber lookup or removal for an address the list does not have.
 const NOT_IN_LIST: i64 = 203;
-/// Contact fields every export can map; any other mapped field is one of the list's custom fields.
-const DECLARED_FIELDS: [&str; 4] = ["email", "first-name", "last-name", "consent-to-track"];
 
 impl Connector for CampaignMonitor {
+    const NAME: &'static str = "Campaign Monitor";
+    /// Reading the account's clients proves the credential.
+    const CREDENTIAL_CHECK: &'static str = "/clients.json";
+    type Settings = Settings;
+
     fn describe() -> ConnectorInfo {
-        ConnectorInfo {
-            id: "campaign-monitor".into(),
-            display_name: "Campaign Monitor".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            default_base_url: "https://api.createsend.com/api/v3.3".into(),
-            hosts: vec!["api.createsend.com".into()],
-            auth: AuthScheme::BasicSecretAsUser("x".into()),
-            config_fields: vec![
-                ConfigField {
-                    key: "list-id".into(),
-                    label: "List ID".into(),
-                    help: "The API list ID (32 hex characters), shown on the list's \"change name/type\" page.".into(),
-                    required: true,
-                },
-                ConfigField {
-                    key: "consent-to-track".into(),
-                    label: "Consent to track".into(),
-                    help: "Yes, No or Unchanged (default): the tracking consent recorded for contacts without a mapped consent-to-track field.".into(),
-                    required: false,
-                },
-            ],
-            contact_fields: vec![
-                ContactField::new("email", "Email", true, MAX_EMAIL_LENGTH),
-                ContactField::new("first-name", "First name", false, MAX_NAME_PART),
-                ContactField::new("last-name", "Last name", false, MAX_NAME_PART),
-                ContactField::new("consent-to-track", "Consent to track (yes/no)", false, 0),
-            ],
-            custom_fields: true,
-            custom_field_max_length: MAX_CUSTOM_FIELD_VALUE,
-            leave_actions: vec![
-                LeaveAction::new(
-                    "unsubscribe",
-                    "Unsubscribe",
-                    "Unsubscribes the contact from the list. Irreversible: Campaign Monitor re-activates unsubscribed people only when they subscribe again themselves.",
-                    false,
-                ),
-                LeaveAction::new(
-                    "delete",
-                    "Delete",
-                    "Moves the contact to the list's deleted state. Irreversible: a deleted contact cannot be added back by an export.",
-                    false,
-                ),
-            ],
-            max_batch_size: MAX_BATCH,
+        Description::new("campaign-monitor", Self::NAME, env!("CARGO_PKG_VERSION"))
+            .base_url("https://api.createsend.com/api/v3.3")
+            .auth(AuthScheme::BasicSecretAsUser("x".into()))
+            .setting(
+                "list-id",
+                "List ID",
+                "The API list ID (32 hex characters), shown on the list's \"change name/type\" page.",
+            )
+            .optional_setting(
+                "consent-to-track",
+                "Consent to track",
+                "Yes, No or Unchanged (default): the tracking consent recorded for contacts without a mapped consent-to-track field.",
+            )
+            .field("first-name", "First name", MAX_NAME_PART)
+            .field("last-name", "Last name", MAX_NAME_PART)
+            .field("consent-to-track", "Consent to track (yes/no)", 0)
+            .custom_fields(MAX_CUSTOM_FIELD_VALUE)
+            .leave_action(
+                "unsubscribe",
+                "Unsubscribe",
+                "Unsubscribes the contact from the list. Irreversible: Campaign Monitor re-activates unsubscribed people only when they subscribe again themselves.",
+                false,
+            )
+            .leave_action(
+                "delete",
+                "Delete",
+                "Moves the contact to the list's deleted state. Irreversible: a deleted contact cannot be added back by an export.",
+                false,
+            )
             // Campaign Monitor publishes no concurrency or rate limit for imports (it throttles
             // with 429, which the host's broker rides out).
-            max_concurrent_requests: 0,
-            max_requests_per_second: 0,
-        }
+            .max_batch_size(MAX_BATCH)
+            .build()
     }
 
-    fn validate(config: ExportConfig) -> Result<(), ConnectorError> {
-        if config.settings.is_empty() {
-            // A connection being saved: reading the account's clients proves the credential.
-            let response = http::get(&format!("{}/clients.json", config.base_url))?;
-            return match response.is_success() {
-                true => Ok(()),
-                false => Err(vendor_error(&response, "")),
-            };
-        }
-        let settings = Settings::from(&config)?;
-        let response = http::get(&format!(
-            "{}/lists/{}.json",
-            config.base_url, settings.list_id
-        ))?;
+    fn validate(export: &Export<Settings>) -> Result<(), ConnectorError> {
+        let list_id = &export.settings.list_id;
+        let response = http::get(&export.url(&format!("/lists/{list_id}.json")))?;
         if !response.is_success() {
-            return Err(vendor_error(&response, settings.list_id));
+            return Err(list_error(&response, list_id));
         }
-        let custom: Vec<&str> = config.custom_fields(&DECLARED_FIELDS).collect();
+        let custom: Vec<&str> = export.custom_fields().collect();
         if custom.is_empty() {
             return Ok(());
         }
-        let response = http::get(&format!(
-            "{}/lists/{}/customfields.json",
-            config.base_url, settings.list_id
-        ))?;
+        let response = http::get(&export.url(&format!("/lists/{list_id}/customfields.json")))?;
         if !response.is_success() {
-            return Err(vendor_error(&response, settings.list_id));
+            return Err(list_error(&response, list_id));
         }
         let fields: Vec<CustomField> = response.json()?;
         let keys: Vec<&str> = fields.iter().map(|f| f.key.as_str()).collect();
         match missing_field(&custom, &keys, same_key) {
             Some((wanted, known)) => Err(ConnectorError::invalid_config(format!(
-                "list `{}` has no custom field `{wanted}` (its custom fields: {known})",
-                settings.list_id
+                "list `{list_id}` has no custom field `{wanted}` (its custom fields: {known})"
             ))),
             None => Ok(()),
         }
     }
 
+    fn vendor_error(response: &Response) -> ConnectorError {
+        list_error(response, "")
+    }
+
     fn export_batch(
-        config: ExportConfig,
-        contacts: Vec<Contact>,
+        export: &Export<Settings>,
+        contacts: &[Contact],
     ) -> Result<BatchReport, ConnectorError> {
-        let settings = Settings::from(&config)?;
-        if let Some(empty) = check_batch("Campaign Monitor", &contacts, MAX_BATCH)? {
-            return Ok(empty);
-        }
-        let maps_name = config.maps("first-name") || config.maps("last-name");
-        let custom: Vec<&str> = config.custom_fields(&DECLARED_FIELDS).collect();
+        let settings = &export.settings;
+        let maps_name = export.maps("first-name") || export.maps("last-name");
+        let custom: Vec<&str> = export.custom_fields().collect();
         let subscribers = contacts
             .iter()
             .map(|c| Subscriber {
@@ -173,7 +146,7 @@ impl Connector for CampaignMonitor {
                 consent_to_track: c
                     .attribute("consent-to-track")
                     .map(consent_value)
-                    .unwrap_or(settings.consent),
+                    .unwrap_or(settings.consent_to_track.as_str()),
             })
             .collect();
         let request = ImportRequest {
@@ -182,10 +155,7 @@ impl Connector for CampaignMonitor {
             queue_subscription_based_autoresponders: false,
             restart_subscription_based_autoresponders: false,
         };
-        let url = format!(
-            "{}/subscribers/{}/import.json",
-            config.base_url, settings.list_id
-        );
+        let url = export.url(&format!("/subscribers/{}/import.json", settings.list_id));
         let response = http::post_json(&url, &request)?;
         let result: ImportResult = if response.is_success() {
             response.json()?
@@ -196,25 +166,22 @@ impl Connector for CampaignMonitor {
                     result_data: Some(data),
                     ..
                 }) => data,
-                _ => return Err(vendor_error(&response, settings.list_id)),
+                _ => return Err(list_error(&response, &settings.list_id)),
             }
         };
-        report(&contacts, result)
+        report(contacts, result)
     }
 
     fn apply_leave_action(
-        config: ExportConfig,
-        action: String,
-        contacts: Vec<Contact>,
+        export: &Export<Settings>,
+        action: &str,
+        contacts: &[Contact],
     ) -> Result<BatchReport, ConnectorError> {
-        let settings = Settings::from(&config)?;
-        if let Some(empty) = check_batch("Campaign Monitor", &contacts, MAX_BATCH)? {
-            return Ok(empty);
-        }
-        let list_url = format!("{}/subscribers/{}", config.base_url, settings.list_id);
+        let list_id = &export.settings.list_id;
+        let list_url = export.url(&format!("/subscribers/{list_id}"));
         let remove = |email: &str| -> Result<Request, ConnectorError> {
             let query = format!("email={}", http::encode_component(email));
-            match action.as_str() {
+            match action {
                 "unsubscribe" => Request::json(
                     Method::Post,
                     format!("{list_url}/unsubscribe.json"),
@@ -228,7 +195,7 @@ impl Connector for CampaignMonitor {
                     body: None,
                 }),
                 other => Err(ConnectorError::invalid_config(format!(
-                    "Campaign Monitor has no leave action `{other}` (it has: unsubscribe, delete)"
+                    "Campaign Monitor has no leave action `{other}`"
                 ))),
             }
         };
@@ -240,7 +207,7 @@ impl Connector for CampaignMonitor {
                 Request::get(format!("{list_url}.json?email={query}"))
             })
             .collect();
-        let mut report = ReportBuilder::new("Campaign Monitor", &contacts);
+        let mut report = ReportBuilder::new(Self::NAME, contacts);
         let (mut acted, mut to_remove) = (0u32, vec![]);
         for (contact, answer) in contacts.iter().zip(http::send_all(&lookups)) {
             let answer = answer?;
@@ -263,7 +230,7 @@ impl Connector for CampaignMonitor {
             } else if envelope_code(&answer) == Some(NOT_IN_LIST) {
                 acted += 1; // gone already: nothing to do
             } else {
-                return Err(vendor_error(&answer, settings.list_id));
+                return Err(list_error(&answer, list_id));
             }
         }
         let removals: Vec<Request> = to_remove
@@ -275,7 +242,7 @@ impl Connector for CampaignMonitor {
             if answer.is_success() || envelope_code(&answer) == Some(NOT_IN_LIST) {
                 acted += 1;
             } else if answer.status == 400 {
-                let error = vendor_error(&answer, settings.list_id);
+                let error = list_error(&answer, list_id);
                 report.issue(
                     email,
                     IssueKind::Rejected,
@@ -283,7 +250,7 @@ impl Connector for CampaignMonitor {
                     error.message,
                 )?;
             } else {
-                return Err(vendor_error(&answer, settings.list_id));
+                return Err(list_error(&answer, list_id));
             }
         }
         report.finish(0, acted)
@@ -306,35 +273,41 @@ fn envelope_code(response: &Response) -> Option<i64> {
     response.json::<Envelope>().ok().map(|e| e.code)
 }
 
-/// An export's settings, checked.
-struct Settings<'a> {
-    list_id: &'a str,
-    consent: &'static str,
+/// An export's settings.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Settings {
+    /// The API list ID: 32 hex characters.
+    #[serde(deserialize_with = "list_id")]
+    list_id: String,
+    /// `Yes`, `No` or `Unchanged`, for contacts without a mapped consent-to-track field.
+    #[serde(default = "unchanged", deserialize_with = "consent_setting")]
+    consent_to_track: String,
 }
 
-impl<'a> Settings<'a> {
-    fn from(config: &'a ExportConfig) -> Result<Settings<'a>, ConnectorError> {
-        let list_id = config.require("list-id")?.trim();
-        if list_id.len() != 32 || !list_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ConnectorError::invalid_config(format!(
-                "list-id `{list_id}` is not a Campaign Monitor list ID (32 hex characters)"
-            )));
-        }
-        let consent = match config
-            .get("consent-to-track")
-            .map(|v| v.trim().to_ascii_lowercase())
-        {
-            None => "Unchanged",
-            Some(v) if v.is_empty() || v == "unchanged" => "Unchanged",
-            Some(v) if v == "yes" => "Yes",
-            Some(v) if v == "no" => "No",
-            Some(v) => {
-                return Err(ConnectorError::invalid_config(format!(
-                    "consent-to-track `{v}` must be Yes, No or Unchanged"
-                )));
-            }
-        };
-        Ok(Settings { list_id, consent })
+fn list_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(serde::de::Error::custom(format!(
+            "list-id `{id}` is not a Campaign Monitor list ID (32 hex characters)"
+        )));
+    }
+    Ok(id)
+}
+
+fn unchanged() -> String {
+    "Unchanged".into()
+}
+
+fn consent_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    match value.to_ascii_lowercase().as_str() {
+        "unchanged" => Ok(unchanged()),
+        "yes" => Ok("Yes".into()),
+        "no" => Ok("No".into()),
+        _ => Err(serde::de::Error::custom(format!(
+            "consent-to-track `{value}` must be Yes, No or Unchanged"
+        ))),
     }
 }
 
@@ -366,7 +339,7 @@ struct Subscriber<'a> {
     name: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     custom_fields: Vec<CustomFieldValue<'a>>,
-    consent_to_track: &'static str,
+    consent_to_track: &'a str,
 }
 
 #[derive(Serialize)]
@@ -427,7 +400,7 @@ struct Envelope {
 /// Turns an import result into one outcome per contact. Campaign Monitor reports created and
 /// updated as totals and names only the addresses that failed.
 fn report(contacts: &[Contact], result: ImportResult) -> Result<BatchReport, ConnectorError> {
-    let mut report = ReportBuilder::new("Campaign Monitor", contacts);
+    let mut report = ReportBuilder::new(CampaignMonitor::NAME, contacts);
     for failure in &result.failure_details {
         let kind = if SUPPRESSED_CODES.contains(&failure.code) {
             IssueKind::Suppressed
@@ -447,42 +420,28 @@ fn report(contacts: &[Contact], result: ImportResult) -> Result<BatchReport, Con
     )
 }
 
-/// Maps a non-success answer to a connector error.
-fn vendor_error(response: &Response, list_id: &str) -> ConnectorError {
-    let envelope = response.json::<Envelope>().ok();
-    let (code, message) = match &envelope {
-        Some(e) => (Some(e.code), e.message.clone()),
-        None => (
-            None,
-            format!("HTTP {}: {}", response.status, response.body_excerpt()),
-        ),
+/// Maps a non-success answer to a connector error: Campaign Monitor's envelope carries its own
+/// code, and an unknown list is Code 101 (with HTTP 400 or 401), not a 404.
+fn list_error(response: &Response, list_id: &str) -> ConnectorError {
+    let Ok(envelope) = response.json::<Envelope>() else {
+        return response.error(CampaignMonitor::NAME);
     };
-    let described = match code {
-        Some(code) => format!("Campaign Monitor error {code}: {message}"),
-        None => format!("Campaign Monitor answered {message}"),
-    };
-    let kind = match (response.status, code) {
-        (_, Some(INVALID_LIST_ID)) => {
-            return ConnectorError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "list `{list_id}` was not found in the Campaign Monitor account ({described})"
-                ),
-            )
-            .with_code(INVALID_LIST_ID);
-        }
-        (401, _) => ErrorKind::Unauthorized,
-        (429, _) => ErrorKind::RateLimited,
-        _ => ErrorKind::Vendor,
-    };
-    let message = match kind {
-        ErrorKind::Unauthorized => format!("Campaign Monitor refused the credential ({described})"),
-        _ => described,
-    };
-    let mut error = ConnectorError::new(kind, message)
-        .retryable(response.status == 429 || response.status >= 500);
-    error.vendor_code = code.map(|c| c.to_string());
-    error
+    let said = format!(
+        "Campaign Monitor error {}: {}",
+        envelope.code, envelope.message
+    );
+    if envelope.code == INVALID_LIST_ID {
+        return ConnectorError::new(
+            ErrorKind::NotFound,
+            format!("list `{list_id}` was not found in the Campaign Monitor account ({said})"),
+        )
+        .with_code(INVALID_LIST_ID);
+    }
+    let mut error = http::vendor_error(CampaignMonitor::NAME, response.status, &said);
+    if error.kind == ErrorKind::Vendor {
+        error.message = said;
+    }
+    error.with_code(envelope.code)
 }
 
 export_connector!(CampaignMonitor);

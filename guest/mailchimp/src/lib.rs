@@ -48,114 +48,90 @@ const SUPPRESSION_PHRASES: [&str; 3] =
 const KEPT_OUT: [&str; 2] = ["unsubscribed", "cleaned"];
 
 impl Connector for Mailchimp {
+    const NAME: &'static str = "Mailchimp";
+    /// The health check answers only a valid credential.
+    const CREDENTIAL_CHECK: &'static str = "/ping";
+    type Settings = Settings;
+
     fn describe() -> ConnectorInfo {
-        let setting = |key: &str, label: &str, help: &str, required: bool| ConfigField {
-            key: key.into(),
-            label: label.into(),
-            help: help.into(),
-            required,
-        };
-        ConnectorInfo {
-            id: "mailchimp".into(),
-            display_name: "Mailchimp".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            default_base_url: "https://{dc}.api.mailchimp.com/3.0".into(),
-            hosts: vec!["*.api.mailchimp.com".into()],
-            auth: AuthScheme::BasicSecretAsPassword("connector-host".into()),
-            config_fields: vec![
-                setting(
-                    "audience-id",
-                    "Audience ID",
-                    "Audience -> Settings -> Audience name and defaults -> Audience ID (not the numeric web id).",
-                    true,
-                ),
-                setting(
-                    "new-status",
-                    "Status of new contacts",
-                    "subscribed (default) or pending (Mailchimp sends a confirmation email first). Applies to new members only; an existing member's status is never changed.",
-                    false,
-                ),
-                setting(
-                    "first-name-merge-field",
-                    "First-name merge field",
-                    "Merge tag for the first name (default FNAME).",
-                    false,
-                ),
-                setting(
-                    "last-name-merge-field",
-                    "Last-name merge field",
-                    "Merge tag for the last name (default LNAME).",
-                    false,
-                ),
-                setting(
-                    "tags",
-                    "Tags",
-                    "Comma-separated tags added to every exported contact, e.g. cdp:newsletter.",
-                    false,
-                ),
-                setting(
-                    "membership-tag",
-                    "Membership tag",
-                    "A tag every contact the export sends carries and that leavers lose (needed by the untag leave action), e.g. cdp:in-newsletter.",
-                    false,
-                ),
-            ],
-            contact_fields: vec![
-                ContactField::new("email", "Email", true, MAX_EMAIL_LENGTH),
-                ContactField::new("first-name", "First name", false, MAX_TEXT_MERGE_FIELD),
-                ContactField::new("last-name", "Last name", false, MAX_TEXT_MERGE_FIELD),
-            ],
-            custom_fields: true,
-            custom_field_max_length: MAX_TEXT_MERGE_FIELD,
-            leave_actions: vec![
-                LeaveAction::new(
-                    "archive",
-                    "Archive",
-                    "Archives the member (DELETE member). Reversible: a contact who rejoins the segment is added back.",
-                    true,
-                ),
-                LeaveAction::new(
-                    "untag",
-                    "Remove the membership tag",
-                    "Removes the export's membership-tag from the member, who stays on the audience. Reversible: the tag returns when they rejoin.",
-                    true,
-                ),
-                LeaveAction::new(
-                    "unsubscribe",
-                    "Unsubscribe",
-                    "Unsubscribes the member. Irreversible: Mailchimp lets only the contact subscribe again.",
-                    false,
-                ),
-            ],
-            max_batch_size: MAX_BATCH,
+        Description::new("mailchimp", Self::NAME, env!("CARGO_PKG_VERSION"))
+            .base_url("https://{dc}.api.mailchimp.com/3.0")
+            .auth(AuthScheme::BasicSecretAsPassword("connector-host".into()))
+            .setting(
+                "audience-id",
+                "Audience ID",
+                "Audience -> Settings -> Audience name and defaults -> Audience ID (not the numeric web id).",
+            )
+            .optional_setting(
+                "new-status",
+                "Status of new contacts",
+                "subscribed (default) or pending (Mailchimp sends a confirmation email first). Applies to new members only; an existing member's status is never changed.",
+            )
+            .optional_setting(
+                "first-name-merge-field",
+                "First-name merge field",
+                "Merge tag for the first name (default FNAME).",
+            )
+            .optional_setting(
+                "last-name-merge-field",
+                "Last-name merge field",
+                "Merge tag for the last name (default LNAME).",
+            )
+            .optional_setting(
+                "tags",
+                "Tags",
+                "Comma-separated tags added to every exported contact, e.g. cdp:newsletter.",
+            )
+            .optional_setting(
+                "membership-tag",
+                "Membership tag",
+                "A tag every contact the export sends carries and that leavers lose (needed by the untag leave action), e.g. cdp:in-newsletter.",
+            )
+            .field("first-name", "First name", MAX_TEXT_MERGE_FIELD)
+            .field("last-name", "Last name", MAX_TEXT_MERGE_FIELD)
+            .custom_fields(MAX_TEXT_MERGE_FIELD)
+            .leave_action(
+                "archive",
+                "Archive",
+                "Archives the member (DELETE member). Reversible: a contact who rejoins the segment is added back.",
+                true,
+            )
+            .leave_action(
+                "untag",
+                "Remove the membership tag",
+                "Removes the export's membership-tag from the member, who stays on the audience. Reversible: the tag returns when they rejoin.",
+                true,
+            )
+            .leave_action(
+                "unsubscribe",
+                "Unsubscribe",
+                "Unsubscribes the member. Irreversible: Mailchimp lets only the contact subscribe again.",
+                false,
+            )
+            .max_batch_size(MAX_BATCH)
             // Mailchimp allows 10 simultaneous connections per account; the 11th gets 429.
-            max_concurrent_requests: 10,
-            max_requests_per_second: 0,
-        }
+            .max_concurrent_requests(10)
+            .build()
     }
 
-    fn validate(config: ExportConfig) -> Result<(), ConnectorError> {
-        if config.settings.is_empty() {
-            // A connection being saved: the health check answers only a valid credential.
-            let response = http::get(&format!("{}/ping", config.base_url))?;
-            return match response.is_success() {
-                true => Ok(()),
-                false => Err(vendor_error(&response, "")),
-            };
-        }
-        let settings = Settings::from(&config)?;
-        let audience = format!("{}/lists/{}", config.base_url, settings.audience_path());
+    fn vendor_error(response: &Response) -> ConnectorError {
+        vendor_error(response, "")
+    }
+
+    fn validate(export: &Export<Settings>) -> Result<(), ConnectorError> {
+        let settings = &export.settings;
+        let audience = export.url(&format!("/lists/{}", settings.audience_path()));
         let response = http::get(&audience)?;
         if !response.is_success() {
-            return Err(vendor_error(&response, settings.audience));
+            return Err(vendor_error(&response, &settings.audience));
         }
-        if config.leave_action.as_deref() == Some("untag") && settings.membership_tag.is_none() {
+        if export.leave_action.as_deref() == Some("untag") && settings.membership_tag.is_none() {
             return Err(ConnectorError::invalid_config(
                 "the untag leave action needs the membership-tag setting: the tag the export puts on every contact it sends and removes from those who leave",
             ));
         }
         let merged: Vec<&str> = settings
-            .merge_tags(&config)
+            .merge_tags(export)
             .into_iter()
             .map(|(_, tag)| tag)
             .collect();
@@ -164,7 +140,7 @@ impl Connector for Mailchimp {
         }
         let response = http::get(&format!("{audience}/merge-fields?count=1000"))?;
         if !response.is_success() {
-            return Err(vendor_error(&response, settings.audience));
+            return Err(vendor_error(&response, &settings.audience));
         }
         let known: MergeFields = response.json()?;
         let tags: Vec<&str> = known.merge_fields.iter().map(|f| f.tag.as_str()).collect();
@@ -178,28 +154,25 @@ impl Connector for Mailchimp {
     }
 
     fn export_batch(
-        config: ExportConfig,
-        contacts: Vec<Contact>,
+        export: &Export<Settings>,
+        contacts: &[Contact],
     ) -> Result<BatchReport, ConnectorError> {
-        let settings = Settings::from(&config)?;
-        if let Some(empty) = check_batch("Mailchimp", &contacts, MAX_BATCH)? {
-            return Ok(empty);
-        }
-        let merge_tags = settings.merge_tags(&config);
+        let settings = &export.settings;
+        let merge_tags = settings.merge_tags(export);
         let member = |c, status| member(c, status, &merge_tags, &settings.tags);
-        let url = format!("{}/lists/{}", config.base_url, settings.audience_path());
-        let mut report = ReportBuilder::new("Mailchimp", &contacts);
+        let url = export.url(&format!("/lists/{}", settings.audience_path()));
+        let mut report = ReportBuilder::new(Self::NAME, contacts);
 
         // Step 1: new members, with the export's status.
         let first = BatchRequest {
             members: contacts
                 .iter()
-                .map(|c| member(c, Some(settings.new_status)))
+                .map(|c| member(c, Some(settings.new_status())))
                 .collect(),
             update_existing: false,
             sync_tags: false,
         };
-        let result = batch(&url, &first, settings.audience)?;
+        let result = batch(&url, &first, &settings.audience)?;
         let mut created = result.new_members.len() as u32;
         let mut existing = vec![];
         for error in &result.errors {
@@ -222,7 +195,7 @@ impl Connector for Mailchimp {
                 update_existing: true,
                 sync_tags: false,
             };
-            let result = batch(&url, &second, settings.audience)?;
+            let result = batch(&url, &second, &settings.audience)?;
             created += result.new_members.len() as u32;
             for m in &result.updated_members {
                 if KEPT_OUT.contains(&m.status.as_str()) {
@@ -244,20 +217,13 @@ impl Connector for Mailchimp {
     }
 
     fn apply_leave_action(
-        config: ExportConfig,
-        action: String,
-        contacts: Vec<Contact>,
+        export: &Export<Settings>,
+        action: &str,
+        contacts: &[Contact],
     ) -> Result<BatchReport, ConnectorError> {
-        let settings = Settings::from(&config)?;
-        if let Some(empty) = check_batch("Mailchimp", &contacts, MAX_BATCH)? {
-            return Ok(empty);
-        }
-        let members = format!(
-            "{}/lists/{}/members",
-            config.base_url,
-            settings.audience_path()
-        );
-        let mut report = ReportBuilder::new("Mailchimp", &contacts);
+        let settings = &export.settings;
+        let members = export.url(&format!("/lists/{}/members", settings.audience_path()));
+        let mut report = ReportBuilder::new(Self::NAME, contacts);
 
         // Read every member first: only those still in the audience's mailings are touched.
         let lookups: Vec<Request> = contacts
@@ -290,19 +256,19 @@ impl Connector for Mailchimp {
                         to_act.push(email);
                     }
                 }
-                _ => return Err(vendor_error(&answer, settings.audience)),
+                _ => return Err(vendor_error(&answer, &settings.audience)),
             }
         }
         if to_act.is_empty() {
             return report.finish(0, acted);
         }
-        acted += match action.as_str() {
-            "archive" => archive(&members, &to_act, &mut report, settings.audience)?,
-            "untag" => untag(&config, &settings, &to_act, &mut report)?,
-            "unsubscribe" => unsubscribe(&config, &settings, &to_act, &mut report)?,
+        acted += match action {
+            "archive" => archive(&members, &to_act, &mut report, &settings.audience)?,
+            "untag" => untag(export, &to_act, &mut report)?,
+            "unsubscribe" => unsubscribe(export, &to_act, &mut report)?,
             other => {
                 return Err(ConnectorError::invalid_config(format!(
-                    "Mailchimp has no leave action `{other}` (it has: archive, untag, unsubscribe)"
+                    "Mailchimp has no leave action `{other}`"
                 )));
             }
         };
@@ -342,26 +308,26 @@ fn archive(
 
 /// Removes the membership tag from the members through its static segment.
 fn untag(
-    config: &ExportConfig,
-    settings: &Settings,
+    export: &Export<Settings>,
     emails: &[&str],
     report: &mut ReportBuilder,
 ) -> Result<u32, ConnectorError> {
-    let Some(tag) = settings.membership_tag else {
+    let settings = &export.settings;
+    let Some(tag) = &settings.membership_tag else {
         return Err(ConnectorError::invalid_config(
             "the untag leave action needs the membership-tag setting",
         ));
     };
-    let list = format!("{}/lists/{}", config.base_url, settings.audience_path());
+    let list = export.url(&format!("/lists/{}", settings.audience_path()));
     // Only the ids and names: counting each tag's members is work the vendor can skip.
     let answer = http::get(&format!(
         "{list}/segments?type=static&count=1000&fields=segments.id,segments.name"
     ))?;
     if !answer.is_success() {
-        return Err(vendor_error(&answer, settings.audience));
+        return Err(vendor_error(&answer, &settings.audience));
     }
     let segments: Segments = answer.json()?;
-    let Some(segment) = segments.segments.iter().find(|s| s.name == tag) else {
+    let Some(segment) = segments.segments.iter().find(|s| &s.name == tag) else {
         return Ok(emails.len() as u32); // nobody carries the tag
     };
     let body = SegmentChange {
@@ -369,7 +335,7 @@ fn untag(
     };
     let answer = http::post_json(&format!("{list}/segments/{}", segment.id), &body)?;
     if !answer.is_success() {
-        return Err(vendor_error(&answer, settings.audience));
+        return Err(vendor_error(&answer, &settings.audience));
     }
     let result: SegmentResult = answer.json()?;
     let mut refused = 0;
@@ -384,8 +350,7 @@ fn untag(
 
 /// Unsubscribes the members with one batch.
 fn unsubscribe(
-    config: &ExportConfig,
-    settings: &Settings,
+    export: &Export<Settings>,
     emails: &[&str],
     report: &mut ReportBuilder,
 ) -> Result<u32, ConnectorError> {
@@ -402,8 +367,9 @@ fn unsubscribe(
         update_existing: true,
         sync_tags: false,
     };
-    let url = format!("{}/lists/{}", config.base_url, settings.audience_path());
-    let result = batch(&url, &request, settings.audience)?;
+    let settings = &export.settings;
+    let url = export.url(&format!("/lists/{}", settings.audience_path()));
+    let result = batch(&url, &request, &settings.audience)?;
     for error in &result.errors {
         report.issue(
             &error.email_address,
@@ -445,7 +411,7 @@ fn member<'c>(
     c: &'c Contact,
     status: Option<&'static str>,
     merge_tags: &[(&'c str, &'c str)],
-    tags: &'c [&'c str],
+    tags: &'c [String],
 ) -> Member<'c> {
     Member {
         email_address: c.email.trim(),
@@ -476,84 +442,104 @@ fn subscriber_hash(email: &str) -> String {
 }
 
 /// An export's settings, checked.
-struct Settings<'a> {
-    audience: &'a str,
-    new_status: &'static str,
-    first_name_tag: &'a str,
-    last_name_tag: &'a str,
-    tags: Vec<&'a str>,
-    membership_tag: Option<&'a str>,
+#[derive(Deserialize)]
+#[serde(try_from = "GivenSettings")]
+pub struct Settings {
+    audience: String,
+    /// New members start `pending` (a confirmation email) rather than `subscribed`.
+    pending: bool,
+    first_name_tag: String,
+    last_name_tag: String,
+    tags: Vec<String>,
+    membership_tag: Option<String>,
 }
 
-impl<'a> Settings<'a> {
-    fn from(config: &'a ExportConfig) -> Result<Settings<'a>, ConnectorError> {
-        let audience = config.require("audience-id")?.trim();
+/// The settings as an export gives them.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct GivenSettings {
+    audience_id: String,
+    new_status: Option<String>,
+    first_name_merge_field: Option<String>,
+    last_name_merge_field: Option<String>,
+    tags: Option<String>,
+    membership_tag: Option<String>,
+}
+
+impl TryFrom<GivenSettings> for Settings {
+    type Error = String;
+
+    fn try_from(given: GivenSettings) -> Result<Settings, String> {
+        let audience = given.audience_id;
         if !audience.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ConnectorError::invalid_config(format!(
+            return Err(format!(
                 "audience-id `{audience}` is not a Mailchimp audience ID (letters and digits, e.g. 1a2b3c4d5e)"
-            )));
+            ));
         }
-        let new_status = match config
-            .get("new-status")
-            .map(|s| s.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("") | Some("subscribed") => "subscribed",
-            Some("pending") => "pending",
+        let pending = match given.new_status.map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("subscribed") => false,
+            Some("pending") => true,
             Some(other) => {
-                return Err(ConnectorError::invalid_config(format!(
+                return Err(format!(
                     "new-status `{other}` must be subscribed or pending"
-                )));
+                ));
             }
         };
-        let merge_tag = |key: &str, default: &'static str| -> Result<&'a str, ConnectorError> {
-            let tag = config
-                .get(key)
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .unwrap_or(default);
-            check_merge_tag(key, tag)?;
-            Ok(tag)
+        let merge_tag = |key: &str, given: Option<String>, default: &str| {
+            let tag = given.unwrap_or_else(|| default.into());
+            check_merge_tag(key, &tag).map(|()| tag)
         };
-        let membership_tag = config
-            .get("membership-tag")
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let mut tags: Vec<&str> = config
-            .get("tags")
-            .unwrap_or("")
+        let mut tags: Vec<String> = given
+            .tags
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
+            .map(String::from)
             .collect();
-        tags.extend(membership_tag);
+        tags.extend(given.membership_tag.clone());
         Ok(Settings {
             audience,
-            new_status,
-            first_name_tag: merge_tag("first-name-merge-field", "FNAME")?,
-            last_name_tag: merge_tag("last-name-merge-field", "LNAME")?,
+            pending,
+            first_name_tag: merge_tag(
+                "first-name-merge-field",
+                given.first_name_merge_field,
+                "FNAME",
+            )?,
+            last_name_tag: merge_tag(
+                "last-name-merge-field",
+                given.last_name_merge_field,
+                "LNAME",
+            )?,
             tags,
-            membership_tag,
+            membership_tag: given.membership_tag,
         })
+    }
+}
+
+impl Settings {
+    /// The status a new member gets.
+    fn new_status(&self) -> &'static str {
+        match self.pending {
+            true => "pending",
+            false => "subscribed",
+        }
     }
 
     fn audience_path(&self) -> String {
-        http::encode_component(self.audience)
+        http::encode_component(&self.audience)
     }
 
     /// Each mapped field other than the email, with the merge tag it goes to.
-    fn merge_tags<'c>(&self, config: &'c ExportConfig) -> Vec<(&'c str, &'c str)>
-    where
-        'a: 'c,
-    {
-        config
+    fn merge_tags<'c>(&'c self, export: &'c Export<Settings>) -> Vec<(&'c str, &'c str)> {
+        export
             .fields
             .iter()
             .filter(|f| *f != "email")
             .map(|f| {
                 let tag = match f.as_str() {
-                    "first-name" => self.first_name_tag,
-                    "last-name" => self.last_name_tag,
+                    "first-name" => self.first_name_tag.as_str(),
+                    "last-name" => self.last_name_tag.as_str(),
                     custom => custom,
                 };
                 (f.as_str(), tag)
@@ -562,14 +548,14 @@ impl<'a> Settings<'a> {
     }
 }
 
-fn check_merge_tag(key: &str, tag: &str) -> Result<(), ConnectorError> {
+fn check_merge_tag(key: &str, tag: &str) -> Result<(), String> {
     if tag.is_empty()
         || tag.len() > 10
         || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
-        return Err(ConnectorError::invalid_config(format!(
+        return Err(format!(
             "{key} `{tag}` is not a Mailchimp merge tag (up to 10 letters, digits or _)"
-        )));
+        ));
     }
     Ok(())
 }
@@ -589,7 +575,7 @@ struct Member<'a> {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     merge_fields: BTreeMap<&'a str, &'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tags: &'a [&'a str],
+    tags: &'a [String],
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,17 @@ impl Response {
         })
     }
 
+    /// This (non-2xx) answer as a [`ConnectorError`] of the contract's kind for its status (see
+    /// [`vendor_error`]), quoting what the vendor said: a JSON body's `message`, `detail`,
+    /// `title` or `error` (any letter case), else the start of the body.
+    pub fn error(&self, vendor: &str) -> ConnectorError {
+        let said = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| said_in(&v))
+            .unwrap_or_else(|| self.body_excerpt());
+        vendor_error(vendor, self.status, &said)
+    }
+
     /// The first 200 characters of the body, for error messages.
     pub fn body_excerpt(&self) -> String {
         String::from_utf8_lossy(&self.body)
@@ -45,6 +56,57 @@ impl Response {
             .take(200)
             .collect()
     }
+}
+
+/// The words of a JSON error body: the first string among the usual keys (also one level down,
+/// as in `{"error": {"message": ...}}`).
+fn said_in(value: &serde_json::Value) -> Option<String> {
+    let object = value.as_object()?;
+    for key in ["message", "detail", "title", "error", "error_description"] {
+        let found = object.iter().find(|(k, _)| k.eq_ignore_ascii_case(key));
+        match found.map(|(_, v)| v) {
+            Some(serde_json::Value::String(text)) if !text.trim().is_empty() => {
+                return Some(text.chars().take(300).collect());
+            }
+            Some(nested @ serde_json::Value::Object(_)) => {
+                if let Some(text) = said_in(nested) {
+                    return Some(text);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The contract's error for a vendor's answer with HTTP `status`, `said` being the vendor's own
+/// words: 401 and 403 `unauthorized`, 404 `not-found`, 429 `rate-limited`, 408 and 5xx
+/// `vendor` (retryable), any other `vendor` (not retryable: the same request would fail
+/// again). The vendor code is the status; replace it with the vendor's own when it has one.
+pub fn vendor_error(vendor: &str, status: u16, said: &str) -> ConnectorError {
+    let said = said.trim();
+    let quoted = match said.is_empty() {
+        true => format!("HTTP {status}"),
+        false => format!("HTTP {status}: {said}"),
+    };
+    let (kind, message) = match status {
+        401 | 403 => (
+            ErrorKind::Unauthorized,
+            format!("{vendor} refused the credential ({quoted})"),
+        ),
+        404 => (
+            ErrorKind::NotFound,
+            format!("{vendor} has no such resource ({quoted})"),
+        ),
+        429 => (
+            ErrorKind::RateLimited,
+            format!("{vendor} throttled the request ({quoted})"),
+        ),
+        _ => (ErrorKind::Vendor, format!("{vendor} answered {quoted}")),
+    };
+    ConnectorError::new(kind, message)
+        .with_code(status)
+        .retryable(matches!(status, 408 | 429) || status >= 500)
 }
 
 /// `GET url`, expecting JSON back.
@@ -153,9 +215,19 @@ fn clone_method(method: &Method) -> Method {
 /// A request sent, its answer not read yet.
 pub struct Pending {
     url: String,
-    answer: outgoing_handler::FutureIncomingResponse,
-    written: std::io::Result<()>,
-    finished: Result<(), ErrorCode>,
+    state: Sent,
+}
+
+enum Sent {
+    /// Out through `wasi:http`.
+    Wasi {
+        answer: outgoing_handler::FutureIncomingResponse,
+        written: std::io::Result<()>,
+        finished: Result<(), ErrorCode>,
+    },
+    /// Answered by the script of a native test ([`crate::testing`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    Scripted(Result<Response, ConnectorError>),
 }
 
 /// Sends a request with its whole body, without waiting for the answer.
@@ -178,6 +250,27 @@ pub fn start(
             b"application/json; charset=utf-8".to_vec(),
         ));
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = target;
+        let answer = crate::testing::answer(&method, url, &headers, body);
+        Ok(Pending {
+            url: url.to_string(),
+            state: Sent::Scripted(answer),
+        })
+    }
+    #[cfg(target_arch = "wasm32")]
+    send_wasi(method, url, target, headers, body)
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn send_wasi(
+    method: Method,
+    url: &str,
+    target: Url,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Option<&[u8]>,
+) -> Result<Pending, ConnectorError> {
     let fields = Fields::from_list(&headers)
         .map_err(|e| ConnectorError::internal(format!("bad request header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
@@ -212,9 +305,11 @@ pub fn start(
     let finished = OutgoingBody::finish(outgoing_body, None);
     Ok(Pending {
         url: url.to_string(),
-        answer,
-        written,
-        finished,
+        state: Sent::Wasi {
+            answer,
+            written,
+            finished,
+        },
     })
 }
 
@@ -223,12 +318,21 @@ impl Pending {
     /// host refused) become `transport` errors that say what happened.
     pub fn wait(self) -> Result<Response, ConnectorError> {
         let url = &self.url;
+        let (answer, written, finished) = match self.state {
+            Sent::Wasi {
+                answer,
+                written,
+                finished,
+            } => (answer, written, finished),
+            #[cfg(not(target_arch = "wasm32"))]
+            Sent::Scripted(answer) => return answer,
+        };
         // The answer carries the real reason when the host refused the request, so look there
         // before reporting a body write failure.
         let response = loop {
-            match self.answer.get() {
+            match answer.get() {
                 Some(result) => break result,
-                None => self.answer.subscribe().block(),
+                None => answer.subscribe().block(),
             }
         };
         let response = match response {
@@ -236,13 +340,13 @@ impl Pending {
             Ok(Err(code)) => return Err(transport(url, &code)),
             Err(()) => return Err(ConnectorError::internal("response already taken")),
         };
-        if let Err(e) = self.written {
+        if let Err(e) = written {
             return Err(ConnectorError::new(
                 ErrorKind::Transport,
                 format!("sending to {url} failed: {e}"),
             ));
         }
-        if let Err(code) = self.finished {
+        if let Err(code) = finished {
             return Err(transport(url, &code));
         }
 

@@ -1,26 +1,33 @@
 //! What a connector author builds on.
 //!
-//! A connector is a WASI 0.2 component that exports `cdp:connector/export-destination` (see
-//! `wit/connector.wit`). This crate generates the bindings once, re-exports the contract's types,
-//! and adds the few helpers every connector needs: reading export settings, sending JSON over
-//! `wasi:http`, and turning vendor answers into [`ConnectorError`]s.
+//! A connector is a WASI 0.2 component that exports `cdp:connector/export-destination` (the
+//! contract, `wit/connector.wit`, ships inside this crate). An author implements [`Connector`]
+//! (typed settings, a description built with [`Description`], the batch call) and exports it
+//! with [`export_connector!`]; the SDK does the parts every connector needs the same way: the
+//! credential check, reading settings, refusing oversized batches, checking that a report
+//! accounts for every contact, mapping vendor errors ([`http::Response::error`]).
+//! [`testing`] runs a connector natively under `cargo test`, its requests answered by a script.
 //!
 //! ```ignore
 //! use cdp_connector_sdk::*;
 //! struct MyVendor;
-//! impl Connector for MyVendor { /* describe, validate, export_batch */ }
+//! impl Connector for MyVendor { /* NAME, CREDENTIAL_CHECK, Settings, describe, export_batch */ }
 //! export_connector!(MyVendor);
 //! ```
 //!
 //! Connectors never handle credentials: the host adds them to requests on the way out.
 
+pub mod connector;
+pub mod description;
 pub mod http;
 pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "connector",
         with: {
             "wasi:http/outgoing-handler@0.2.12": wasi::http::outgoing_handler,
@@ -31,21 +38,54 @@ pub mod bindings {
             "wasi:clocks/monotonic-clock@0.2.12": wasi::clocks::monotonic_clock,
         },
         pub_export_macro: true,
-        export_macro_name: "export_connector",
+        export_macro_name: "export_raw",
         default_bindings_module: "cdp_connector_sdk::bindings",
     });
 }
 
-/// Exports a type implementing [`Connector`] as the component's `export-destination`.
-pub use bindings::export_connector;
+/// The contract's generated interface, for components that must answer the host's calls
+/// exactly as they come (test components that break the contract on purpose). Connectors use
+/// [`Connector`] instead.
+pub mod raw {
+    pub use crate::bindings::export_raw as export;
+    pub use crate::bindings::exports::cdp::connector::export_destination::Guest;
+}
+
 pub use bindings::exports::cdp::connector::export_destination::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
-    ContactIssue, ErrorKind, ExportConfig, Guest as Connector, IssueKind, LeaveAction,
+    ContactIssue, ErrorKind, ExportConfig, IssueKind, LeaveAction,
 };
-pub use report::{ReportBuilder, check_batch};
+pub use connector::{Connector, Export, Exported, NoSettings};
+pub use description::Description;
+pub use report::ReportBuilder;
 
 /// The contract version this SDK implements.
 pub const CONTRACT_VERSION: &str = "0.2.0";
+
+impl Contact {
+    /// A contact with only an email address.
+    pub fn new(email: &str) -> Contact {
+        Contact {
+            email: email.into(),
+            first_name: None,
+            last_name: None,
+            attributes: vec![],
+        }
+    }
+
+    /// With a first and last name.
+    pub fn with_name(mut self, first: &str, last: &str) -> Contact {
+        self.first_name = Some(first.into());
+        self.last_name = Some(last.into());
+        self
+    }
+
+    /// With a mapped attribute.
+    pub fn with_attribute(mut self, key: &str, value: &str) -> Contact {
+        self.attributes.push((key.into(), value.into()));
+        self
+    }
+}
 
 impl ExportConfig {
     /// The value of a setting, or an `invalid-config` error naming it.
@@ -63,20 +103,6 @@ impl ExportConfig {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether the export maps this contact field (then a contact without a value for it means
-    /// the vendor's value should be cleared).
-    pub fn maps(&self, field: &str) -> bool {
-        self.fields.iter().any(|f| f == field)
-    }
-
-    /// The mapped fields that are not among `declared` (the list's own custom fields).
-    pub fn custom_fields<'a>(&'a self, declared: &'a [&str]) -> impl Iterator<Item = &'a str> {
-        self.fields
-            .iter()
-            .map(String::as_str)
-            .filter(move |f| !declared.contains(f))
     }
 }
 

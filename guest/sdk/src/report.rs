@@ -103,30 +103,6 @@ impl<'a> ReportBuilder<'a> {
     }
 }
 
-/// Checks a batch against the vendor's size limit (the host never sends more than
-/// `max-batch-size`, so this guards against a misconfigured caller). An empty batch needs no
-/// request: its report is returned straight away.
-pub fn check_batch(
-    vendor: &str,
-    contacts: &[Contact],
-    max: u32,
-) -> Result<Option<BatchReport>, ConnectorError> {
-    if contacts.is_empty() {
-        return Ok(Some(BatchReport {
-            created: 0,
-            updated: 0,
-            issues: vec![],
-        }));
-    }
-    if contacts.len() > max as usize {
-        return Err(ConnectorError::invalid_config(format!(
-            "batch of {} contacts exceeds {vendor}'s limit of {max}",
-            contacts.len()
-        )));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use cdp_connector_sdk::*;
 
 struct FileReader;
 
-impl Connector for FileReader {
+impl raw::Guest for FileReader {
     fn describe() -> ConnectorInfo {
         ConnectorInfo {
             id: "file-reader".into(),
@@ -43,4 +43,4 @@ impl Connector for FileReader {
     }
 }
 
-export_connector!(FileReader);
+raw::export!(FileReader);

@@ -61,7 +61,7 @@ fn overrides() -> Overrides {
     serde_json::from_slice(block[MARKER.len()..].trim_ascii()).unwrap_or_default()
 }
 
-impl Connector for Hostile {
+impl raw::Guest for Hostile {
     fn describe() -> ConnectorInfo {
         let o = overrides();
         if o.sleep_ms > 0 {
@@ -421,4 +421,4 @@ fn concurrent_gets(url: &str, count: usize) -> Result<(), ConnectorError> {
     }
 }
 
-export_connector!(Hostile);
+raw::export!(Hostile);
