@@ -49,6 +49,11 @@ fn main() {
             path.display().to_string()
         ));
     }
+    let mailerlite = guest_builder::build_js("mailerlite");
+    consts.push_str(&format!(
+        "/// The MailerLite connector (JavaScript, guest/mailerlite) built with ComponentizeJS.\npub const MAILERLITE: &str = {:?};\n",
+        mailerlite.display().to_string()
+    ));
     consts.push_str(&format!(
         "/// Where tests and the demo cache compiled connectors.\npub const COMPILE_CACHE: &str = {:?};\n/// The workspace's target directory.\npub const TARGET_DIR: &str = {:?};\n",
         target_dir.join("connector-cache").display().to_string(),

@@ -1,5 +1,6 @@
 //! `connector-host`: the operator's command line.
 
+mod check;
 mod connections;
 mod exit;
 mod exports;
@@ -332,6 +333,11 @@ impl Session<'_> {
             state = state.with_worker(worker);
         }
         Ok(Arc::new(state))
+    }
+
+    /// How connectors are loaded and limited.
+    pub fn host_options(&self) -> &HostOptions {
+        &self.options
     }
 
     /// The plugin directory: the one given, or the default, created (0700) if missing.

@@ -63,6 +63,9 @@ enum PluginsCommand {
         /// The connector id, as `connector-host plugins` lists it.
         id: String,
     },
+    /// Check that a component keeps the contract, point by point, against a simulator of the
+    /// vendor from the kit (or a vendor API you name); exits 1 when a point fails.
+    Check(crate::check::CheckArgs),
     /// Withdraw a connector's approval: its connections and exports stop until it is approved
     /// again (administrators only).
     Revoke {
@@ -74,6 +77,9 @@ enum PluginsCommand {
 pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> {
     if let Some(PluginsCommand::Install { force }) = &args.command {
         return install(session, *force);
+    }
+    if let Some(PluginsCommand::Check(check)) = &args.command {
+        return crate::check::check(session.host_options(), check).await;
     }
     let workspace = session
         .workspace(false)
@@ -117,7 +123,9 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
                 print_plugin(plugin, status);
             }
         }
-        Some(PluginsCommand::Install { .. }) => unreachable!("handled above"),
+        Some(PluginsCommand::Install { .. } | PluginsCommand::Check(_)) => {
+            unreachable!("handled above")
+        }
         Some(PluginsCommand::Approve { id }) => {
             let approval = workspace.approve_connector(&actor, id).await?;
             println!(

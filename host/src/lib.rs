@@ -58,8 +58,8 @@ pub use plugins::{Plugin, Plugins, Skipped};
 pub use progress::ConsoleProgress;
 pub use run::{
     Connection, Credential, CredentialCheck, Export, IssueCsv, IssueKind, IssueListener,
-    NoProgress, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan,
-    RunReport, RunStatus, Stage,
+    NoProgress, Probe, ProbeExport, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode,
+    RunOptions, RunPlan, RunReport, RunStatus, Stage,
 };
 pub use sandbox::Limits;
 pub use schedule::Schedule;

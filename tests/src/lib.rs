@@ -11,4 +11,5 @@ pub mod hostile;
 pub mod live;
 pub mod postgres;
 pub mod sample;
-pub mod sim;
+/// The vendor simulators live in their own crate (the kit), with no dependency on the host.
+pub use vendor_sim as sim;

@@ -87,3 +87,82 @@ fn ensure_wasm_target() {
 fn has_files(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
+
+/// Builds the JavaScript connector in `guest/<name>` (a ComponentizeJS project with a
+/// `build.mjs`) into `<target>/js-guests/<name>.wasm` and returns the path. Installs its npm
+/// packages from the lock file on first use (`npm ci`). The component is rebuilt only when its
+/// sources, lock file or the contract change: ComponentizeJS output differs from build to
+/// build, and each new file costs the tests a fresh compile of a 13 MB component.
+pub fn build_js(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let project = root.join("guest").join(name);
+    let out_dir = target_dir().join("js-guests");
+    let out = out_dir.join(format!("{name}.wasm"));
+    let inputs = [
+        project.join("src"),
+        project.join("build.mjs"),
+        project.join("package-lock.json"),
+        root.join("wit"),
+    ];
+    for input in &inputs {
+        println!("cargo:rerun-if-changed={}", input.display());
+    }
+    let stamp = out_dir.join(format!("{name}.inputs"));
+    let digest = inputs
+        .iter()
+        .map(|p| digest(p))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if out.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == digest) {
+        return out;
+    }
+    std::fs::create_dir_all(&out_dir).expect("create the JavaScript guests' directory");
+    if !project.join("node_modules").is_dir() {
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&project),
+            &format!("npm ci in {}", project.display()),
+        );
+    }
+    run(
+        Command::new("node")
+            .arg("build.mjs")
+            .arg(&out)
+            .current_dir(&project),
+        &format!("building the {name} connector (node build.mjs)"),
+    );
+    std::fs::write(&stamp, digest).expect("write the build stamp");
+    out
+}
+
+fn run(command: &mut Command, what: &str) {
+    let status = command.status().unwrap_or_else(|e| {
+        panic!("{what}: cannot start it ({e}); Node.js 18 or newer and npm are needed")
+    });
+    assert!(status.success(), "{what} failed (see the errors above)");
+}
+
+/// A cheap fingerprint of a file or a directory's files: their paths, sizes and contents.
+fn digest(path: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut files = vec![];
+    collect(path, &mut files);
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in &files {
+        file.hash(&mut hasher);
+        std::fs::read(file).unwrap_or_default().hash(&mut hasher);
+    }
+    format!("{}:{:016x}", path.display(), hasher.finish())
+}
+
+fn collect(path: &Path, files: &mut Vec<PathBuf>) {
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            collect(&entry.path(), files);
+        }
+    }
+}

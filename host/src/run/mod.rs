@@ -15,6 +15,7 @@ mod issue_csv;
 mod leave;
 mod plan;
 mod prepare;
+mod probe;
 mod recorder;
 pub mod report;
 mod settle;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use counts::RunCounts;
 pub use issue_csv::IssueCsv;
 pub use plan::RunPlan;
+pub use probe::{Answer, Probe, ProbeExport};
 pub use report::{IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
 

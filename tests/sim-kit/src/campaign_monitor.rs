@@ -851,3 +851,70 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
         )
     }
 }
+
+/// A Campaign Monitor account with one list, as [`crate::Simulator`] drives it.
+pub struct ForCheck {
+    sim: CampaignMonitorSim,
+    api_key: String,
+    list_id: String,
+}
+
+impl ForCheck {
+    /// Starts the simulator with a client and an empty list.
+    pub async fn start(listen: Listen) -> anyhow::Result<ForCheck> {
+        let sim = CampaignMonitorSim::start_on(listen, Behaviour::default()).await?;
+        let api_key = "check-api-key".to_string();
+        let client = sim.add_client("Check", &api_key);
+        let list_id = sim.add_list(&client, "Check list");
+        Ok(ForCheck {
+            sim,
+            api_key,
+            list_id,
+        })
+    }
+}
+
+impl crate::Simulator for ForCheck {
+    fn connector(&self) -> &'static str {
+        "campaign-monitor"
+    }
+    fn base_url(&self) -> String {
+        self.sim.base_url()
+    }
+    fn credential(&self) -> String {
+        self.api_key.clone()
+    }
+    fn export_settings(&self) -> Vec<(String, String)> {
+        vec![("list-id".into(), self.list_id.clone())]
+    }
+    fn unknown_list_settings(&self) -> Vec<(String, String)> {
+        vec![("list-id".into(), "0".repeat(32))]
+    }
+    fn keep_out(&self, email: &str) {
+        let name = "Kept Out";
+        self.sim
+            .add_subscriber(&self.list_id, email, name, SubscriberState::Unsubscribed);
+    }
+    fn held(&self, email: &str) -> Option<crate::Held> {
+        let subscribers = self.sim.subscribers(&self.list_id);
+        let s = subscribers.get(&email.to_lowercase())?;
+        Some(match s.state {
+            SubscriberState::Active | SubscriberState::Unconfirmed => crate::Held::Mailable,
+            other => crate::Held::KeptOut(other.as_str().into()),
+        })
+    }
+    fn records(&self, email: &str) -> usize {
+        let wanted = email.to_lowercase();
+        self.sim
+            .subscribers(&self.list_id)
+            .values()
+            .filter(|s| s.email.to_lowercase() == wanted)
+            .count()
+    }
+    fn server(&self) -> &Server {
+        self.sim.server()
+    }
+    fn requests(&self) -> Vec<LoggedRequest> {
+        self.sim.requests()
+    }
+}

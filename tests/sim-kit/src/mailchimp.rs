@@ -1295,3 +1295,72 @@ fn token_refusal(Refusal(error, description): Refusal) -> Response {
     )
         .into_response()
 }
+
+/// A Mailchimp account with one audience, as [`crate::Simulator`] drives it.
+pub struct ForCheck {
+    sim: MailchimpSim,
+    api_key: String,
+    audience: String,
+}
+
+impl ForCheck {
+    /// Starts the simulator with an account (data centre `us1`) and an empty audience.
+    pub async fn start(listen: Listen) -> anyhow::Result<ForCheck> {
+        let sim = MailchimpSim::start_on(listen, Behaviour::default()).await?;
+        let api_key = sim.add_account("Check", "us1");
+        let audience = sim.add_audience(&api_key, "Check audience");
+        Ok(ForCheck {
+            sim,
+            api_key,
+            audience,
+        })
+    }
+}
+
+impl crate::Simulator for ForCheck {
+    fn connector(&self) -> &'static str {
+        "mailchimp"
+    }
+    fn base_url(&self) -> String {
+        self.sim.base_url("us1")
+    }
+    fn credential(&self) -> String {
+        self.api_key.clone()
+    }
+    fn export_settings(&self) -> Vec<(String, String)> {
+        vec![("audience-id".into(), self.audience.clone())]
+    }
+    fn unknown_list_settings(&self) -> Vec<(String, String)> {
+        vec![("audience-id".into(), "0000000000".into())]
+    }
+    fn keep_out(&self, email: &str) {
+        self.sim
+            .add_member(&self.audience, email, Status::Unsubscribed, &[]);
+    }
+    fn held(&self, email: &str) -> Option<crate::Held> {
+        let members = self.sim.members(&self.audience);
+        let wanted = email.to_lowercase();
+        let m = members
+            .values()
+            .find(|m| m.email.to_lowercase() == wanted)?;
+        Some(match m.status {
+            Status::Subscribed | Status::Pending | Status::Transactional => crate::Held::Mailable,
+            Status::Archived => crate::Held::Removed("archived".into()),
+            other => crate::Held::KeptOut(other.as_str().into()),
+        })
+    }
+    fn records(&self, email: &str) -> usize {
+        let wanted = email.to_lowercase();
+        self.sim
+            .members(&self.audience)
+            .values()
+            .filter(|m| m.email.to_lowercase() == wanted)
+            .count()
+    }
+    fn server(&self) -> &Server {
+        self.sim.server()
+    }
+    fn requests(&self) -> Vec<LoggedRequest> {
+        self.sim.requests()
+    }
+}
