@@ -201,3 +201,105 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     );
     assert!(!stderr.contains("not-the-key"));
 }
+
+/// `plugins check` of a component against the kit's simulators: (exit code, stdout).
+fn check(file: &str, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(binary())
+        .args(["plugins", "check", file])
+        .args(extra)
+        .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
+        .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// The line of one point, e.g. `FAIL  a second send ...`.
+fn point<'a>(output: &'a str, point: &str) -> &'a str {
+    output
+        .lines()
+        .find(|l| l.contains(point))
+        .unwrap_or_else(|| panic!("no point `{point}` in:\n{output}"))
+}
+
+#[test]
+fn plugins_check_passes_the_three_real_connectors_on_every_point() {
+    for (file, extra) in [
+        (artifacts::CAMPAIGN_MONITOR, &[][..]),
+        (artifacts::MAILCHIMP, &[][..]),
+        (artifacts::MAILERLITE, &[][..]),
+    ] {
+        let (code, out) = check(file, extra);
+        assert_eq!(code, 0, "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+        // Mailchimp's untag needs the export's membership tag, which the check does not give.
+        let skipped: Vec<&str> = out.lines().filter(|l| l.starts_with("skip")).collect();
+        assert!(
+            skipped.iter().all(|l| l.contains("`untag` needs settings")),
+            "{out}"
+        );
+        for p in [
+            "refuses a wrong credential as unauthorized",
+            "refuses a list the account lacks as not-found",
+            "a second send updates, never duplicates",
+            "never resubscribed",
+            "(429) fails the batch as rate-limited",
+            "(5xx) fails the batch as retryable",
+            "leave action takes leavers out",
+        ] {
+            assert!(point(&out, p).starts_with("pass"), "{p}: {out}");
+        }
+    }
+}
+
+#[test]
+fn plugins_check_fails_each_hostile_mode_on_the_point_it_breaks() {
+    let hostile = |mode: &str| {
+        let setting = format!("mode={mode}");
+        check(
+            artifacts::HOSTILE,
+            &["--simulator", "campaign-monitor", "--setting", &setting],
+        )
+    };
+    // Claims every contact created without sending anything.
+    let (code, out) = hostile("accept");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        point(&out, "a second send updates, never duplicates").starts_with("FAIL"),
+        "{out}"
+    );
+    assert!(
+        point(&out, "reported suppressed and never resubscribed").starts_with("FAIL"),
+        "{out}"
+    );
+    // Its validate calls every failure a vendor error.
+    assert!(
+        point(&out, "refuses a wrong credential as unauthorized").starts_with("FAIL"),
+        "{out}"
+    );
+    // Reports every contact rejected, whatever the vendor holds.
+    let (code, out) = hostile("forged-report");
+    assert_eq!(code, 1);
+    assert!(
+        point(&out, "reported suppressed and never resubscribed").starts_with("FAIL"),
+        "{out}"
+    );
+    // A panic fails the batch points with the connector's words, and the check goes on.
+    let (code, out) = hostile("panic");
+    assert_eq!(code, 1);
+    assert!(
+        point(&out, "report accounts for every contact once").contains("gave up on purpose"),
+        "{out}"
+    );
+    assert!(out.contains("points:"), "{out}");
+    // A component that imports the filesystem does not load, and says why.
+    let (code, out) = check(artifacts::FILE_READER, &[]);
+    assert_eq!(code, 1);
+    let line = point(&out, "loads as a connector");
+    assert!(
+        line.starts_with("FAIL") && line.contains("wasi:filesystem"),
+        "{out}"
+    );
+}
