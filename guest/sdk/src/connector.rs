@@ -244,7 +244,12 @@ impl<T: Connector> Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_connector {
     ($connector:ty) => {
-        type __CdpConnectorExported = $crate::Exported<$connector>;
-        $crate::bindings::export_raw!(__CdpConnectorExported);
+        // Only components export the contract: built for the build machine (native tests), a
+        // library carries no export symbols (their names do not link there).
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __CdpConnectorExported = $crate::Exported<$connector>;
+            $crate::bindings::export_raw!(__CdpConnectorExported);
+        };
     };
 }
