@@ -25,7 +25,7 @@ use cdp_connector_sdk::http::{self, Method, Request, Response};
 use cdp_connector_sdk::*;
 use serde::{Deserialize, Serialize};
 
-struct CampaignMonitor;
+pub struct CampaignMonitor;
 
 /// Largest import Campaign Monitor accepts (more gives error 209).
 const MAX_BATCH: u32 = 1000;

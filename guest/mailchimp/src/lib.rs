@@ -30,7 +30,7 @@ use cdp_connector_sdk::*;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-struct Mailchimp;
+pub struct Mailchimp;
 
 /// Largest batch subscribe Mailchimp accepts.
 const MAX_BATCH: u32 = 500;
