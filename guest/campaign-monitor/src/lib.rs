@@ -438,9 +438,10 @@ fn list_error(response: &Response, list_id: &str) -> ConnectorError {
         .with_code(INVALID_LIST_ID);
     }
     let mut error = http::vendor_error(CampaignMonitor::NAME, response.status, &said);
-    if error.kind == ErrorKind::Vendor {
-        error.message = said;
-    }
+    error.message = match error.kind {
+        ErrorKind::Unauthorized => format!("Campaign Monitor refused the credential ({said})"),
+        _ => said,
+    };
     error.with_code(envelope.code)
 }
 
