@@ -94,7 +94,7 @@ export const exportDestination = {
   exportBatch(config, contacts) {
     const group = groupId(config);
     const custom = customFields(config);
-    const report = newReport(contacts);
+    const report = newReport();
     const answers = batch(config, contacts.map((c) => ({
       method: 'POST',
       path: 'api/subscribers',
@@ -119,7 +119,7 @@ export const exportDestination = {
     if (action !== 'remove-from-group' && action !== 'unsubscribe') {
       throw error('invalid-config', `MailerLite has no leave action \`${action}\``, undefined, false);
     }
-    const report = newReport(contacts);
+    const report = newReport();
     const lookups = batch(config, contacts.map((c) => ({
       method: 'GET',
       path: `api/subscribers/${encodeURIComponent(c.email)}`,

@@ -143,13 +143,12 @@ pub fn read_settings<S: DeserializeOwned>(config: &ExportConfig) -> Result<S, Co
 pub struct Exported<T>(PhantomData<T>);
 
 impl<T: Connector> Exported<T> {
-    fn export(config: ExportConfig) -> Result<Export<T::Settings>, ConnectorError> {
+    fn export(
+        config: ExportConfig,
+        info: &ConnectorInfo,
+    ) -> Result<Export<T::Settings>, ConnectorError> {
         let settings = read_settings(&config)?;
-        let declared = T::describe()
-            .contact_fields
-            .into_iter()
-            .map(|f| f.key)
-            .collect();
+        let declared = info.contact_fields.iter().map(|f| f.key.clone()).collect();
         Ok(Export {
             base_url: config.base_url.trim_end_matches('/').to_string(),
             settings,
@@ -162,6 +161,7 @@ impl<T: Connector> Exported<T> {
     /// The batch guard: an empty batch needs no request, a larger one than declared is refused,
     /// and what the connector reports must account for every contact.
     fn batch(
+        info: &ConnectorInfo,
         contacts: &[Contact],
         send: impl FnOnce() -> Result<BatchReport, ConnectorError>,
     ) -> Result<BatchReport, ConnectorError> {
@@ -172,7 +172,7 @@ impl<T: Connector> Exported<T> {
                 issues: vec![],
             });
         }
-        let max = T::describe().max_batch_size;
+        let max = info.max_batch_size;
         if contacts.len() > max as usize {
             return Err(ConnectorError::invalid_config(format!(
                 "batch of {} contacts exceeds {}'s limit of {max}",
@@ -202,15 +202,16 @@ impl<T: Connector> Guest for Exported<T> {
         if config.settings.is_empty() {
             return T::check_credential(config.base_url.trim_end_matches('/'));
         }
-        T::validate(&Self::export(config)?)
+        T::validate(&Self::export(config, &T::describe())?)
     }
 
     fn export_batch(
         config: ExportConfig,
         contacts: Vec<Contact>,
     ) -> Result<BatchReport, ConnectorError> {
-        let export = Self::export(config)?;
-        Self::batch(&contacts, || T::export_batch(&export, &contacts))
+        let info = T::describe();
+        let export = Self::export(config, &info)?;
+        Self::batch(&info, &contacts, || T::export_batch(&export, &contacts))
     }
 
     fn apply_leave_action(
@@ -218,12 +219,9 @@ impl<T: Connector> Guest for Exported<T> {
         action: String,
         contacts: Vec<Contact>,
     ) -> Result<BatchReport, ConnectorError> {
-        let declared: Vec<String> = T::describe()
-            .leave_actions
-            .into_iter()
-            .map(|a| a.id)
-            .collect();
-        if !declared.contains(&action) {
+        let info = T::describe();
+        let declared: Vec<&str> = info.leave_actions.iter().map(|a| a.id.as_str()).collect();
+        if !declared.contains(&action.as_str()) {
             let has = match declared.is_empty() {
                 true => "none".to_string(),
                 false => declared.join(", "),
@@ -233,8 +231,8 @@ impl<T: Connector> Guest for Exported<T> {
                 T::NAME
             )));
         }
-        let export = Self::export(config)?;
-        Self::batch(&contacts, || {
+        let export = Self::export(config, &info)?;
+        Self::batch(&info, &contacts, || {
             T::apply_leave_action(&export, &action, &contacts)
         })
     }

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 
 use anyhow::Result;
+use wasmtime::Store;
 
 use crate::ConnectorHost;
 use crate::broker::Broker;
-use crate::contract::{BatchReport, ConnectorError, ConnectorInfo, Contact, ExportConfig};
+use crate::contract::{
+    BatchReport, Connector, ConnectorError, ConnectorInfo, Contact, ExportConfig,
+};
 use crate::plugins::Plugin;
 use crate::run::{Connection, RunOptions};
+use crate::sandbox::{PluginState, ReturnSize};
 
 /// One connector reached over one connection.
 pub struct Probe<'h> {
@@ -67,8 +71,16 @@ impl Probe<'_> {
         }
     }
 
-    /// `validate`, once.
-    pub async fn validate(&self, export: &ProbeExport) -> Answer<()> {
+    /// Makes one call with `export`'s configuration, under the run's limits and deadline.
+    async fn call<R: ReturnSize>(
+        &self,
+        export: &ProbeExport,
+        call: impl AsyncFnOnce(
+            &Connector,
+            &mut Store<PluginState>,
+            &ExportConfig,
+        ) -> wasmtime::Result<R>,
+    ) -> Result<R> {
         let config = self.config(export);
         let sandbox = &self.host.sandbox;
         sandbox
@@ -76,9 +88,17 @@ impl Probe<'_> {
                 &self.plugin.pre,
                 self.broker.clone(),
                 sandbox.limits().call_timeout,
-                async |c, store| c.validate(store, &config).await,
+                async |c, store| call(c, store, &config).await,
             )
             .await
+    }
+
+    /// `validate`, once.
+    pub async fn validate(&self, export: &ProbeExport) -> Answer<()> {
+        self.call(export, async |c, store, config| {
+            c.validate(store, config).await
+        })
+        .await
     }
 
     /// `export-batch`, once (no retry).
@@ -87,16 +107,10 @@ impl Probe<'_> {
         export: &ProbeExport,
         contacts: &[Contact],
     ) -> Answer<BatchReport> {
-        let config = self.config(export);
-        let sandbox = &self.host.sandbox;
-        sandbox
-            .call(
-                &self.plugin.pre,
-                self.broker.clone(),
-                sandbox.limits().call_timeout,
-                async |c, store| c.export_batch(store, &config, contacts).await,
-            )
-            .await
+        self.call(export, async |c, store, config| {
+            c.export_batch(store, config, contacts).await
+        })
+        .await
     }
 
     /// `apply-leave-action`, once (no retry).
@@ -106,15 +120,9 @@ impl Probe<'_> {
         action: &str,
         contacts: &[Contact],
     ) -> Answer<BatchReport> {
-        let config = self.config(export);
-        let sandbox = &self.host.sandbox;
-        sandbox
-            .call(
-                &self.plugin.pre,
-                self.broker.clone(),
-                sandbox.limits().call_timeout,
-                async |c, store| c.apply_leave_action(store, &config, action, contacts).await,
-            )
-            .await
+        self.call(export, async |c, store, config| {
+            c.apply_leave_action(store, config, action, contacts).await
+        })
+        .await
     }
 }
