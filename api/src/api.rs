@@ -420,19 +420,33 @@ pub async fn connectors(
     ))
 }
 
+/// What an administrator approves.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveAsk {
+    /// The SHA-256 of the file that was reviewed (hex, optionally `sha256:`-prefixed): only a
+    /// file with this digest is approved. Without it, the file as it is on disk now.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/approve", tag = "connectors",
     params(("id" = String, Path, description = "The connector's id")),
-    responses((status = 200, body = ConnectorView), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem)))]
+    request_body(content = ApproveAsk, description = "Optional: the digest that was reviewed"),
+    responses((status = 200, body = ConnectorView), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "The file's digest is not the one reviewed")))]
 pub async fn approve_connector(
     State(server): State<Arc<Server>>,
     caller: ApiCaller,
     id: Result<Path<String>, PathRejection>,
+    body: Result<Option<Json<ApproveAsk>>, JsonRejection>,
 ) -> Answer<Json<ConnectorView>> {
     let Path(id) = id?;
+    let ask = body?.map(|Json(ask)| ask).unwrap_or_default();
     server
         .workspace
-        .approve_connector(&caller.0.actor, &id)
+        .approve_connector(&caller.0.actor, &id, ask.digest.as_deref())
         .await?;
     let list = server.workspace.connectors().await?;
     let (plugin, status) = list

@@ -193,7 +193,7 @@ async fn sign_in(
             Problem::new(StatusCode::BAD_REQUEST, "fill in the form"),
         );
     };
-    if let Err(p) = server.limiter.check(ip) {
+    if let Err(p) = server.throttle.before_password(ip, field(&form, "name")) {
         return refused(None, p);
     }
     let opened_here = cookie(&headers, SIGN_IN_COOKIE)
@@ -228,13 +228,14 @@ async fn sign_in(
             }
             response
         }
-        Ok(None) => {
-            server.limiter.failed(ip);
-            refused(
-                None,
+        Ok(None) => refused(
+            None,
+            server.throttle.failed(
+                ip,
+                Some(field(&form, "name")),
                 Problem::new(StatusCode::UNAUTHORIZED, "wrong user name or password"),
-            )
-        }
+            ),
+        ),
         Err(e) => refused(None, e.into()),
     }
 }
@@ -432,6 +433,12 @@ async fn start_oauth(
             access: access_of(&form),
             accept_privacy_notice: field(&form, "privacy") == "accepted",
         };
+        let Via::Session { id: session, .. } = &caller.via else {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "authenticating with a vendor is done in the console, signed in",
+            ));
+        };
         let authorization = server
             .workspace
             .start_oauth(&caller.actor, &connection, &server.redirect_uri())
@@ -439,7 +446,7 @@ async fn start_oauth(
         server.keep_pending(
             authorization.state,
             PendingOAuth {
-                user: caller.actor.name.clone(),
+                session: crate::session_key(session),
                 connection,
                 verifier: authorization.verifier,
                 started: std::time::Instant::now(),
@@ -457,9 +464,12 @@ async fn oauth_callback(
 ) -> Response {
     let work = async {
         let state = field(&query, "state");
+        let session = match &caller.via {
+            Via::Session { id, .. } => id.as_str(),
+            Via::Token => "",
+        };
         let pending = server
-            .take_pending(state)
-            .filter(|p| p.user == caller.actor.name)
+            .take_pending(state, session)
             .ok_or_else(|| {
                 Problem::new(
                     StatusCode::BAD_REQUEST,
@@ -529,13 +539,15 @@ async fn connectors(
                                 td { (view.display_name) " (" (view.id) ")" }
                                 td { (view.version) }
                                 td { (view.hosts.join(", ")) }
-                                td { code { (&view.sha256[..12]) } }
+                                td { code.digest { (view.sha256) } }
                                 td {
                                     (view.approval)
                                     @if !view.changes.is_empty() { ": " (view.changes.join("; ")) }
                                     @if admin && view.approval != "approved" {
                                         form method="post" action={"/connectors/" (view.id) "/approve"} class="inline" {
                                             (csrf(&caller))
+                                            // The file shown on this page, and no other.
+                                            input type="hidden" name="digest" value=(view.sha256);
                                             " " button type="submit" { "Approve" }
                                         }
                                     }
@@ -558,9 +570,10 @@ async fn approve(
     Form(form): Form<Fields>,
 ) -> Response {
     form_action(&caller, &form, async {
+        let digest = Some(field(&form, "digest")).filter(|d| !d.is_empty());
         server
             .workspace
-            .approve_connector(&caller.actor, &id)
+            .approve_connector(&caller.actor, &id, digest)
             .await?;
         Ok(Redirect::to("/connectors").into_response())
     })

@@ -41,7 +41,9 @@ pub struct Server {
     /// The URL people reach this server at (for OAuth redirect URIs).
     public_url: String,
     live: Arc<Live>,
-    limiter: auth::Limiter,
+    throttle: auth::Throttle,
+    /// Proxies whose `X-Forwarded-For` names the client (for counting failed sign-ins).
+    trusted_proxies: Vec<ipnet::IpNet>,
     pending: Mutex<HashMap<String, PendingOAuth>>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -65,9 +67,11 @@ fn not_found(detail: String) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, detail)
 }
 
-/// An "Authenticate with <vendor>" under way, by its `state`.
+/// An "Authenticate with <vendor>" under way, by its `state`, bound to the console session
+/// that started it.
 struct PendingOAuth {
-    user: String,
+    /// SHA-256 of the session id (the session itself is not kept in memory).
+    session: String,
     connection: OAuthConnection,
     verifier: Option<Secret>,
     started: Instant,
@@ -78,8 +82,14 @@ const OAUTH_PATIENCE: Duration = Duration::from_secs(15 * 60);
 
 impl Server {
     /// A server over `workspace` (with its connectors, master key and profile source), reached
-    /// by people at `public_url` (e.g. `https://cdp.example.com`, or `http://127.0.0.1:8080`).
-    pub fn new(workspace: Workspace, public_url: &str) -> Arc<Server> {
+    /// by people at `public_url` (e.g. `https://cdp.example.com`, or `http://127.0.0.1:8080`)
+    /// through the reverse proxies in `trusted_proxies`, if any (only their `X-Forwarded-For`
+    /// is believed).
+    pub fn new(
+        workspace: Workspace,
+        public_url: &str,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> Arc<Server> {
         let live = Arc::new(Live::default());
         let observer_live = live.clone();
         let workspace =
@@ -88,7 +98,8 @@ impl Server {
             workspace: Arc::new(workspace),
             public_url: public_url.trim_end_matches('/').to_string(),
             live,
-            limiter: auth::Limiter::default(),
+            throttle: auth::Throttle::default(),
+            trusted_proxies,
             pending: Mutex::default(),
             wake: Arc::default(),
         })
@@ -207,11 +218,21 @@ impl Server {
         map.insert(state, pending);
     }
 
-    fn take_pending(&self, state: &str) -> Option<PendingOAuth> {
+    /// The sign-in `state` names, when `session` started it; another session's callback
+    /// (someone who learnt the `state`) leaves it pending for its own.
+    fn take_pending(&self, state: &str, session: &str) -> Option<PendingOAuth> {
         let mut map = self.pending.lock().unwrap();
-        map.remove(state)
-            .filter(|p| p.started.elapsed() < OAUTH_PATIENCE)
+        map.retain(|_, p| p.started.elapsed() < OAUTH_PATIENCE);
+        let ours = map
+            .get(state)
+            .is_some_and(|p| auth::constant_time_eq(&p.session, &session_key(session)));
+        if ours { map.remove(state) } else { None }
     }
+}
+
+/// What a pending sign-in keeps of the session that started it.
+fn session_key(session: &str) -> String {
+    connector_host::plugins::digest(session.as_bytes())
 }
 
 /// A run's server-sent events: `progress` every half second while it goes (live counts when
@@ -361,7 +382,10 @@ pub fn openapi() -> serde_json::Value {
             };
             if path.starts_with("/api/") {
                 add("401", "Not signed in, or a token that is not valid");
-                add("429", "Too many failed sign-ins from this address");
+                add(
+                    "429",
+                    "Too many failed sign-ins for this account or from this address",
+                );
             }
             if has_params {
                 add("400", "A malformed path or query parameter");

@@ -54,24 +54,29 @@ struct Cli {
     /// Compile connectors at every start instead of caching them.
     #[arg(long, global = true, help_heading = GLOBAL)]
     no_cache: bool,
-    /// Largest memory a connector instance may use, in MiB.
+    /// Memory one connector call may use, in MiB: all the memories and tables of its
+    /// component's instances together.
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 128)]
     memory_mib: usize,
+    /// Memory all connector calls of this process may use at once, in MiB; a call that would
+    /// go past it waits for room [default: a quarter of the machine's memory, at most 2048].
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_MEMORY_MIB")]
+    host_memory_mib: Option<usize>,
     /// CPU time one connector call may use, in seconds (network waits not counted).
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 30.0)]
     cpu_seconds: f64,
     /// Wall-clock time one connector call may take, in seconds.
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 300.0)]
     call_timeout_seconds: f64,
-    /// Time compiling one connector may take when the plugin directory loads, in seconds
-    /// (compiled connectors are cached, so this is paid once per file).
+    /// CPU time compiling one connector may use, in seconds (its own threads' CPU, so a busy
+    /// machine does not count; compiled connectors are cached, so this is paid once a file).
     #[arg(
         long,
         global = true, help_heading = GLOBAL,
-        env = "CONNECTOR_HOST_COMPILE_TIMEOUT",
-        default_value_t = 10.0
+        env = "CONNECTOR_HOST_COMPILE_CPU_SECONDS",
+        default_value_t = 120.0
     )]
-    compile_timeout_seconds: f64,
+    compile_cpu_seconds: f64,
     /// Largest connector file loaded from the plugin directory, in MiB.
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 32)]
     max_plugin_mib: u64,
@@ -125,6 +130,11 @@ enum Command {
         /// URIs are made from it) [default: http://LISTEN].
         #[arg(long)]
         public_url: Option<String>,
+        /// A reverse proxy in front of the server (an address or CIDR block, repeatable): its
+        /// X-Forwarded-For names the client whose failed sign-ins are counted. Anyone else's
+        /// X-Forwarded-For is ignored.
+        #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
+        trusted_proxies: Vec<ipnet::IpNet>,
     },
     /// Settings of the saved state: the profile source and the per-run limits (profiles, bad rows).
     #[command(subcommand)]
@@ -160,6 +170,13 @@ enum KeyCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+}
+
+/// A CIDR block, or a single address (a block of one).
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is neither an address nor a CIDR block (e.g. 10.0.0.0/8)"))
 }
 
 pub(crate) fn parse_role(text: &str) -> Result<Role, String> {
@@ -205,13 +222,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let memory_bytes = cli.memory_mib << 20;
     let limits = Limits {
-        memory_bytes: cli.memory_mib << 20,
+        memory_bytes,
+        host_memory_bytes: match cli.host_memory_mib {
+            Some(mib) => mib << 20,
+            None => connector_host::sandbox::default_host_memory(memory_bytes),
+        },
         cpu_time: Some(Duration::try_from_secs_f64(cli.cpu_seconds).context("--cpu-seconds")?),
         call_timeout: Duration::try_from_secs_f64(cli.call_timeout_seconds)
             .context("--call-timeout-seconds")?,
-        compile_timeout: Duration::try_from_secs_f64(cli.compile_timeout_seconds)
-            .context("--compile-timeout-seconds")?,
+        compile_cpu_time: Duration::try_from_secs_f64(cli.compile_cpu_seconds)
+            .context("--compile-cpu-seconds")?,
         max_plugin_bytes: cli.max_plugin_mib << 20,
         ..Limits::default()
     };
@@ -260,6 +282,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             max_runs,
             listen,
             public_url,
+            trusted_proxies,
         } => {
             let poll = Duration::try_from_secs_f64(*poll_seconds).context("--poll-seconds")?;
             let workspace = context.workspace_with_host().await?;
@@ -280,7 +303,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let public_url = public_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{address}"));
-            let server = connector_host_api::Server::new(workspace, &public_url);
+            let server =
+                connector_host_api::Server::new(workspace, &public_url, trusted_proxies.clone());
             let options = server.serve_options(options);
             // Printed for people and scripts (with --listen 127.0.0.1:0, the port chosen).
             println!("listening on http://{address} (console and API; public URL {public_url})");

@@ -57,11 +57,15 @@ enum PluginsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Approve a connector as it is now (its content digest and hosts), so connections and
-    /// exports may use it (administrators only). A changed file needs approving again.
+    /// Approve a connector as its file is now (its content digest and hosts), so connections
+    /// and exports may use it (administrators only). A changed file needs approving again.
     Approve {
         /// The connector id, as `connector-host plugins` lists it.
         id: String,
+        /// Approve only a file with this SHA-256 digest (as `plugins show ID` printed it when
+        /// you reviewed it); a file changed since is refused.
+        #[arg(long, value_name = "SHA256")]
+        digest: Option<String>,
     },
     /// Check that a component keeps the contract, point by point, against a simulator of the
     /// vendor from the kit (or a vendor API you name); exits 1 when a point fails.
@@ -76,7 +80,7 @@ enum PluginsCommand {
 
 pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> {
     if let Some(PluginsCommand::Install { force }) = &args.command {
-        return install(session, *force);
+        return install(session, *force).await;
     }
     if let Some(PluginsCommand::Check(check)) = &args.command {
         return crate::check::check(session.host_options(), check).await;
@@ -111,8 +115,7 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
             let connectors = workspace.connectors().await?;
             let Some((plugin, status)) = connectors.iter().find(|(p, _)| p.info.id == *id) else {
                 // The same error as any use of an unknown connector, with what there is.
-                workspace.host()?.plugins().require(id)?;
-                unreachable!("require fails for a connector not loaded");
+                return Err(workspace.host()?.plugins().require(id).unwrap_err());
             };
             if *json {
                 println!(
@@ -126,13 +129,15 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
         Some(PluginsCommand::Install { .. } | PluginsCommand::Check(_)) => {
             unreachable!("handled above")
         }
-        Some(PluginsCommand::Approve { id }) => {
-            let approval = workspace.approve_connector(&actor, id).await?;
+        Some(PluginsCommand::Approve { id, digest }) => {
+            let approval = workspace
+                .approve_connector(&actor, id, digest.as_deref())
+                .await?;
             println!(
                 "approved connector `{}` {} (sha256:{}) to reach {}",
                 approval.connector,
                 approval.version,
-                short(&approval.digest),
+                approval.digest,
                 approval.hosts.join(", ")
             );
         }
@@ -146,8 +151,10 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the bundled connectors into the plugin directory (created if need be).
-fn install(session: &Session<'_>, force: bool) -> Result<ExitCode> {
+/// Writes the bundled connectors into the plugin directory (created if need be), then
+/// compiles them into the cache, so that no later start (of any process sharing the cache)
+/// compiles them again.
+async fn install(session: &Session<'_>, force: bool) -> Result<ExitCode> {
     let dir = session.plugin_dir()?;
     if !dir.is_dir() {
         connector_host::state::create_private_dir(&dir)?;
@@ -172,8 +179,19 @@ fn install(session: &Session<'_>, force: bool) -> Result<ExitCode> {
             short(&connector_host::plugins::digest(bytes))
         );
     }
+    let plugins = session.host().await?.plugins();
+    for (file, _) in BUNDLED {
+        if let Some(skipped) = plugins.skipped.iter().find(|s| s.path.ends_with(file)) {
+            bail!("{}", skipped.describe());
+        }
+    }
     println!(
-        "an administrator approves each before use: `connector-host plugins` shows what they ask for, `connector-host plugins approve ID` allows one"
+        "compiled{}; an administrator approves each before use: `connector-host plugins` shows what they ask for, `connector-host plugins approve ID` allows one",
+        if session.host_options().cache_dir.is_some() {
+            " and cached"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

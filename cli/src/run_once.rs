@@ -83,7 +83,8 @@ pub struct RunArgs {
 pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode> {
     // Nothing is saved, but the connector must be one an administrator approved.
     let host = session.host().await?;
-    let plugin = host.plugins().require(&args.connector)?;
+    let plugins = host.plugins();
+    let plugin = plugins.require(&args.connector)?;
     let approval = session.state().await?.approval(&args.connector).await?;
     connector_host::approval::require(plugin, approval.as_ref())?;
     let secret = read_secret(&args.secret_env, "the vendor API key")?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use connector_tests::artifacts;
-use connector_tests::harness::{CLI_COMPILE_TIMEOUT, plugin_dir};
+use connector_tests::harness::plugin_dir;
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 
@@ -32,7 +32,6 @@ async fn run(args: Vec<String>, secret: Option<&str>, state: &std::path::Path) -
     cmd.args(args)
         .env_remove("CONNECTOR_SECRET")
         .env("CONNECTOR_HOST_STATE", state)
-        .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
         .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
         // Every brokered request is traced at debug level; the traces must not leak the key.
         .env("RUST_LOG", "connector_host=debug");
@@ -208,7 +207,6 @@ fn check(file: &str, extra: &[&str]) -> (i32, String) {
         .args(["plugins", "check", file])
         .args(extra)
         .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
-        .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

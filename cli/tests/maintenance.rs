@@ -278,10 +278,6 @@ fn the_bundled_connectors_install_into_the_default_plugin_directory() {
             .env("HOME", home.path())
             .env("XDG_DATA_HOME", &data)
             .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
-            .env(
-                connector_tests::harness::CLI_COMPILE_TIMEOUT.0,
-                connector_tests::harness::CLI_COMPILE_TIMEOUT.1,
-            )
             .output()
             .unwrap();
         (

@@ -579,7 +579,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
         role: Role::Administrator,
     };
     workspace
-        .approve_connector(&admin, "campaign-monitor")
+        .approve_connector(&admin, "campaign-monitor", None)
         .await
         .unwrap();
     workspace

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use connector_tests::harness::{CLI_COMPILE_TIMEOUT, Expected};
+use connector_tests::harness::Expected;
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 
@@ -116,7 +116,6 @@ async fn the_operator_section_runs_as_written() {
             .env("PATH", &path)
             .env("HOME", &home)
             .env("USER", "dana")
-            .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
             .stdin(Stdio::null())
             .output()
             .unwrap();

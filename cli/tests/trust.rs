@@ -36,6 +36,56 @@ fn hostile_export(op: &Operator, sim_url: &str, list: &str, mode: &str, extra: &
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_of_the_file_that_was_reviewed() {
+    let op = Operator::new(72, 50);
+    let plugins = op.path("plugins");
+    variant(&plugins, "hostile.wasm", json!({}));
+    let reviewed: serde_json::Value =
+        serde_json::from_str(&op.ok(&["plugins", "show", "hostile", "--json"])).unwrap();
+    let reviewed = reviewed["sha256"].as_str().unwrap().to_string();
+    assert_eq!(reviewed.len(), 64, "the full digest is shown: {reviewed}");
+
+    // Swapped between the review and the approval: same id, other bytes.
+    variant(
+        &plugins,
+        "hostile.wasm",
+        json!({"display_name": "Hostile, swapped"}),
+    );
+    let now =
+        connector_host::plugins::digest(&std::fs::read(plugins.join("hostile.wasm")).unwrap());
+    let err = op.fails(&["plugins", "approve", "hostile", "--digest", &reviewed]);
+    assert!(
+        err.contains(&format!(
+            "connector `hostile` was not approved: its file is sha256:{now}, not the sha256:{reviewed} that was reviewed"
+        )),
+        "{err}"
+    );
+    assert!(
+        op.ok(&["plugins"]).contains("approval:  NOT APPROVED"),
+        "a refused approval was recorded"
+    );
+
+    // The file as it is now, reviewed and approved by its digest.
+    let approved = op.ok(&[
+        "plugins",
+        "approve",
+        "hostile",
+        "--digest",
+        &format!("sha256:{now}"),
+    ]);
+    assert!(
+        approved.starts_with(&format!(
+            "approved connector `hostile` 0.1.0 (sha256:{now})"
+        )),
+        "{approved}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&op.ok(&["plugins", "show", "hostile", "--json"])).unwrap();
+    assert_eq!(shown["approval"], "approved");
+    assert_eq!(shown["sha256"], now.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connectors_are_used_only_as_an_administrator_approved_them() {
     let op = Operator::new(71, 400);
     let plugins = op.path("plugins");

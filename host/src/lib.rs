@@ -88,7 +88,10 @@ pub struct HostOptions {
 pub struct ConnectorHost {
     sandbox: Arc<sandbox::Sandbox>,
     network: broker::Network,
-    plugins: Plugins,
+    dir: PathBuf,
+    plugins: std::sync::RwLock<Arc<Plugins>>,
+    /// One refresh at a time: a second waits and finds the directory loaded.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl ConnectorHost {
@@ -100,13 +103,43 @@ impl ConnectorHost {
         Ok(ConnectorHost {
             sandbox,
             network: broker::Network::new(&options.network)?,
-            plugins,
+            dir: plugin_dir.to_path_buf(),
+            plugins: std::sync::RwLock::new(Arc::new(plugins)),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The connectors loaded, and the files skipped.
-    pub fn plugins(&self) -> &Plugins {
-        &self.plugins
+    /// The connectors loaded, and the files skipped, as last loaded (see [`Self::refresh`]).
+    pub fn plugins(&self) -> Arc<Plugins> {
+        self.plugins.read().unwrap().clone()
+    }
+
+    /// Reads the plugin directory again if any file in it was added, changed, replaced or
+    /// removed since it was loaded (compiled code comes from the cache), so that what is
+    /// listed, approved and run is what is on disk now. Calls under way keep the copy they
+    /// started with.
+    pub async fn refresh(&self) -> Result<Arc<Plugins>> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let current = self.plugins();
+        if current.is_current(&self.dir)? {
+            return Ok(current);
+        }
+        let fresh = Arc::new(Plugins::load_dir(&self.sandbox, &self.dir).await?);
+        *self.plugins.write().unwrap() = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// The limits every connector call runs under.
+    pub fn sandbox_limits(&self) -> &Limits {
+        self.sandbox.limits()
+    }
+
+    /// The memory connector calls hold now, and the most they may hold at once.
+    pub fn memory_in_use(&self) -> (usize, usize) {
+        (
+            self.sandbox.memory_in_use(),
+            self.sandbox.limits().host_memory_bytes,
+        )
     }
 
     /// How the host reaches vendors.
@@ -117,7 +150,7 @@ impl ConnectorHost {
     /// Asks a connector to describe itself from a fresh instance, as every call starts (useful
     /// to check a plugin, and to measure what setting up a call costs).
     pub async fn describe(&self, connector: &str) -> Result<contract::ConnectorInfo> {
-        let plugin = self.plugins.require(connector)?;
+        let plugin = self.plugins().require(connector)?.clone();
         let offline = Arc::new(broker::Broker::offline(connector));
         let deadline = self.sandbox.limits().describe_timeout;
         self.sandbox

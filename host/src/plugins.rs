@@ -79,6 +79,58 @@ fn few(items: impl ExactSizeIterator<Item = String>) -> String {
 pub struct Plugins {
     pub loaded: Vec<Arc<Plugin>>,
     pub skipped: Vec<Skipped>,
+    /// What the directory's entries were when it was read, to notice a change.
+    stamps: Vec<Stamp>,
+}
+
+/// An entry of the plugin directory as the file system describes it (and the file it leads
+/// to, for a symlink): a write, a replacement or a rename changes one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    entry: Option<FileStamp>,
+    target: Option<FileStamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        FileStamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            changed_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The entries of `dir` and their stamps, sorted by path.
+fn stamps(dir: &Path) -> Result<Vec<Stamp>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the plugin directory {}", display_path(dir)))?;
+    let mut stamps: Vec<Stamp> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .map(|path| Stamp {
+            entry: std::fs::symlink_metadata(&path)
+                .ok()
+                .map(|m| FileStamp::of(&m)),
+            target: std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m)),
+            path,
+        })
+        .collect();
+    stamps.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(stamps)
 }
 
 /// Interfaces a connector may import. Rust's std links the wasi:cli and wasi:io basics even when
@@ -103,16 +155,15 @@ pub const MAX_BATCH_SIZE: u32 = 10_000;
 impl Plugins {
     /// Loads every component in `dir`, concurrently; the result lists them by file name.
     pub async fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<Plugins> {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the plugin directory {}", display_path(dir)))?;
+        // Stamped before reading, so that a file changed during the load is loaded again by
+        // the next refresh.
+        let stamps = stamps(dir)?;
         let root = std::fs::canonicalize(dir).with_context(|| {
             format!("cannot resolve the plugin directory {}", display_path(dir))
         })?;
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
         let mut skipped = vec![];
         let mut loading = tokio::task::JoinSet::new();
-        for path in paths {
+        for path in stamps.iter().map(|s| s.path.clone()) {
             match admit(&root, &path, sandbox.limits().max_plugin_bytes) {
                 Ok(real) => {
                     let sandbox = sandbox.clone();
@@ -139,6 +190,7 @@ impl Plugins {
         let mut plugins = Plugins {
             loaded: vec![],
             skipped,
+            stamps,
         };
         plugins.keep_unique(loaded);
         plugins.skipped.sort_by(|a, b| a.path.cmp(&b.path));
@@ -149,6 +201,11 @@ impl Plugins {
             tracing::info!(connector = %p.info.id, path = %display_path(&p.path), "loaded connector");
         }
         Ok(plugins)
+    }
+
+    /// Whether the directory `dir` still holds exactly the files this was loaded from.
+    pub fn is_current(&self, dir: &Path) -> Result<bool> {
+        Ok(stamps(dir)? == self.stamps)
     }
 
     /// Keeps the plugins whose id no other file claims; files sharing an id are all set aside,
@@ -211,6 +268,16 @@ impl Plugins {
             crate::failure::NotFound(message).into()
         })
     }
+}
+
+/// The content digest of the file `path` now (read as the plugin directory reads it).
+pub(crate) async fn digest_on_disk(path: &Path, cap: u64) -> Result<String> {
+    let file = std::fs::canonicalize(path)
+        .with_context(|| format!("{} cannot be read", display_path(path)))?;
+    let bytes = tokio::task::spawn_blocking(move || read_capped(&file, cap))
+        .await
+        .context("the plugin reader panicked")??;
+    Ok(digest(&bytes))
 }
 
 /// A component file's content digest (SHA-256, hex), as approvals record it.
@@ -308,10 +375,7 @@ async fn load(sandbox: &Sandbox, path: &Path, real: &Path) -> Result<Plugin> {
         .await
         .context("the plugin reader panicked")??;
     let digest = digest(&bytes);
-    let component = sandbox
-        .compile(bytes)
-        .await
-        .context("not a WebAssembly component this host can compile")?;
+    let component = sandbox.compile(bytes).await?;
     let contract_version = check_contract(sandbox, &component)?;
     let pre = sandbox.prepare(&component, &contract_version)?;
     let offline = Arc::new(Broker::offline("describe"));

@@ -251,12 +251,12 @@ impl Workspace {
 
     // ---- connectors ----
 
-    /// The connectors loaded, each with where it stands with its approval.
+    /// The connectors in the plugin directory as it is now (a changed file is loaded again),
+    /// each with where it stands with its approval.
     pub async fn connectors(&self) -> Result<Vec<(Arc<Plugin>, ApprovalStatus)>> {
+        let plugins = self.host()?.refresh().await?;
         let approvals = self.state.approvals().await?;
-        Ok(self
-            .host()?
-            .plugins()
+        Ok(plugins
             .loaded
             .iter()
             .map(|p| {
@@ -266,11 +266,41 @@ impl Workspace {
             .collect())
     }
 
-    /// Approves a loaded connector as it is now: its content digest and its hosts.
-    /// Administrators only.
-    pub async fn approve_connector(&self, actor: &Actor, id: &str) -> Result<Approval> {
+    /// Approves a connector as its file is now on disk: its content digest and its hosts. With
+    /// `digest` (SHA-256, hex, optionally `sha256:`-prefixed), only a file with that digest is
+    /// approved: the one the administrator reviewed. Administrators only.
+    pub async fn approve_connector(
+        &self,
+        actor: &Actor,
+        id: &str,
+        digest: Option<&str>,
+    ) -> Result<Approval> {
         require_administrator(actor, "approve connectors")?;
-        let plugin = self.host()?.plugins().require(id)?;
+        let host = self.host()?;
+        let plugins = host.refresh().await?;
+        let plugin = plugins.require(id)?;
+        if let Some(reviewed) = digest {
+            let reviewed = reviewed.trim();
+            let reviewed = reviewed.strip_prefix("sha256:").unwrap_or(reviewed);
+            if !reviewed.eq_ignore_ascii_case(&plugin.digest) {
+                return Err(Conflict(format!(
+                    "connector `{id}` was not approved: its file is sha256:{}, not the sha256:{} that was reviewed; review the file as it is now and approve its digest",
+                    plugin.digest,
+                    crate::text::clean(reviewed, 80)
+                ))
+                .into());
+            }
+        }
+        // What is approved is what this process loaded; the file must still hold it.
+        let on_disk =
+            crate::plugins::digest_on_disk(&plugin.path, host.sandbox_limits().max_plugin_bytes)
+                .await?;
+        if on_disk != plugin.digest {
+            return Err(Conflict(format!(
+                "connector `{id}` was not approved: its file changed while it was being approved (sha256:{on_disk} now); review it again"
+            ))
+            .into());
+        }
         let approval = Approval::of(plugin, &actor.name, crate::state::now());
         self.state.approve_connector(&approval).await?;
         let detail = format!("sha256:{}", approval.digest);
@@ -290,9 +320,11 @@ impl Workspace {
         self.state.record(actor, "connector.revoke", id, "").await
     }
 
-    /// The connector with this id, if an administrator approved it as it is loaded now.
+    /// The connector with this id as its file is now, if an administrator approved it so: the
+    /// copy every use of it then runs.
     pub async fn approved_connector(&self, id: &str) -> Result<Arc<Plugin>> {
-        let plugin = self.host()?.plugins().require(id)?;
+        let plugins = self.host()?.refresh().await?;
+        let plugin = plugins.require(id)?;
         approval::require(plugin, self.state.approval(id).await?.as_ref())?;
         Ok(plugin.clone())
     }
@@ -310,7 +342,7 @@ impl Workspace {
         check_name("connection", &request.name)?;
         check_privacy(&request.name, request.accept_privacy_notice)?;
         let key = self.key()?;
-        self.approved_connector(&request.connector).await?;
+        let plugin = self.approved_connector(&request.connector).await?;
         if self.state.connection(&request.name).await.is_ok() {
             return Err(Conflict(format!(
                 "a connection named `{}` already exists",
@@ -326,7 +358,7 @@ impl Workspace {
         };
         let check = self
             .host()?
-            .check_connection(&connection)
+            .check_connection_with(plugin, &connection)
             .await
             .with_context(|| format!("connection `{}` was not saved", request.name))?;
         let record = self
@@ -361,9 +393,12 @@ impl Workspace {
     pub async fn test_connection(&self, actor: &Actor, name: &str) -> Result<CredentialCheck> {
         let record = self.state.connection(name).await?;
         permit(actor, &record)?;
-        self.approved_connector(&record.connector).await?;
+        let plugin = self.approved_connector(&record.connector).await?;
         let connection = self.connection(&record).await?;
-        let check = self.host()?.check_connection(&connection).await?;
+        let check = self
+            .host()?
+            .check_connection_with(plugin, &connection)
+            .await?;
         if check == CredentialCheck::Accepted {
             self.state.mark_checked(record.id).await?;
         }
@@ -382,7 +417,7 @@ impl Workspace {
         let record = self.state.connection(name).await?;
         if let Some(credential) = &changes.credential {
             let key = self.key()?;
-            self.approved_connector(&record.connector).await?;
+            let plugin = self.approved_connector(&record.connector).await?;
             let connection = Connection {
                 connector: record.connector.clone(),
                 base_url: record.base_url.clone(),
@@ -390,7 +425,7 @@ impl Workspace {
                 credential: library_credential(credential),
             };
             self.host()?
-                .check_connection(&connection)
+                .check_connection_with(plugin, &connection)
                 .await
                 .with_context(|| format!("connection `{name}` keeps its old credential"))?;
             self.state
@@ -697,7 +732,7 @@ impl Workspace {
         }
         let library_connection = self.connection(connection).await?;
         self.host()?
-            .check_export(&library_connection, &export, self.source()?)
+            .check_export_with(plugin, &library_connection, &export, self.source()?)
             .await
             .with_context(not_done)
     }
@@ -942,7 +977,14 @@ impl Workspace {
         };
         let report = self
             .host()?
-            .run_export(&connection, &saved(export)?, source, &options, progress)
+            .run_export_with(
+                plugin,
+                &connection,
+                &saved(export)?,
+                source,
+                &options,
+                progress,
+            )
             .await?;
         Ok((report, basis))
     }
@@ -961,12 +1003,7 @@ impl Workspace {
             ..self.options.clone()
         };
         self.host()?
-            .plan_export(
-                &record.connector,
-                &saved(&export)?,
-                self.source()?,
-                &options,
-            )
+            .plan_export_with(plugin, &saved(&export)?, self.source()?, &options)
             .await
     }
 

@@ -39,6 +39,140 @@ pub fn variant(dir: &Path, file: &str, overrides: serde_json::Value) -> PathBuf 
     path
 }
 
+/// What [`with_extra_instances`] adds to the hostile connector: `count` more core instances,
+/// each with a linear memory of `memory_mib` (every page written at start, so it is really
+/// held) and a table of `table_elements`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraInstances {
+    pub count: u32,
+    pub memory_mib: u32,
+    pub table_elements: u64,
+}
+
+/// Writes a copy of the hostile connector to `dir/file` that also instantiates `extra` core
+/// instances of a module of its own whenever it is instantiated: a valid component that keeps
+/// the contract, whose every call holds the extra memories and tables.
+pub fn with_extra_instances(dir: &Path, file: &str, extra: ExtraInstances) -> PathBuf {
+    use wasm_encoder::{ComponentSectionId, Encode};
+    let mut wasm = std::fs::read(artifacts::HOSTILE).expect("the hostile connector is built");
+    let modules = top_level_core_modules(&wasm);
+    let module = hoarding_module(extra);
+    wasm.push(ComponentSectionId::CoreModule as u8);
+    wasm_encoder::ModuleSection(&module).encode(&mut wasm);
+    let mut instances = wasm_encoder::InstanceSection::new();
+    for _ in 0..extra.count {
+        instances.instantiate(modules, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    wasm.push(ComponentSectionId::CoreInstance as u8);
+    instances.encode(&mut wasm);
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(&wasm)
+        .expect("the extended component is valid");
+    let path = dir.join(file);
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
+/// The core modules a component defines at its top level (the next module's index).
+fn top_level_core_modules(component: &[u8]) -> u32 {
+    let mut depth = 0;
+    let mut modules = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.expect("a readable component") {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ModuleSection { .. } if depth == 1 => modules += 1,
+            wasmparser::Payload::ComponentAliasSection(aliases) if depth == 1 => {
+                for alias in aliases {
+                    if let wasmparser::ComponentAlias::Outer {
+                        kind: wasmparser::ComponentOuterAliasKind::CoreModule,
+                        ..
+                    } = alias.expect("a readable alias")
+                    {
+                        modules += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    modules
+}
+
+/// A core module with a table of `table_elements` function references (when asked) and a
+/// memory of `memory_mib` (when asked) whose start function writes a byte to every 4 KiB page.
+fn hoarding_module(extra: ExtraInstances) -> wasm_encoder::Module {
+    use wasm_encoder::{
+        BlockType, CodeSection, Function, FunctionSection, Instruction, MemArg, MemorySection,
+        MemoryType, Module, RefType, StartSection, TableSection, TableType, TypeSection, ValType,
+    };
+    let pages = u64::from(extra.memory_mib) * 16;
+    let mut module = Module::new();
+    // Sections in the order the format requires: types, functions, tables, memories, start,
+    // code.
+    if pages > 0 {
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        module.section(&types).section(&functions);
+    }
+    if extra.table_elements > 0 {
+        let mut tables = TableSection::new();
+        tables.table(TableType {
+            element_type: RefType::FUNCREF,
+            minimum: extra.table_elements,
+            maximum: None,
+            table64: false,
+            shared: false,
+        });
+        module.section(&tables);
+    }
+    if pages == 0 {
+        return module;
+    }
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: pages,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    module
+        .section(&memories)
+        .section(&StartSection { function_index: 0 });
+    // for (i = 0; i < pages * 65536; i += 4096) memory[i] = 1
+    let byte = MemArg {
+        offset: 0,
+        align: 0,
+        memory_index: 0,
+    };
+    let mut touch = Function::new([(1, ValType::I32)]);
+    touch
+        .instruction(&Instruction::Block(BlockType::Empty))
+        .instruction(&Instruction::Loop(BlockType::Empty))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const((pages * 65536) as i32))
+        .instruction(&Instruction::I32GeU)
+        .instruction(&Instruction::BrIf(1))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const(1))
+        .instruction(&Instruction::I32Store8(byte))
+        .instruction(&Instruction::LocalGet(0))
+        .instruction(&Instruction::I32Const(4096))
+        .instruction(&Instruction::I32Add)
+        .instruction(&Instruction::LocalSet(0))
+        .instruction(&Instruction::Br(0))
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::End)
+        .instruction(&Instruction::End);
+    let mut code = CodeSection::new();
+    code.function(&touch);
+    module.section(&code);
+    module
+}
+
 /// A loopback listener that accepts connections and keeps every byte sent to it, to prove
 /// nothing (and no credential) reached it.
 pub struct Tripwire {

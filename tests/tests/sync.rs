@@ -98,7 +98,7 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
         )
     };
     workspace
-        .approve_connector(&admin, connector)
+        .approve_connector(&admin, connector, None)
         .await
         .unwrap();
     workspace

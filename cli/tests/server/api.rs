@@ -303,9 +303,83 @@ async fn the_api_saves_runs_and_reports_exports_with_roles_enforced() {
         }
     }
 
-    // One wrong token more reaches the limit of failed sign-ins from this address.
+    // One wrong token more reaches the limit of failed sign-ins from this address: the next
+    // wrong one is told to wait, while a valid token still works.
     let (status, _) = w.call(Some("cht_guess"), "GET", "/api/v1/me", None).await;
     assert_eq!(status, 401);
-    let (status, problem) = w.call(admin, "GET", "/api/v1/me", None).await;
+    let (status, problem) = w.call(Some("cht_guess"), "GET", "/api/v1/me", None).await;
     assert_eq!(status, 429, "{problem}");
+    let (status, me) = w.call(admin, "GET", "/api/v1/me", None).await;
+    assert_eq!(status, 200, "{me}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_approves_the_file_on_disk_and_only_the_digest_reviewed() {
+    let w = world_of(Operator::new(43, 20));
+    let admin = Some(w.admin.as_str());
+    let digest_of = |connectors: &Value| {
+        connectors
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "campaign-monitor")
+            .map(|c| {
+                (
+                    c["sha256"].as_str().unwrap().to_string(),
+                    c["approval"].clone(),
+                )
+            })
+            .unwrap()
+    };
+    let (_, listed) = w.call(admin, "GET", "/api/v1/connectors", None).await;
+    let (started_with, approval) = digest_of(&listed);
+    assert_eq!(approval, "approved");
+
+    // The file is replaced while the server runs: the server lists what is on disk now.
+    let plugins = w.op.path("plugins");
+    connector_tests::hostile::variant(
+        &plugins,
+        "campaign-monitor.wasm",
+        json!({"id": "campaign-monitor", "display_name": "Campaign Monitor (replaced)"}),
+    );
+    let on_disk = connector_host::plugins::digest(
+        &std::fs::read(plugins.join("campaign-monitor.wasm")).unwrap(),
+    );
+    let (_, listed) = w.call(admin, "GET", "/api/v1/connectors", None).await;
+    let (now, approval) = digest_of(&listed);
+    assert_eq!(now, on_disk, "the server listed a stale copy");
+    assert_eq!(approval, "changed");
+
+    // Approving what was reviewed before the change is refused, and changes nothing.
+    let (status, problem) = w
+        .call(
+            admin,
+            "POST",
+            "/api/v1/connectors/campaign-monitor/approve",
+            Some(json!({"digest": started_with})),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&format!(
+            "its file is sha256:{on_disk}, not the sha256:{started_with} that was reviewed"
+        )),
+        "{problem}"
+    );
+    let (_, listed) = w.call(admin, "GET", "/api/v1/connectors", None).await;
+    assert_eq!(digest_of(&listed).1, "changed");
+
+    // The digest of the file on disk is approved, and that file is what the server holds.
+    let (status, approved) = w
+        .call(
+            admin,
+            "POST",
+            "/api/v1/connectors/campaign-monitor/approve",
+            Some(json!({"digest": on_disk})),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["sha256"], on_disk.as_str());
+    assert_eq!(approved["approval"], "approved");
+    assert_eq!(approved["display_name"], "Campaign Monitor (replaced)");
 }

@@ -47,8 +47,15 @@ struct World {
 }
 
 fn start(op: &Operator) -> Running {
+    start_with(op, &[])
+}
+
+/// [`start`] with more options for `serve`.
+fn start_with(op: &Operator, extra: &[&str]) -> Running {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--poll-seconds", "0.5"];
+    args.extend_from_slice(extra);
     let mut child = op
-        .command(&["serve", "--listen", "127.0.0.1:0", "--poll-seconds", "0.5"])
+        .command(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -64,6 +64,19 @@ async fn authenticate(w: &World, connector: &str, name: &str) -> reqwest::Respon
         callback.starts_with(&format!("{url}/oauth/callback?code=")),
         "{callback}"
     );
+    // Anyone else who learns the callback (another session, even the same person's in another
+    // browser, or a token) is refused, and the sign-in stays pending for its own session.
+    let elsewhere = client();
+    sign_in(&elsewhere, url, "ada", ADMIN_PASSWORD).await;
+    let foreign = elsewhere.get(&callback).send().await.unwrap();
+    assert_eq!(foreign.status(), 400);
+    let with_token = client()
+        .get(&callback)
+        .bearer_auth(&w.contributor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 400);
     let done = browser.get(&callback).send().await.unwrap();
     // The state is spent: the same answer again is refused.
     let again = browser.get(&callback).send().await.unwrap();

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use connector_tests::artifacts;
-use connector_tests::harness::{CLI_COMPILE_TIMEOUT, install_connectors};
+use connector_tests::harness::install_connectors;
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::{Behaviour, CampaignMonitorSim};
 use tempfile::TempDir;
@@ -112,7 +112,6 @@ impl Operator {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CONNECTOR_HOST_PLUGINS", self.path("plugins"))
             .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
-            .env(CLI_COMPILE_TIMEOUT.0, CLI_COMPILE_TIMEOUT.1)
             .env("CONNECTOR_HOST_STATE", &self.state)
             .env("CONNECTOR_HOST_MASTER_KEY_FILE", self.path("master.key"))
             .env("CONNECTOR_HOST_USER", "dana")

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::broker::Broker;
 use crate::contract::{BatchReport, Contact, ExportConfig};
 use crate::plugins::Plugin;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{HostMemoryBusy, Sandbox};
 use crate::text::{self, MAX_MESSAGE_CHARS};
 
 /// What each batch call needs, shared by the run's tasks.
@@ -54,6 +54,13 @@ impl Calls {
                 )
                 .await;
             match outcome {
+                // The host's memory budget was taken by other calls: not the connector's doing,
+                // and room comes back as they finish.
+                Err(e) if crate::failure::is::<HostMemoryBusy>(&e) && attempt < self.retries => {
+                    attempt += 1;
+                    tracing::warn!(connector = %id, attempt, "retrying batch: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
                 Err(e) => return Err(e.context(format!("connector `{id}` failed"))),
                 Ok(Err(e)) if e.retryable && attempt < self.retries => {
                     attempt += 1;

@@ -39,6 +39,7 @@ pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Sy
 use crate::ConnectorHost;
 use crate::broker::{BrokerPolicy, RequestObserver, SharedAccount};
 use crate::mapping::FieldMapping;
+use crate::plugins::Plugin;
 use crate::secret::Secret;
 use crate::source::ProfileSource;
 use batches::Batch;
@@ -192,8 +193,23 @@ impl ConnectorHost {
         options: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<RunReport> {
+        let plugin = self.loaded(&connection.connector)?;
+        self.run_export_with(plugin, connection, export, source, options, progress)
+            .await
+    }
+
+    /// [`Self::run_export`] with this exact connector (the one an approval covers).
+    pub(crate) async fn run_export_with(
+        &self,
+        plugin: Arc<Plugin>,
+        connection: &Connection,
+        export: &Export,
+        source: &dyn ProfileSource,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<RunReport> {
         let started = Instant::now();
-        let prepared = self.prepare(connection, export, source, options)?;
+        let prepared = self.prepare(plugin, connection, export, source, options)?;
         let stream = source.profiles(&export.segments)?;
         if let Some(total) = stream.total
             && total > options.max_profiles
@@ -365,8 +381,19 @@ impl ConnectorHost {
         source: &dyn ProfileSource,
         options: &RunOptions,
     ) -> Result<RunPlan> {
+        let plugin = self.loaded(connector)?;
+        self.plan_export_with(plugin, export, source, options).await
+    }
+
+    /// [`Self::plan_export`] with this exact connector.
+    pub(crate) async fn plan_export_with(
+        &self,
+        plugin: Arc<Plugin>,
+        export: &Export,
+        source: &dyn ProfileSource,
+        options: &RunOptions,
+    ) -> Result<RunPlan> {
         let started = Instant::now();
-        let plugin = self.plugins.require(connector)?.clone();
         let mapping = prepare::check_export_shape(&plugin, export, source)?;
         let stream = source.profiles(&export.segments)?;
         let index = load_index(options).await?;

@@ -33,21 +33,39 @@ impl ConnectorHost {
         export: &Export,
         source: &dyn ProfileSource,
     ) -> Result<()> {
-        let prepared = self.prepare(connection, export, source, &RunOptions::default())?;
+        let plugin = self.loaded(&connection.connector)?;
+        self.check_export_with(plugin, connection, export, source)
+            .await
+    }
+
+    /// [`Self::check_export`] with this exact connector (the one an approval covers).
+    pub(crate) async fn check_export_with(
+        &self,
+        plugin: Arc<Plugin>,
+        connection: &Connection,
+        export: &Export,
+        source: &dyn ProfileSource,
+    ) -> Result<()> {
+        let prepared = self.prepare(plugin, connection, export, source, &RunOptions::default())?;
         self.validate(&prepared, "the export did not validate")
             .await
     }
 
-    /// Everything that can be checked before sending: the export's shape, then the base URL
-    /// and the broker.
+    /// The connector the plugin directory has loaded under `id`.
+    pub(crate) fn loaded(&self, id: &str) -> Result<Arc<Plugin>> {
+        Ok(self.plugins().require(id)?.clone())
+    }
+
+    /// Everything that can be checked before sending with `plugin`: the export's shape, then
+    /// the base URL and the broker.
     pub(crate) fn prepare(
         &self,
+        plugin: Arc<Plugin>,
         connection: &Connection,
         export: &Export,
         source: &dyn ProfileSource,
         options: &RunOptions,
     ) -> Result<Prepared> {
-        let plugin = self.plugins.require(&connection.connector)?.clone();
         let mapping = check_export_shape(&plugin, export, source)?;
         let (base_url, broker) = self.connect(&plugin, connection, options)?;
         Ok(Prepared {
@@ -135,7 +153,16 @@ impl ConnectorHost {
     /// saved: the connector's `validate` with no settings. Sends no contact. Connectors built
     /// for contract 0.1.0 cannot make this check; the answer then says so.
     pub async fn check_connection(&self, connection: &Connection) -> Result<CredentialCheck> {
-        let plugin = self.plugins.require(&connection.connector)?.clone();
+        let plugin = self.loaded(&connection.connector)?;
+        self.check_connection_with(plugin, connection).await
+    }
+
+    /// [`Self::check_connection`] with this exact connector.
+    pub(crate) async fn check_connection_with(
+        &self,
+        plugin: Arc<Plugin>,
+        connection: &Connection,
+    ) -> Result<CredentialCheck> {
         if plugin.contract_version < semver::Version::new(0, 1, 1) {
             return Ok(CredentialCheck::NotSupported);
         }

@@ -14,7 +14,7 @@ use crate::contract::{
 };
 use crate::plugins::Plugin;
 use crate::run::{Connection, RunOptions};
-use crate::sandbox::{PluginState, ReturnSize};
+use crate::sandbox::PluginState;
 
 /// One connector reached over one connection.
 pub struct Probe<'h> {
@@ -72,7 +72,7 @@ impl Probe<'_> {
     }
 
     /// Makes one call with `export`'s configuration, under the run's limits and deadline.
-    async fn call<R: ReturnSize>(
+    async fn call<R>(
         &self,
         export: &ProbeExport,
         call: impl AsyncFnOnce(

@@ -747,7 +747,9 @@ impl Bench {
                     &files.memberships,
                     "id",
                 )?));
-            workspace.approve_connector(&admin, "mailchimp").await?;
+            workspace
+                .approve_connector(&admin, "mailchimp", None)
+                .await?;
             for (i, sim) in sims.iter().enumerate() {
                 workspace
                     .add_connection(&admin, sim.connection(&format!("account-{i}"), "mailchimp"))
@@ -1243,7 +1245,7 @@ async fn sync_runs(
     if leave_action == "untag" {
         settings.push(("membership-tag".into(), "bench-members".into()));
     }
-    workspace.approve_connector(&admin, connector).await?;
+    workspace.approve_connector(&admin, connector, None).await?;
     workspace
         .add_connection(&admin, sim.connection("bench", &connection.connector))
         .await?;

@@ -265,6 +265,36 @@ impl raw::Guest for Hostile {
                 updated: 0,
                 issues: vec![],
             }),
+            // Stays under the per-call memory cap (the host's budget is what it tests): takes
+            // 100 MiB, touches every page, then answers.
+            "grow" => {
+                let hoard = vec![1u8; 100 << 20];
+                std::hint::black_box(&hoard);
+                wasi::clocks::monotonic_clock::subscribe_duration(200_000_000).block();
+                Ok(all_created)
+            }
+            // Every contact rejected with the same 1 MiB message: one buffer in the connector's
+            // memory, named by every issue (a report costing the connector 1 MiB that the host
+            // would copy once per contact).
+            "aliased-report" => {
+                let shared: &'static mut [u8] = Box::leak(vec![b'x'; 1 << 20].into_boxed_slice());
+                let (ptr, len) = (shared.as_mut_ptr(), shared.len());
+                Ok(BatchReport {
+                    created: 0,
+                    updated: 0,
+                    issues: (0..n)
+                        .map(|index| ContactIssue {
+                            index,
+                            kind: IssueKind::Rejected,
+                            code: "x".into(),
+                            // SAFETY: deliberately not: every message claims the same bytes,
+                            // which is the attack. The host must refuse the report before it
+                            // copies it, so the guest's clean-up never runs.
+                            message: unsafe { String::from_raw_parts(ptr, len, len) },
+                        })
+                        .collect(),
+                })
+            }
             "oversized" => Ok(BatchReport {
                 created: n - 1,
                 updated: 0,

@@ -1,28 +1,42 @@
-//! The sandbox connectors run in: one wasmtime engine, a fresh store per call with memory caps
-//! and a wall-clock deadline, a WASI context that grants nothing, and `wasi:http` wired to the
-//! run's [`Broker`].
+//! The sandbox connectors run in: one wasmtime engine, a fresh store per call under one memory
+//! budget for everything its instance allocates (and a host-wide budget across calls), a CPU
+//! budget, a wall-clock deadline and a cap on what it hands the host, a WASI context that
+//! grants nothing, and `wasi:http` wired to the run's [`Broker`].
 
-use std::path::{Path, PathBuf};
+mod compile;
+mod memory;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::broker::{Broker, BrokerHooks};
-use crate::contract::{BatchReport, Connector, ConnectorError, ConnectorInfo, ConnectorPre};
+use crate::contract::{Connector, ConnectorPre};
+use memory::{CallCaps, CallMemory, HostMemory};
+pub use memory::{CallMemoryExceeded, HostMemoryBusy};
 
 /// Resource limits applied to every connector call.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest linear memory a connector instance may grow to.
+    /// What one call's instance may allocate, all together: every linear memory and every
+    /// table (8 bytes an element) of every core instance of the component, from their initial
+    /// sizes through every growth.
     pub memory_bytes: usize,
-    /// Largest table (e.g. function table) an instance may grow to, in elements.
-    pub table_elements: usize,
+    /// What all the calls of this host may allocate at once (the same count, summed over every
+    /// call under way). A call that needs room waits for others to finish, then fails as
+    /// retryable. Defaults to a quarter of the machine's memory, at most 2 GiB.
+    pub host_memory_bytes: usize,
+    /// Core instances, linear memories and tables one call's component may create.
+    pub max_instances: usize,
+    pub max_memories: usize,
+    pub max_tables: usize,
     /// Wall-clock time one call (`describe`, `validate`, one `export-batch`) may take, including
     /// the time its HTTP requests spend waiting on the vendor.
     pub call_timeout: Duration,
@@ -31,34 +45,68 @@ pub struct Limits {
     /// off: only for trusted connectors, since a busy loop then holds its thread and the
     /// wall-clock deadline cannot stop it.
     pub cpu_time: Option<Duration>,
-    /// Largest value a call may hand back (strings and lists of its result, in bytes).
+    /// Most bytes a connector may hand the host at once: a call's result, or what it passes
+    /// to one host call (strings and lists, counted as the host would hold them before any is
+    /// copied, so results that share one buffer are counted each time).
     pub max_return_bytes: usize,
     /// Host resources (requests, headers, streams, timers) one call may hold at once, so a
     /// connector cannot make the host allocate without bound.
     pub max_resources: usize,
-    /// Wall-clock time `describe` may take when a plugin loads.
+    /// Wall-clock time `describe` may take when a plugin loads (its CPU is limited by
+    /// `cpu_time` as every call's).
     pub describe_timeout: Duration,
-    /// Time compiling one component may take when a plugin loads.
-    pub compile_timeout: Duration,
+    /// CPU time compiling one component may take (the threads of that compile only, so a busy
+    /// machine does not count against it). A compile happens once per file: its result is
+    /// cached.
+    pub compile_cpu_time: Duration,
     /// Largest component file loaded from the plugin directory (checked before reading).
     pub max_plugin_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let memory_bytes = 128 << 20;
         Limits {
-            memory_bytes: 128 << 20,
-            table_elements: 100_000,
+            memory_bytes,
+            host_memory_bytes: default_host_memory(memory_bytes),
+            max_instances: 64,
+            max_memories: 16,
+            max_tables: 64,
             call_timeout: Duration::from_secs(300),
             cpu_time: Some(Duration::from_secs(30)),
             max_return_bytes: 4 << 20,
             max_resources: 1_000,
-            describe_timeout: Duration::from_secs(5),
-            compile_timeout: Duration::from_secs(10),
+            describe_timeout: Duration::from_secs(30),
+            compile_cpu_time: Duration::from_secs(120),
             max_plugin_bytes: 32 << 20,
         }
     }
 }
+
+/// A quarter of the memory this process may use (the machine's, or its control group's limit
+/// when lower), at most 2 GiB and at least room for two calls.
+pub fn default_host_memory(call_bytes: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let mut physical = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+    if let Some(limit) = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        physical = physical.min(limit);
+    }
+    let quarter = usize::try_from(physical / 4).unwrap_or(usize::MAX);
+    quarter.min(2 << 30).max(call_bytes.saturating_mul(2))
+}
+
+/// How long a call's growth waits for room in the host's budget before the call fails as
+/// retryable.
+const HOST_MEMORY_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the engine's epoch advances; a running connector yields to the host at each tick,
 /// so a busy loop cannot hold a thread past its deadline.
@@ -70,6 +118,7 @@ pub struct Sandbox {
     linker: Linker<PluginState>,
     limits: Limits,
     cache_dir: Option<PathBuf>,
+    host_memory: Arc<HostMemory>,
 }
 
 impl Sandbox {
@@ -89,6 +138,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Ok(Sandbox {
+            host_memory: HostMemory::new(limits.host_memory_bytes),
             engine,
             linker,
             limits,
@@ -105,27 +155,21 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles a component (or loads it from the cache when these exact bytes were compiled
-    /// before by a compatible engine), giving up after the compile deadline. Compilation cannot
-    /// be interrupted, so a component past the deadline finishes on its own thread and is
-    /// thrown away.
+    /// Compiles a component, or loads it from the cache when these exact bytes were compiled
+    /// before by a compatible engine; a compile is limited by its own CPU time.
     pub(crate) async fn compile(&self, wasm: Vec<u8>) -> Result<Component> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (engine, cache_dir) = (self.engine.clone(), self.cache_dir.clone());
-        std::thread::Builder::new()
-            .name("compile-component".into())
-            .spawn(move || {
-                let _ = tx.send(compile_cached(&engine, cache_dir.as_deref(), &wasm));
-            })
-            .context("cannot start a compiler thread")?;
-        match tokio::time::timeout(self.limits.compile_timeout, rx).await {
-            Ok(Ok(compiled)) => compiled,
-            Ok(Err(_)) => bail!("the compiler thread ended without an answer"),
-            Err(_) => bail!(
-                "did not compile within the {} s deadline (an unusually large or complex component)",
-                self.limits.compile_timeout.as_secs_f64()
-            ),
-        }
+        compile::compile(
+            &self.engine,
+            self.cache_dir.as_deref(),
+            wasm,
+            self.limits.compile_cpu_time,
+        )
+        .await
+    }
+
+    /// Bytes held by connector calls under way (against [`Limits::host_memory_bytes`]).
+    pub fn memory_in_use(&self) -> usize {
+        self.host_memory.in_use()
     }
 
     /// Links a compiled component against the sandbox's imports, ready to instantiate cheaply,
@@ -142,7 +186,7 @@ impl Sandbox {
     /// Runs `call` against a fresh instance whose requests go through `broker`, under the
     /// sandbox's limits and `deadline` (wall-clock; [`Limits::call_timeout`] for calls of a
     /// run). Any trap, limit or deadline fails only this call.
-    pub(crate) async fn call<R: ReturnSize>(
+    pub(crate) async fn call<R>(
         &self,
         pre: &ConnectorPre,
         broker: Arc<Broker>,
@@ -162,14 +206,22 @@ impl Sandbox {
             http,
             table,
             hooks: BrokerHooks(broker),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .table_elements(self.limits.table_elements)
-                .trap_on_grow_failure(true)
-                .build(),
+            memory: CallMemory::new(
+                CallCaps {
+                    bytes: self.limits.memory_bytes,
+                    instances: self.limits.max_instances,
+                    memories: self.limits.max_memories,
+                    tables: self.limits.max_tables,
+                    wait: HOST_MEMORY_WAIT,
+                },
+                self.host_memory.clone(),
+            ),
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter_async(|s| &mut s.memory);
+        // What the connector hands the host (a result, a host call's arguments) is counted as
+        // it is read and refused past the cap, before it is copied.
+        store.set_hostcall_fuel(self.limits.max_return_bytes);
         // Each tick that finds the connector running counts against its CPU budget, then lets
         // other tasks run; ticks spent waiting on the host (network) are not seen here.
         if let Some(cpu_time) = self.limits.cpu_time {
@@ -188,9 +240,13 @@ impl Sandbox {
             let instance = pre.instantiate(&mut store).await?;
             call(&instance, &mut store).await
         };
-        let value = match tokio::time::timeout(deadline, run).await {
-            Ok(Ok(value)) => value,
+        match tokio::time::timeout(deadline, run).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
+                if let Some(busy) = e.downcast_ref::<HostMemoryBusy>() {
+                    // Not the connector's fault: the caller may try again.
+                    return Err(anyhow::Error::new(*busy));
+                }
                 let mut text = describe_trap(e, &self.limits);
                 let printed = String::from_utf8_lossy(&stderr.contents())
                     .trim()
@@ -207,84 +263,12 @@ impl Sandbox {
                     let tail = crate::text::clean(&tail, STDERR_QUOTED);
                     text.push_str(&format!("; it printed: {tail}"));
                 }
-                return Err(anyhow!(text));
+                Err(anyhow!(text))
             }
-            Err(_) => {
-                return Err(anyhow!(
-                    "the connector did not finish within the {} s call deadline",
-                    deadline.as_secs_f64()
-                ));
-            }
-        };
-        let size = value.return_size();
-        if size > self.limits.max_return_bytes {
-            return Err(anyhow!(
-                "the connector returned {size} bytes, over the {}-byte limit on what a call may return",
-                self.limits.max_return_bytes
-            ));
-        }
-        Ok(value)
-    }
-}
-
-/// Bytes of guest-controlled data in a call's result (strings and list entries), for the cap
-/// on what a call may return.
-pub(crate) trait ReturnSize {
-    fn return_size(&self) -> usize;
-}
-
-impl ReturnSize for ConnectorInfo {
-    fn return_size(&self) -> usize {
-        let strings = |v: &[String]| v.iter().map(|s| s.len() + 8).sum::<usize>();
-        self.id.len()
-            + self.display_name.len()
-            + self.version.len()
-            + self.default_base_url.len()
-            + strings(&self.hosts)
-            + self
-                .leave_actions
-                .iter()
-                .map(|a| a.id.len() + a.label.len() + a.help.len() + 8)
-                .sum::<usize>()
-            + self
-                .config_fields
-                .iter()
-                .map(|f| f.key.len() + f.label.len() + f.help.len() + 8)
-                .sum::<usize>()
-            + self
-                .contact_fields
-                .iter()
-                .map(|f| f.key.len() + f.label.len() + 8)
-                .sum::<usize>()
-    }
-}
-
-impl ReturnSize for BatchReport {
-    fn return_size(&self) -> usize {
-        self.issues
-            .iter()
-            .map(|i| i.code.len() + i.message.len() + 16)
-            .sum()
-    }
-}
-
-impl ReturnSize for ConnectorError {
-    fn return_size(&self) -> usize {
-        self.message.len() + self.vendor_code.as_ref().map_or(0, String::len)
-    }
-}
-
-impl ReturnSize for () {
-    fn return_size(&self) -> usize {
-        0
-    }
-}
-
-impl<T: ReturnSize, E: ReturnSize> ReturnSize for Result<T, E> {
-    fn return_size(&self) -> usize {
-        match self {
-            Ok(v) => v.return_size(),
-            Err(e) => e.return_size(),
+            Err(_) => Err(anyhow!(
+                "the connector did not finish within the {} s call deadline",
+                deadline.as_secs_f64()
+            )),
         }
     }
 }
@@ -313,11 +297,25 @@ fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
             limits.max_resources
         );
     }
-    if text.contains("forcing trap when growing memory") {
+    if let Some(exceeded) = error.downcast_ref::<CallMemoryExceeded>() {
+        return exceeded.to_string();
+    }
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
         return format!(
-            "the connector exceeded its memory limit of {} MiB",
-            limits.memory_bytes >> 20
+            "the connector tried to hand the host more than {0} bytes at once, over the {0}-byte limit on what a call may return (or pass to the host in one call)",
+            limits.max_return_bytes
         );
+    }
+    for (limit, what, count) in [
+        ("instance", "core instances", limits.max_instances),
+        ("memor", "linear memories", limits.max_memories),
+        ("table", "tables", limits.max_tables),
+    ] {
+        if text.contains("count too high") && text.contains(limit) {
+            return format!(
+                "the connector's component creates more than {count} {what}, the most one connector may have"
+            );
+        }
     }
     let Some(trap) = error.downcast_ref::<wasmtime::Trap>() else {
         return text;
@@ -333,47 +331,6 @@ fn describe_trap(error: wasmtime::Error, limits: &Limits) -> String {
         _ => "the connector trapped",
     };
     format!("{what}: {trap}")
-}
-
-/// Compiles `wasm`, through the cache when there is one: compiled components are stored
-/// under a digest of their bytes and of the engine's settings.
-fn compile_cached(engine: &Engine, cache_dir: Option<&Path>, wasm: &[u8]) -> Result<Component> {
-    let Some(cache_dir) = cache_dir else {
-        return Ok(Component::new(engine, wasm)?);
-    };
-    let cached = cache_dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
-    if cached.is_file() {
-        // SAFETY: files in the cache directory are written only below, under a name that binds
-        // them to these exact bytes and this engine build.
-        if let Ok(component) = unsafe { Component::deserialize_file(engine, &cached) } {
-            return Ok(component);
-        }
-    }
-    let compiled = engine.precompile_component(wasm)?;
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
-    // Write then rename, so a concurrent start never reads half a file.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = cached.with_extension(format!("tmp{}-{n}", std::process::id()));
-    std::fs::write(&tmp, &compiled)?;
-    std::fs::rename(&tmp, &cached)?;
-    // SAFETY: produced just above by this engine.
-    Ok(unsafe { Component::deserialize(engine, &compiled) }?)
-}
-
-fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    use std::hash::{Hash, Hasher};
-    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine
-        .precompile_compatibility_hash()
-        .hash(&mut engine_hash);
-    let digest = Sha256::new()
-        .chain_update(wasm)
-        .chain_update(engine_hash.finish().to_le_bytes())
-        .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Advances the engine's epoch for as long as the engine lives.
@@ -399,7 +356,7 @@ pub(crate) struct PluginState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: BrokerHooks,
-    limits: StoreLimits,
+    memory: CallMemory,
 }
 
 impl WasiView for PluginState {
