@@ -312,8 +312,12 @@ pub struct RunView {
     pub connector: String,
     pub trigger: String,
     pub started_by: String,
-    /// queued, running, interrupted, succeeded or failed.
+    /// queued, running, waiting (its worker is gone: another takes it over), interrupted
+    /// (the next run continues it), succeeded or failed.
     pub status: String,
+    /// The status as people read it, saying what happens next (`waiting for a worker`,
+    /// `interrupted: continues at the next run`...).
+    pub status_text: String,
     pub error: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -330,10 +334,7 @@ pub struct RunView {
 }
 
 pub fn run_status(s: RunState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    s.as_str().to_string()
 }
 
 impl From<RunRecord> for RunView {
@@ -349,6 +350,7 @@ impl From<RunRecord> for RunView {
             trigger: r.trigger,
             started_by: r.started_by,
             status: run_status(r.status),
+            status_text: r.status.describe().to_string(),
             error: r.error,
             started_at: r.started_at,
             finished_at: r.finished_at,

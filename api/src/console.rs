@@ -766,7 +766,7 @@ fn runs_table(runs: &[RunView]) -> Markup {
                     tr {
                         td { a href={"/runs/" (r.id)} { "#" (r.id) } }
                         td { (r.export) }
-                        td { (r.status) }
+                        td { (r.status_text) }
                         td { (r.started_at) }
                         td { (r.started_by) }
                         td { (count(r, "profiles")) }
@@ -806,12 +806,12 @@ async fn run(
 ) -> Response {
     let work = async {
         let run = RunView::from(server.run_for(&caller.actor, id).await?);
-        let going = matches!(run.status.as_str(), "queued" | "running");
+        let going = matches!(run.status.as_str(), "queued" | "running" | "waiting");
         Ok::<_, Problem>(page(
             Some(&caller),
             &format!("Run #{id} of {}", run.export),
             html! {
-                p #status role="status" aria-live="polite" { "Status: " strong #state { (run.status) } }
+                p #status role="status" aria-live="polite" { "Status: " strong #state { (run.status_text) } }
                 @if going {
                     p { progress #progress max="1" value="0" aria-label="Profiles handled" {} " " span #done { "waiting for a worker" } }
                     script { (PreEscaped(format!("{LIVE_SCRIPT}follow({id});"))) }

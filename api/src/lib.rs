@@ -251,7 +251,10 @@ fn events(
                 return Some((Ok(event), None));
             }
         };
-        let ended = !matches!(run.status, RunState::Running | RunState::Queued);
+        let ended = !matches!(
+            run.status,
+            RunState::Running | RunState::Queued | RunState::Waiting
+        );
         if ended {
             let data = serde_json::to_string(&api::RunView::from(run)).unwrap_or_default();
             return Some((Ok(Event::default().event("end").data(data)), None));

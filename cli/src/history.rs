@@ -67,7 +67,7 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                     vec![
                         r.id.to_string(),
                         r.export.clone(),
-                        r.status.to_string(),
+                        r.status.describe().to_string(),
                         r.started_at.clone(),
                         r.finished_at.clone().unwrap_or_else(|| "-".into()),
                         r.counts.sent().to_string(),
@@ -159,7 +159,7 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
 fn print_run(r: &RunRecord) {
     let c = &r.counts;
     println!("run {} of export {} ({})", r.id, r.export, r.connector);
-    println!("  status        {}", r.status);
+    println!("  status        {}", r.status.describe());
     if let Some(error) = &r.error {
         println!("  error         {error}");
     }

@@ -396,9 +396,13 @@ async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
     op.add_export("nightly", "acme", &list, &[]);
 
     kill_after(&op, &sim, "nightly", 4);
+    // Its process is gone: the run waits for a worker (or the next run) to continue it.
     let runs = op.ok(&["runs", "nightly"]);
     assert!(
-        runs.lines().nth(1).unwrap().contains("interrupted"),
+        runs.lines()
+            .nth(1)
+            .unwrap()
+            .contains("waiting for a worker"),
         "{runs}"
     );
     let sent_before = imports(&sim);
@@ -519,13 +523,13 @@ async fn serve_runs_due_exports_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("schedule fired: run queued"), "{stderr}");
     assert!(stderr.contains("run claimed"), "{stderr}");
 
-    // The run stopped at a batch boundary; running the export again completes it. The
-    // schedule's fires while it ran queued one more run (at most one waits), which no worker
-    // claimed before the stop.
+    // The run stopped at a batch boundary and waits for the next worker; running the export
+    // again completes it. The schedule's fires while it ran queued one more run (at most one
+    // waits), which no worker claimed before the stop.
     let runs = op.ok(&["runs", "every-second"]);
     let first = runs.lines().find(|l| l.starts_with("1 ")).unwrap();
     assert!(
-        first.contains("interrupted") || first.contains("succeeded"),
+        first.contains("waiting for a worker") || first.contains("succeeded"),
         "{runs}"
     );
     let waiting = runs.lines().filter(|l| l.contains(" queued ")).count();

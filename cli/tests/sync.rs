@@ -132,7 +132,10 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     let imports_killed = posts(&sim, "/import.json");
     let runs = op.ok(&["runs", "weekly"]);
     assert!(
-        runs.lines().nth(1).unwrap().contains("interrupted"),
+        runs.lines()
+            .nth(1)
+            .unwrap()
+            .contains("waiting for a worker"),
         "{runs}"
     );
 

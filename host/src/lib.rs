@@ -28,6 +28,7 @@ pub mod broker;
 pub mod contract;
 pub mod email;
 pub mod failure;
+pub mod fence;
 pub mod mapping;
 pub mod oauth;
 pub mod plugins;
@@ -52,6 +53,7 @@ pub use approval::{Approval, ApprovalStatus};
 pub use broker::{
     BrokerPolicy, NetworkOptions, RequestObserver, RequestRecord, Resolve, StaticResolver,
 };
+pub use fence::Fence;
 pub use mapping::FieldMapping;
 pub use plugins::{Plugin, Plugins, Skipped};
 #[cfg(feature = "console-progress")]

@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::approval::{self, Approval, ApprovalStatus};
 use crate::broker::SharedAccount;
 use crate::failure::{AlreadyRunning, Conflict, Forbidden};
+use crate::fence::Fence;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
 use crate::run::{
@@ -150,6 +153,16 @@ pub struct RunOutcome {
     /// Whether this run continued one cut short.
     pub resumed: bool,
     pub report: RunReport,
+}
+
+/// An attempt of a run about to be made: its record, and the export's lock it holds.
+struct Attempt {
+    run_id: i64,
+    /// Whether an earlier attempt of the run settled something.
+    resumed: bool,
+    /// Whether a full run was asked for (by this attempt or an earlier one).
+    full: bool,
+    lock: ExportLock,
 }
 
 /// Saved connections and exports over a connector host and a profile source.
@@ -795,11 +808,13 @@ impl Workspace {
             }
         };
 
+        let fence = lock.fence().clone();
         let unfinished = self.state.unfinished_run(&export).await?;
-        let (run_id, resumed) = match unfinished {
+        let (run_id, resumed, full) = match unfinished {
             Some(id) if !fresh => {
-                self.state.resume_run(id).await?;
-                (id, true)
+                // The full run an earlier attempt was asked for stays full.
+                let full = self.state.resume_run(id, &fence, full).await?;
+                (id, true, full)
             }
             other => {
                 if let Some(id) = other {
@@ -807,13 +822,21 @@ impl Workspace {
                         .abandon_run(id, &format!("abandoned: {} started afresh", actor.name))
                         .await?;
                 }
-                (self.state.start_run(&export, trigger, actor).await?, false)
+                let run_id = self
+                    .state
+                    .start_run(&export, trigger, actor, full, Some(&fence))
+                    .await?;
+                (run_id, false, full)
             }
         };
-        self.execute_run(
-            &export, &record, run_id, resumed, full, lock, progress, stop,
-        )
-        .await
+        let attempt = Attempt {
+            run_id,
+            resumed,
+            full,
+            lock,
+        };
+        self.execute_run(&export, &record, attempt, progress, stop, None)
+            .await
     }
 
     /// Queues a run of a saved export for the `serve` workers (the same queue scheduled runs
@@ -830,74 +853,89 @@ impl Workspace {
     }
 
     /// Runs a run this worker claimed from the queue: continues it when an earlier attempt
-    /// made progress (its worker died, or it was queued to continue), else starts it.
+    /// made progress (its worker died, or it was queued to continue), else starts it. When
+    /// `handover` is cancelled while it runs (the worker is stopping), the run is left waiting
+    /// for another worker rather than interrupted.
     pub async fn run_claimed(
         &self,
         claim: Claim,
         progress: &dyn Progress,
         stop: Option<CancellationToken>,
+        handover: Option<&CancellationToken>,
     ) -> Result<RunOutcome> {
         let export = self.state.export_by_id(claim.export_id).await?;
         let record = self.state.connection_by_id(export.connection_id).await?;
-        let (resumed, full) = self.state.start_claimed(claim.run_id).await?;
-        self.execute_run(
-            &export,
-            &record,
-            claim.run_id,
+        let (resumed, full) = self
+            .state
+            .start_claimed(claim.run_id, claim.lock.fence())
+            .await?;
+        let attempt = Attempt {
+            run_id: claim.run_id,
             resumed,
             full,
-            claim.lock,
-            progress,
-            stop,
-        )
-        .await
+            lock: claim.lock,
+        };
+        self.execute_run(&export, &record, attempt, progress, stop, handover)
+            .await
     }
 
     /// Runs an attempt of a recorded run while holding its export's lock, and records how it
-    /// ended. The run stops cleanly on `stop`, and when the lock is lost (a lease that could not
-    /// be renewed: another worker may take the run over).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one private step of two entry points"
-    )]
+    /// ended. The run stops cleanly on `stop`, and at once when the lock is lost (a lease that
+    /// could not be renewed in time, or that another worker took: that worker continues it).
     async fn execute_run(
         &self,
         export: &ExportRecord,
         record: &ConnectionRecord,
-        run_id: i64,
-        resumed: bool,
-        full: bool,
-        lock: ExportLock,
+        attempt: Attempt,
         progress: &dyn Progress,
         stop: Option<CancellationToken>,
+        handover: Option<&CancellationToken>,
     ) -> Result<RunOutcome> {
-        let run_stop = lock.lost().clone();
-        let forward = stop.map(|stop| {
-            let run_stop = run_stop.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                run_stop.cancel();
-            })
-        });
-        let attempt = self
-            .attempt_run(export, record, run_id, full, progress, Some(run_stop))
+        let Attempt {
+            run_id,
+            resumed,
+            full,
+            lock,
+        } = attempt;
+        let fence = lock.fence().clone();
+        let outcome = self
+            .attempt_run(export, record, run_id, full, &fence, progress, stop)
             .await;
-        if let Some(forward) = forward {
-            forward.abort();
-        }
-        let outcome = self.record_attempt(export, run_id, resumed, attempt).await;
+        let handed_over = handover.is_some_and(CancellationToken::is_cancelled);
+        let outcome = self
+            .record_attempt(export, run_id, resumed, &fence, handed_over, outcome)
+            .await;
         lock.release().await;
         outcome
     }
 
-    /// Records how an attempt ended.
+    /// Records how an attempt ended, while this worker holds the run: a worker that lost its
+    /// lock writes nothing (the run is another worker's, or waits for one).
     async fn record_attempt(
         &self,
         export: &ExportRecord,
         run_id: i64,
         resumed: bool,
+        fence: &Fence,
+        handed_over: bool,
         attempt: Result<(RunReport, SyncBasis)>,
     ) -> Result<RunOutcome> {
+        if fence.lost().is_cancelled() {
+            let why = fence.why().unwrap_or_default();
+            tracing::warn!(
+                run = run_id,
+                export = %export.name,
+                "this worker stopped the run: its lock on the export was lost ({why}); the worker that takes the run over continues it"
+            );
+            return match attempt {
+                Ok((report, _)) => Ok(RunOutcome {
+                    run_id,
+                    resumed,
+                    report,
+                }),
+                Err(e) => Err(e.context(format!("run {run_id} of export `{}`", export.name))),
+            };
+        }
         match attempt {
             Ok((mut report, basis)) => {
                 if resumed {
@@ -913,22 +951,29 @@ impl Workspace {
                         .await?;
                     report.assert_adds_up(true);
                 }
-                if report.succeeded() {
-                    self.state.complete_sync(export, run_id, &basis).await?;
-                }
                 let (state, error) = match &report.status {
                     RunStatus::Succeeded => (RunState::Succeeded, None),
                     RunStatus::Failed(e) => (RunState::Failed, Some(e.as_str())),
+                    // A worker stopping hands the run to the next worker to come.
+                    RunStatus::Interrupted if handed_over => (RunState::Running, None),
                     RunStatus::Interrupted => (RunState::Interrupted, None),
                 };
-                self.state
-                    .finish_run(run_id, state, error, Some(&report))
+                let synced = report.succeeded().then_some((export, &basis));
+                self.finish(run_id, fence, state, error, Some(&report), synced)
                     .await?;
                 Ok(RunOutcome {
                     run_id,
                     resumed,
                     report,
                 })
+            }
+            Err(e) if crate::state::is_transient(&e) => {
+                // The state is out of reach: the run stays under way, for the next worker
+                // (or the next run) once it is back.
+                Err(e.context(format!(
+                    "run {run_id} of export `{}` waits for the state to be reachable again",
+                    export.name
+                )))
             }
             Err(e) => {
                 // Refused before sending anything: a new run is over; a resumed one stays
@@ -938,20 +983,63 @@ impl Workspace {
                 } else {
                     RunState::Failed
                 };
-                self.state
-                    .finish_run(run_id, state, Some(&format!("{e:#}")), None)
+                self.finish(run_id, fence, state, Some(&format!("{e:#}")), None, None)
                     .await?;
                 Err(e.context(format!("run {run_id} of export `{}`", export.name)))
             }
         }
     }
 
+    /// Writes a run's end under `fence`, trying again while the state is out of reach and the
+    /// lock surely holds; a run another worker took over is left to it.
+    async fn finish(
+        &self,
+        run_id: i64,
+        fence: &Fence,
+        state: RunState,
+        error: Option<&str>,
+        report: Option<&RunReport>,
+        synced: Option<(&ExportRecord, &SyncBasis)>,
+    ) -> Result<()> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self
+                .state
+                .finish_run(run_id, Some(fence), state, error, report, synced)
+                .await
+            {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    tracing::warn!(
+                        run = run_id,
+                        "the run was taken over by another worker: this attempt's end is not recorded"
+                    );
+                    return Ok(());
+                }
+                Err(e) if crate::state::is_transient(&e) && fence.holds() => {
+                    tracing::warn!(
+                        run = run_id,
+                        "recording the run's end failed ({e:#}); trying again"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private step of two entry points"
+    )]
     async fn attempt_run(
         &self,
         export: &ExportRecord,
         record: &ConnectionRecord,
         run_id: i64,
         full: bool,
+        fence: &Fence,
         progress: &dyn Progress,
         stop: Option<CancellationToken>,
     ) -> Result<(RunReport, SyncBasis)> {
@@ -965,7 +1053,7 @@ impl Workspace {
                 Some(n) => Some(n),
                 None => self.max_bad_rows().await?,
             },
-            journal: Some(Arc::new(self.state.journal(export, run_id))),
+            journal: Some(Arc::new(self.state.journal(export, run_id, fence))),
             // The vendor counts the account's requests, whichever run or worker sends them.
             account: Some(SharedAccount {
                 key: format!("{}:{}", record.connector, record.fingerprint),
@@ -973,6 +1061,7 @@ impl Workspace {
             }),
             full,
             stop,
+            fence: Some(fence.clone()),
             ..self.options.clone()
         };
         let report = self
@@ -1041,10 +1130,11 @@ impl Workspace {
 
     /// Works as one of the state's workers until `stop` is cancelled: fires the schedules
     /// that fall due (each fire queues one run, whichever worker fires it first) and runs
-    /// queued runs, and runs whose worker died, up to `options.max_runs` at a time. Exports
-    /// added, changed or removed meanwhile are picked up within `options.poll`. On stop, runs
-    /// under way finish their batches in flight, checkpoint and end interrupted; the next run
-    /// of each resumes it.
+    /// queued runs, and runs whose worker is gone, up to `options.max_runs` at a time. Exports
+    /// added, changed or removed meanwhile are picked up within `options.poll`. The state out
+    /// of reach (a database restart, a cut connection) pauses the worker, which says so and
+    /// tries again; it never ends it. On stop, runs under way finish their batches in flight,
+    /// checkpoint and are left waiting for the next worker.
     pub async fn serve(
         self: Arc<Self>,
         stop: CancellationToken,
@@ -1057,10 +1147,27 @@ impl Workspace {
         let mut due: HashMap<i64, (String, chrono::DateTime<Utc>)> = HashMap::new();
         let mut running: HashMap<i64, String> = HashMap::new();
         let mut runs: JoinSet<(i64, String, Result<RunOutcome>)> = JoinSet::new();
+        let mut outage = Outage::default();
         tracing::info!(%worker, state = %self.state.location(), "serving: scheduled and queued runs");
         loop {
             let now = Utc::now();
-            let exports = self.state.exports().await?;
+            let exports = match self.state.exports().await {
+                Ok(exports) => {
+                    outage.over();
+                    exports
+                }
+                Err(e) => {
+                    let pause = outage.begin(&e);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                        Some(done) = runs.join_next(), if !runs.is_empty() => {
+                            log_run(&worker, &mut running, done);
+                            continue;
+                        }
+                    }
+                }
+            };
             due.retain(|id, _| exports.iter().any(|e| e.id == *id));
             for export in &exports {
                 let Some(text) = &export.schedule else {
@@ -1087,9 +1194,6 @@ impl Workspace {
                     continue;
                 }
                 let fire = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                if let Some(next) = Schedule::parse(text).ok().and_then(|s| s.next_after(now)) {
-                    *at = next;
-                }
                 match self.state.fire_schedule(export, &fire).await {
                     Ok(Some(run)) => {
                         tracing::info!(export = %export.name, run, %fire, "schedule fired: run queued")
@@ -1097,9 +1201,18 @@ impl Workspace {
                     Ok(None) => {
                         tracing::debug!(export = %export.name, %fire, "schedule fired by another worker")
                     }
+                    // The state out of reach: fired again at the next look (a fire is
+                    // recorded once, whoever records it).
+                    Err(e) if crate::state::is_transient(&e) => {
+                        tracing::warn!(export = %export.name, "the schedule could not fire yet: {e:#}");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(export = %export.name, "the schedule could not fire: {e:#}")
                     }
+                }
+                if let Some(next) = Schedule::parse(text).ok().and_then(|s| s.next_after(now)) {
+                    *at = next;
                 }
             }
             while running.len() < options.max_runs.max(1) {
@@ -1120,15 +1233,28 @@ impl Workspace {
                 tracing::info!(%worker, export = %name, run = claim.run_id, "run claimed");
                 running.insert(claim.export_id, name.clone());
                 let workspace = self.clone();
-                let (id, stop) = (claim.export_id, stop.child_token());
+                let (id, run_stop, shutdown) = (claim.export_id, stop.child_token(), stop.clone());
                 let watch = options.watch.clone();
+                let worker = worker.clone();
                 runs.spawn(async move {
                     let run_id = claim.run_id;
+                    let fence = claim.lock.fence().clone();
                     let progress: Arc<dyn Progress> = match &watch {
-                        Some(watch) => watch.started(run_id, &stop),
+                        Some(watch) => watch.started(run_id, &run_stop),
                         None => Arc::new(NoProgress),
                     };
-                    let outcome = workspace.run_claimed(claim, &*progress, Some(stop)).await;
+                    let attempt =
+                        workspace.run_claimed(claim, &*progress, Some(run_stop), Some(&shutdown));
+                    let outcome = match AssertUnwindSafe(attempt).catch_unwind().await {
+                        Ok(outcome) => outcome,
+                        Err(panic) => {
+                            let why = format!(
+                                "worker {worker} failed on the run (it panicked: {})",
+                                panic_message(&*panic)
+                            );
+                            Err(workspace.note_failure(id, run_id, &fence, why).await)
+                        }
+                    };
                     if let Some(watch) = &watch {
                         let connector = workspace.connector_of(id).await.unwrap_or_default();
                         watch.finished(run_id, &connector, &outcome);
@@ -1152,12 +1278,76 @@ impl Workspace {
         }
         tracing::info!(
             runs = runs.len(),
-            "stopping: finishing the batches in flight"
+            "stopping: finishing the batches in flight; the runs wait for the next worker"
         );
         while let Some(done) = runs.join_next().await {
             log_run(&worker, &mut running, done);
         }
         Ok(())
+    }
+
+    /// Records that this worker failed on a run (a panic), so that the run is not claimed in
+    /// a loop: after a few such failures it ends failed with the reason. The lease is given
+    /// back at once, for another worker to try. The error to report.
+    async fn note_failure(
+        &self,
+        export_id: i64,
+        run_id: i64,
+        fence: &Fence,
+        why: String,
+    ) -> anyhow::Error {
+        tracing::error!(run = run_id, "{why}");
+        match self.state.note_failure(run_id, fence, &why).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(run = run_id, "the run is another worker's now"),
+            Err(e) => tracing::warn!(run = run_id, "the failure could not be recorded: {e:#}"),
+        }
+        self.state.give_up_lease(export_id, fence).await;
+        anyhow::anyhow!(why)
+    }
+}
+
+/// What a panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// How long the state has been out of reach, so that a worker says so once, backs off, and
+/// says when it is back.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    tries: u32,
+}
+
+impl Outage {
+    /// The state could not be reached: how long to wait before trying again.
+    fn begin(&mut self, error: &anyhow::Error) -> Duration {
+        if self.since.is_none() {
+            tracing::warn!(
+                "the state cannot be reached ({error:#}); this worker pauses and tries again (runs under way stop only if their lease cannot be renewed in time)"
+            );
+            self.since = Some(std::time::Instant::now());
+        } else {
+            tracing::debug!("the state still cannot be reached: {error:#}");
+        }
+        self.tries += 1;
+        Duration::from_millis(200 << self.tries.min(5))
+    }
+
+    /// The state answered.
+    fn over(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                "the state is reachable again after {:.1} s; this worker goes on",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        self.tries = 0;
     }
 }
 

@@ -309,10 +309,16 @@ async fn runs(engine: Engine) {
 
     let lock = state.lock_export(&daily).await.unwrap().unwrap();
     let run = state
-        .start_run(&daily, Trigger::OnDemand, &admin())
+        .start_run(
+            &daily,
+            Trigger::OnDemand,
+            &admin(),
+            false,
+            Some(lock.fence()),
+        )
         .await
         .unwrap();
-    let ledger = Arc::new(state.journal(&daily, run));
+    let ledger = Arc::new(state.journal(&daily, run, lock.fence()));
     let n = 25_000u64;
     let counts = RunCounts {
         profiles: n,
@@ -416,13 +422,41 @@ async fn runs(engine: Engine) {
     let expected: Vec<String> = (0..n).step_by(100).map(|i| i.to_string()).collect();
     assert_eq!(listed, expected);
 
-    // Its process gone (its lock with it), the run shows as cut short, and another worker
-    // continues it.
+    // Its process gone (its lock with it), the run waits for a worker, and another worker
+    // continues it; from then on the first worker's writes are refused.
+    let first = lock.fence().clone();
     lock.release().await;
     let other = engine.open("w2").await;
-    assert_eq!(other.run(run).await.unwrap().status, RunState::Interrupted);
+    assert_eq!(other.run(run).await.unwrap().status, RunState::Waiting);
     assert_eq!(other.unfinished_run(&daily).await.unwrap(), Some(run));
-    other.resume_run(run).await.unwrap();
+    let second = other.lock_export(&daily).await.unwrap().unwrap();
+    other.resume_run(run, second.fence(), false).await.unwrap();
+    assert!(
+        !state
+            .finish_run(run, Some(&first), RunState::Interrupted, None, None, None)
+            .await
+            .unwrap(),
+        "the first worker's write was refused"
+    );
+    let refused = tokio::task::spawn_blocking({
+        let ledger = ledger.clone();
+        move || {
+            ledger.settle(&Settlement {
+                contacts: &[],
+                issues: &[],
+                counts: &RunCounts::default(),
+            })
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        refused
+            .downcast_ref::<connector_host::state::NotTheHolder>()
+            .is_some(),
+        "{refused:#}"
+    );
     let record = other.run(run).await.unwrap();
     assert_eq!(record.attempts, 2);
     assert_eq!(record.worker.as_deref(), Some("w2"));
@@ -432,10 +466,20 @@ async fn runs(engine: Engine) {
         .map(|a| a.worker.as_str())
         .collect();
     assert_eq!(workers, ["w1", "w2"]);
-    other
-        .finish_run(run, RunState::Succeeded, None, None)
-        .await
-        .unwrap();
+    assert!(
+        other
+            .finish_run(
+                run,
+                Some(second.fence()),
+                RunState::Succeeded,
+                None,
+                None,
+                None
+            )
+            .await
+            .unwrap()
+    );
+    second.release().await;
     assert_eq!(other.unfinished_run(&daily).await.unwrap(), None);
     let listed = state.runs(Some("daily"), 10).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -506,7 +550,10 @@ async fn queue(engine: Engine) {
     assert!(workers[2].lock_export(&exports[0]).await.unwrap().is_none());
     // Claimed runs start; their export stays locked until they are released.
     let claim = claims.remove(0);
-    let (resumed, _) = state.start_claimed(claim.run_id).await.unwrap();
+    let (resumed, _) = state
+        .start_claimed(claim.run_id, claim.lock.fence())
+        .await
+        .unwrap();
     assert!(!resumed);
     assert_eq!(
         state.run(claim.run_id).await.unwrap().status,
@@ -551,7 +598,7 @@ on_both_engines!(queue, queue_on_sqlite, queue_on_postgres);
 async fn an_expired_lease_lets_another_worker_take_the_run_over() {
     let engine = Engine::postgres().await;
     let (one, two) = (engine.open("w1").await, engine.open("w2").await);
-    one.set_setting("lease-seconds", "1").await.unwrap();
+    one.set_setting("lease-seconds", "2").await.unwrap();
     let key = MasterKey::generate();
     let acme = connection(&one, &key, "acme", "k-us7").await;
     let daily = export(&one, "daily", acme).await;
@@ -559,9 +606,12 @@ async fn an_expired_lease_lets_another_worker_take_the_run_over() {
         .await
         .unwrap();
     let claim = one.claim_run().await.unwrap().unwrap();
-    one.start_claimed(claim.run_id).await.unwrap();
-    // Renewed by its heartbeat: held well past one term.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    one.start_claimed(claim.run_id, claim.lock.fence())
+        .await
+        .unwrap();
+    // Renewed by its keeper: held well past one term.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(claim.lock.fence().holds());
     assert!(two.claim_run().await.unwrap().is_none());
     assert_eq!(
         two.run(claim.run_id).await.unwrap().status,
@@ -580,7 +630,7 @@ async fn an_expired_lease_lets_another_worker_take_the_run_over() {
     };
     assert!(died.elapsed() >= Duration::from_millis(300));
     assert_eq!(taken.run_id, run_id);
-    let (resumed, _) = two.start_claimed(run_id).await.unwrap();
+    let (resumed, _) = two.start_claimed(run_id, taken.lock.fence()).await.unwrap();
     assert!(resumed, "a run with an earlier attempt is continued");
     let record = two.run(run_id).await.unwrap();
     let workers: Vec<&str> = record
@@ -612,12 +662,12 @@ async fn workers_starting_at_once_migrate_a_new_database_once() {
 async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
     let url = connector_tests::postgres::database().await;
     let state = Arc::new(State::connect(&url).await.unwrap().with_worker("w1"));
-    state.set_setting("lease-seconds", "1").await.unwrap();
+    state.set_setting("lease-seconds", "2").await.unwrap();
     let key = MasterKey::generate();
     let acme = connection(&state, &key, "acme", "k-us7").await;
     let daily = export(&state, "daily", acme).await;
     let lock = state.lock_export(&daily).await.unwrap().unwrap();
-    assert!(!lock.lost().is_cancelled());
+    assert!(lock.fence().holds());
     // Another worker's takeover, as the database sees it.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -630,9 +680,14 @@ async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
         )
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), lock.lost().cancelled())
+    tokio::time::timeout(Duration::from_secs(5), lock.fence().lost().cancelled())
         .await
-        .expect("the heartbeat noticed the lease is no longer its own");
+        .expect("the keeper noticed the lease is no longer its own");
+    assert!(!lock.fence().holds());
+    assert_eq!(
+        lock.fence().why().as_deref(),
+        Some("another worker took its lease over")
+    );
 }
 
 /// `sslmode=require` refuses a server that offers no TLS (the test server offers none), by

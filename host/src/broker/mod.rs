@@ -42,6 +42,7 @@ pub use limits::{
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
 
 use crate::contract::AuthScheme;
+use crate::fence::Fence;
 use crate::run::Credential;
 use crate::text;
 use body::{BodyError, HeldBody};
@@ -179,6 +180,8 @@ pub struct Broker {
     limits: limits::Limits,
     /// The vendor account's slots, shared with other runs (and workers) using the account.
     account: Option<SharedAccount>,
+    /// The lock of the run: no attempt starts once it no longer surely holds.
+    fence: Option<Fence>,
     /// Requests in flight at once: this run's limit, and the account's.
     in_flight: usize,
     retries: retry::Retries,
@@ -230,6 +233,7 @@ impl Broker {
                 policy.per_second(setup.vendor),
             ),
             account: None,
+            fence: None,
             in_flight: policy.in_flight(setup.vendor),
             retries: retry::Retries::new(
                 policy.max_attempts,
@@ -249,6 +253,13 @@ impl Broker {
     /// workers: each attempt also holds one of the account's slots.
     pub fn with_account(mut self, account: Option<SharedAccount>) -> Broker {
         self.account = account;
+        self
+    }
+
+    /// Sends nothing once `fence` no longer holds (the run's lock was lost, or could not be
+    /// renewed in time: another worker may hold the run).
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Broker {
+        self.fence = fence;
         self
     }
 
@@ -293,6 +304,11 @@ impl Broker {
     pub fn with_observer(mut self, observer: Option<RequestObserver>) -> Broker {
         self.observer = observer;
         self
+    }
+
+    /// Whether a request could be sent now (the run's lock, if any, surely holds).
+    pub fn may_send(&self) -> bool {
+        self.fence.as_ref().is_none_or(Fence::holds)
     }
 
     /// Requests this broker lets in flight at once.
@@ -407,6 +423,17 @@ impl Broker {
                 // Held for the whole attempt: the vendor counts a request until it answered.
                 let _slot = self.limits.admit().await;
                 let _account = self.account_slot().await;
+                // Checked last, after any wait: the moment the request would leave.
+                if let Some(fence) = &self.fence
+                    && !fence.holds()
+                {
+                    tracing::warn!(
+                        connector = %self.connector,
+                        "a request was not sent: the run's lock no longer surely holds ({})",
+                        fence.why().unwrap_or_else(|| "its renewal is late".into())
+                    );
+                    return Err(HttpError::HttpRequestDenied);
+                }
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 self.attempt(parts, request_body.clone(), &waits).await
             };

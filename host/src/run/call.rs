@@ -62,7 +62,7 @@ impl Calls {
                     tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                 }
                 Err(e) => return Err(e.context(format!("connector `{id}` failed"))),
-                Ok(Err(e)) if e.retryable && attempt < self.retries => {
+                Ok(Err(e)) if e.retryable && attempt < self.retries && self.broker.may_send() => {
                     attempt += 1;
                     tracing::warn!(
                         connector = %id,

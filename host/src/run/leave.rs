@@ -82,7 +82,15 @@ pub(super) async fn apply(
                 (batch, outcome)
             });
         }
-        let Some(done) = in_flight.join_next().await else {
+        let done = tokio::select! {
+            done = in_flight.join_next() => done,
+            // The run's lock was lost: what is in flight is left to the next holder.
+            _ = run.lost.cancelled() => {
+                in_flight.abort_all();
+                return;
+            }
+        };
+        let Some(done) = done else {
             break;
         };
         match done {

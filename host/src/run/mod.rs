@@ -38,6 +38,7 @@ pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Sy
 
 use crate::ConnectorHost;
 use crate::broker::{BrokerPolicy, RequestObserver, SharedAccount};
+use crate::fence::Fence;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
 use crate::secret::Secret;
@@ -133,6 +134,10 @@ pub struct RunOptions {
     /// Hears every contact not delivered, once its piece is settled (the report lists only the
     /// first [`report::MAX_REPORT_ISSUES`]); an error fails the run.
     pub on_issue: Option<IssueListener>,
+    /// The lock the run acts under (a lease, across machines): no request to the vendor starts
+    /// once it no longer surely holds, and losing it stops the run at once: its batches in
+    /// flight are abandoned and those waiting are dropped, unsettled, for the next holder.
+    pub fence: Option<Fence>,
 }
 
 /// See [`RunOptions::on_issue`].
@@ -152,6 +157,7 @@ impl Default for RunOptions {
             full: None,
             stop: None,
             on_issue: None,
+            fence: None,
         }
     }
 }
@@ -237,7 +243,15 @@ impl ConnectorHost {
             .concurrency
             .unwrap_or(2 * prepared.broker.in_flight())
             .max(1);
+        let lost = options
+            .fence
+            .as_ref()
+            .map(|f| f.lost().clone())
+            .unwrap_or_default();
+        // The lock lapses at its deadline even if whoever renews it is late.
+        let watchdog = options.fence.clone().map(|f| tokio::spawn(f.watch()));
         let mut run = Run {
+            lost: lost.clone(),
             report: RunReport::new(
                 &info.id,
                 &export.segments,
@@ -284,6 +298,12 @@ impl ConnectorHost {
         let mut in_flight = JoinSet::new();
         let mut read_all = false;
         loop {
+            if lost.is_cancelled() {
+                // Another worker may hold the run: nothing more is sent, and what was in
+                // flight is left to the next holder.
+                in_flight.abort_all();
+                break;
+            }
             let stopping = stop.is_cancelled();
             if (read_all || run.failure.is_some() || stopping) && in_flight.is_empty() {
                 break;
@@ -318,6 +338,7 @@ impl ConnectorHost {
                     run.absorb(recorded)
                 }
                 _ = stop.cancelled(), if !stopping => {}
+                _ = lost.cancelled() => {}
             }
         }
         drop(rx);
@@ -343,6 +364,7 @@ impl ConnectorHost {
             && read_all
             && run.failure.is_none()
             && !stop.is_cancelled()
+            && !lost.is_cancelled()
             && run.journal.is_some()
         {
             let action = export.leave_action.as_deref();
@@ -354,7 +376,14 @@ impl ConnectorHost {
         run.report.requests = stats.requests();
         run.report.retries = stats.retries();
         run.report.refusals = stats.refusals();
-        if let Some(mut error) = run.failure.take() {
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        if lost.is_cancelled() {
+            // Whatever failed after the lock was lost failed because of it.
+            run.failure = None;
+            run.report.status = RunStatus::Interrupted;
+        } else if let Some(mut error) = run.failure.take() {
             // Whatever the connector made of a refusal, the operator reads the host's words.
             if !run.report.refusals.is_empty() {
                 error.push_str(&format!(
@@ -430,6 +459,8 @@ async fn load_index(options: &RunOptions) -> Result<SyncIndex> {
 
 /// A run under way: its report so far, where it records, and the first failure.
 struct Run<'a> {
+    /// Cancelled when the run's lock is lost: it stops at once.
+    lost: CancellationToken,
     report: RunReport,
     journal: Option<Arc<dyn RunJournal>>,
     /// Writes settled pieces to the journal (none without one).

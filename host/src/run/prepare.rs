@@ -141,6 +141,7 @@ impl ConnectorHost {
         let broker = Broker::over_network(setup, &self.network)?
             .with_observer(options.observer.clone())
             .with_account(options.account.clone())
+            .with_fence(options.fence.clone())
             .with_connection_label(format!(
                 "{} at {}",
                 info.id,

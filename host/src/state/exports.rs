@@ -5,12 +5,12 @@ use std::fs::File;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::db::{Db, DbRow, Step, params};
 use super::postgres::{self, Lease};
 use super::{Actor, State, now, sqlite};
 use crate::failure::{Conflict, NotFound};
+use crate::fence::Fence;
 
 /// A saved export.
 #[derive(Debug, Clone, Serialize)]
@@ -46,11 +46,12 @@ pub struct NewExport<'a> {
 
 /// Held while a run of an export is under way: no other process, here or on another
 /// machine, can start one. SQLite: a lock file, released by the operating system the moment
-/// its process ends. PostgreSQL: a lease renewed by a heartbeat, which expires when its worker
-/// is gone.
+/// its process ends. PostgreSQL: a lease renewed by the process's keeper, which expires when
+/// its worker is gone. Its [`Fence`] says whether it is surely still held, and carries the
+/// generation every write of the run is checked against.
 pub struct ExportLock {
     held: Held,
-    lost: CancellationToken,
+    fence: Fence,
 }
 
 enum Held {
@@ -59,24 +60,23 @@ enum Held {
 }
 
 impl ExportLock {
-    pub(super) fn file(file: File, lost: CancellationToken) -> ExportLock {
+    pub(super) fn file(file: File) -> ExportLock {
         ExportLock {
             held: Held::File(file),
-            lost,
+            fence: Fence::for_life(format!("{:016x}", fastrand::u64(..))),
         }
     }
 
-    pub(super) fn lease(lease: Lease, lost: CancellationToken) -> ExportLock {
+    pub(super) fn lease(lease: Lease, fence: Fence) -> ExportLock {
         ExportLock {
             held: Held::Lease(lease),
-            lost,
+            fence,
         }
     }
 
-    /// Cancelled if the lock is lost while held (a lease that could not be renewed in time,
-    /// and that another worker may take): the run must stop sending.
-    pub fn lost(&self) -> &CancellationToken {
-        &self.lost
+    /// Whether the lock is surely held, and the generation the run's writes carry.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// Lets the export's next run start at once (a lease is given up rather than left to
@@ -208,23 +208,33 @@ impl State {
 
     /// Takes the run lock of an export; `None` when a run is already under way.
     pub async fn lock_export(&self, export: &ExportRecord) -> Result<Option<ExportLock>> {
-        let lost = CancellationToken::new();
         match &self.db {
             Db::Sqlite(_) => {
                 let path = self.path().context("a SQLite state has a file")?;
-                Ok(
-                    sqlite::lock_export(path, export.id)?.map(|file| ExportLock {
-                        held: Held::File(file),
-                        lost,
-                    }),
-                )
+                Ok(sqlite::lock_export(path, export.id)?.map(ExportLock::file))
             }
             Db::Postgres(pool) => {
                 let term = self.lease_term().await?;
+                let keeper = self.keeper()?;
                 let lease =
-                    postgres::take_lease(pool, export.id, &self.worker, term, lost.clone()).await?;
-                Ok(lease.map(|lease| ExportLock::lease(lease, lost)))
+                    postgres::take_lease(pool, &keeper, export.id, &self.worker, term).await?;
+                Ok(lease.map(|(lease, fence)| ExportLock::lease(lease, fence)))
             }
+        }
+    }
+
+    /// Gives up this process's lease on an export at once, if `fence` is still its token
+    /// (after a worker failed on its run), so that another worker need not wait for it to
+    /// expire. A lock file goes with its holder.
+    pub async fn give_up_lease(&self, export_id: i64, fence: &Fence) {
+        if let Db::Postgres(_) = &self.db {
+            let _ = self
+                .db
+                .execute(
+                    "DELETE FROM export_leases WHERE export_id = ?1 AND token = ?2",
+                    params![export_id, fence.token()],
+                )
+                .await;
         }
     }
 

@@ -9,14 +9,23 @@ use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, pin_mut};
 use rusqlite::params;
 
+use super::db::is_transient;
+use super::runs::NotTheHolder;
 use super::{ExportRecord, State, now, to_text};
+use crate::fence::Fence;
 use crate::run::{RunJournal, Settlement, SyncReason, SyncState, Synced};
 
 impl State {
-    /// The journal of a run: reads the export's sync state and records what the run settles.
-    /// Made in the runtime whose blocking threads call it.
-    pub fn journal(self: &Arc<Self>, export: &ExportRecord, run_id: i64) -> RunLedger {
-        self.ledger(export, Some(run_id))
+    /// The journal of a run: reads the export's sync state and records what the run settles,
+    /// each piece only while `fence` is the run's generation (another worker's takeover makes
+    /// this worker's writes fail). Made in the runtime whose blocking threads call it.
+    pub fn journal(
+        self: &Arc<Self>,
+        export: &ExportRecord,
+        run_id: i64,
+        fence: &Fence,
+    ) -> RunLedger {
+        self.ledger(export, Some((run_id, fence.clone())))
     }
 
     /// The export's sync state, read-only (for dry runs).
@@ -24,11 +33,13 @@ impl State {
         self.ledger(export, None)
     }
 
-    fn ledger(self: &Arc<Self>, export: &ExportRecord, run_id: Option<i64>) -> RunLedger {
+    fn ledger(self: &Arc<Self>, export: &ExportRecord, run: Option<(i64, Fence)>) -> RunLedger {
+        let (run_id, fence) = run.unzip();
         RunLedger {
             state: self.clone(),
             export_id: export.id,
             run_id,
+            fence,
             sizes: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         }
@@ -70,6 +81,8 @@ pub struct RunLedger {
     export_id: i64,
     /// `None` for a read-only ledger (a dry run).
     run_id: Option<i64>,
+    /// The run's lock, whose generation each write carries.
+    fence: Option<Fence>,
     /// SQLite: rows of the export in `sync_contacts` and in `sync_log`, counted on first need.
     sizes: Mutex<Option<Sizes>>,
     /// PostgreSQL: the runtime its driver runs on.
@@ -150,14 +163,37 @@ impl RunJournal for RunLedger {
     }
 
     fn settle(&self, settlement: &Settlement<'_>) -> Result<()> {
-        let Some(run_id) = self.run_id else {
+        let (Some(run_id), Some(fence)) = (self.run_id, &self.fence) else {
             bail!("a dry run records nothing");
         };
-        match self.state.db.postgres() {
-            None => self.sqlite_settle(run_id, settlement),
-            Some(pool) => {
-                self.runtime
-                    .block_on(pg_settle(pool, self.export_id, run_id, settlement))
+        let token = fence.token();
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut failing_since = None;
+        loop {
+            let settled = match self.state.db.postgres() {
+                None => self.sqlite_settle(run_id, token, settlement),
+                Some(pool) => self.runtime.block_on(pg_settle(
+                    pool,
+                    self.export_id,
+                    run_id,
+                    token,
+                    settlement,
+                )),
+            };
+            // The database out of reach (a restart, a dropped connection): the piece is tried
+            // again for as long as the run's lock surely holds; the run waits meanwhile.
+            match settled {
+                Err(e) if is_transient(&e) && fence.holds() => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    tracing::warn!(
+                        run = run_id,
+                        "recording a settled piece failed ({e:#}); trying again while the run's lock holds ({:.1} s so far)",
+                        since.elapsed().as_secs_f64()
+                    );
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => return other,
             }
         }
     }
@@ -216,9 +252,17 @@ impl RunLedger {
         Ok(())
     }
 
-    fn sqlite_settle(&self, run_id: i64, settlement: &Settlement<'_>) -> Result<()> {
+    fn sqlite_settle(&self, run_id: i64, token: &str, settlement: &Settlement<'_>) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
+        // First, and only while this worker holds the run.
+        let held = tx.execute(
+            "UPDATE runs SET counts = ?2 WHERE id = ?1 AND lease_token = ?3",
+            params![run_id, serde_json::to_string(settlement.counts)?, token],
+        )?;
+        if held != 1 {
+            return Err(NotTheHolder(run_id).into());
+        }
         {
             let mut contact = tx.prepare_cached(
                 "INSERT INTO sync_log (export_id, email, digest, state, run_id)
@@ -269,10 +313,6 @@ impl RunLedger {
                 ])?;
             }
         }
-        tx.execute(
-            "UPDATE runs SET counts = ?2 WHERE id = ?1",
-            params![run_id, serde_json::to_string(settlement.counts)?],
-        )?;
         tx.commit()?;
 
         let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,6 +420,7 @@ async fn pg_settle(
     pool: &deadpool_postgres::Pool,
     export_id: i64,
     run_id: i64,
+    token: &str,
     settlement: &Settlement<'_>,
 ) -> Result<()> {
     // A contact settled twice in one piece is in its last state (one upsert may not touch a
@@ -414,6 +455,17 @@ async fn pg_settle(
     let column = |f: fn(&crate::run::RunIssue) -> String| issues.iter().map(f).collect::<Vec<_>>();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // First, and only while this worker holds the run: the row lock taken here orders this
+    // piece against a takeover's claim, which changes the run's generation.
+    let held = tx
+        .execute(
+            "UPDATE runs SET counts = $2 WHERE id = $1 AND lease_token = $3",
+            &[&run_id, &serde_json::to_string(settlement.counts)?, &token],
+        )
+        .await?;
+    if held != 1 {
+        return Err(NotTheHolder(run_id).into());
+    }
     tx.execute(
         "INSERT INTO sync_contacts (export_id, email, digest, state, run_id)
          SELECT $1, email, digest, state, $5
@@ -457,11 +509,6 @@ async fn pg_settle(
             &column(|i| i.message.clone()),
             &since,
         ],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE runs SET counts = $2 WHERE id = $1",
-        &[&run_id, &serde_json::to_string(settlement.counts)?],
     )
     .await?;
     tx.commit().await?;
@@ -531,15 +578,18 @@ mod tests {
         (dir, state, a, b)
     }
 
-    async fn run(state: &State, export: &ExportRecord) -> i64 {
+    /// A run of `export`, and the fence it is started under.
+    async fn run(state: &State, export: &ExportRecord) -> (i64, Fence) {
         let actor = Actor {
             name: "ops".into(),
             role: Role::Administrator,
         };
-        state
-            .start_run(export, Trigger::OnDemand, &actor)
+        let fence = Fence::for_life(format!("test-{}", export.id));
+        let run = state
+            .start_run(export, Trigger::OnDemand, &actor, false, Some(&fence))
             .await
-            .unwrap()
+            .unwrap();
+        (run, fence)
     }
 
     fn settle(ledger: &RunLedger, contacts: Vec<SettledContact>) {
@@ -592,7 +642,8 @@ mod tests {
     #[tokio::test]
     async fn the_log_folds_into_the_sync_state_and_a_contacts_latest_entry_wins() {
         let (_dir, state, a, b) = two_exports().await;
-        let first = state.journal(&a, run(&state, &a).await);
+        let (run_a, fence_a) = run(&state, &a).await;
+        let first = state.journal(&a, run_a, &fence_a);
         let n = 70_000;
         settle(
             &first,
@@ -601,11 +652,13 @@ mod tests {
         // The piece that took the log past 65,536 entries folded it: the 4 pieces after it
         // are all it holds.
         assert_eq!(log_rows(&state, &a), 4_000);
-        let other = state.journal(&b, run(&state, &b).await);
+        let (run_b, fence_b) = run(&state, &b).await;
+        let other = state.journal(&b, run_b, &fence_b);
         settle(&other, vec![contact(0, SyncState::Updated)]);
 
         // A second run changes some, in the log over the folded state.
-        let second = state.journal(&a, run(&state, &a).await);
+        let (run_a2, fence_a2) = run(&state, &a).await;
+        let second = state.journal(&a, run_a2, &fence_a2);
         settle(
             &second,
             (0..10)

@@ -12,6 +12,7 @@ mod connections;
 pub(crate) mod db;
 mod exports;
 mod journal;
+mod keeper;
 mod master_key;
 mod oauth_apps;
 mod people;
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 pub use connections::{
     ConnectionRecord, CredentialKind, NewConnection, StoredCredential, TokenRefresh,
 };
+pub(crate) use db::is_transient;
 pub use exports::{ExportLock, ExportRecord, NewExport};
 pub use journal::RunLedger;
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
@@ -39,7 +41,7 @@ pub use people::{
 };
 pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;
-pub use runs::{RunAttempt, RunRecord, RunState, Trigger};
+pub use runs::{NotTheHolder, RunAttempt, RunRecord, RunState, Trigger};
 pub use settings::{LEASE_SECONDS_SETTING, lease_term_of};
 pub use sync::SyncBasis;
 
@@ -54,6 +56,10 @@ pub struct State {
     worker: String,
     /// PostgreSQL: the vendor accounts' slots, made on first use.
     pg_slots: std::sync::OnceLock<std::sync::Arc<postgres::PgSlots>>,
+    /// PostgreSQL: how to connect (for the keeper's own connection), and the keeper of this
+    /// process's leases and slots, started on first use.
+    pg_config: Option<tokio_postgres::Config>,
+    keeper: std::sync::OnceLock<std::sync::Arc<keeper::Keeper>>,
 }
 
 /// Where the state is.
@@ -131,6 +137,8 @@ impl State {
             location: Location::Sqlite(path.to_path_buf()),
             worker: default_worker(),
             pg_slots: Default::default(),
+            pg_config: None,
+            keeper: Default::default(),
         })
     }
 
@@ -144,6 +152,8 @@ impl State {
                 location: Location::Postgres(redacted(location)),
                 worker: default_worker(),
                 pg_slots: Default::default(),
+                pg_config: Some(postgres_config(location)?),
+                keeper: Default::default(),
             })
         } else if location.contains("://") {
             bail!(
@@ -187,13 +197,38 @@ impl State {
     pub fn account_slots(&self) -> std::sync::Arc<dyn crate::broker::AccountSlots> {
         match &self.db {
             Db::Sqlite(_) => crate::broker::ProcessSlots::shared(),
-            Db::Postgres(pool) => self
-                .pg_slots
-                .get_or_init(|| {
-                    std::sync::Arc::new(postgres::PgSlots::new(pool.clone(), &self.worker))
-                })
-                .clone(),
+            Db::Postgres(pool) => match self.keeper() {
+                Ok(keeper) => self
+                    .pg_slots
+                    .get_or_init(|| {
+                        std::sync::Arc::new(postgres::PgSlots::new(
+                            pool.clone(),
+                            &self.worker,
+                            keeper,
+                        ))
+                    })
+                    .clone(),
+                // Without a keeper thread, slots could not outlive a term: the process counts
+                // its own requests only (it logs why).
+                Err(e) => {
+                    tracing::error!("vendor account slots are counted in this process only: {e:#}");
+                    crate::broker::ProcessSlots::shared()
+                }
+            },
         }
+    }
+
+    /// PostgreSQL: the keeper of this process's leases and slots.
+    fn keeper(&self) -> Result<std::sync::Arc<keeper::Keeper>> {
+        if let Some(keeper) = self.keeper.get() {
+            return Ok(keeper.clone());
+        }
+        let config = self
+            .pg_config
+            .clone()
+            .context("leases are kept on PostgreSQL only")?;
+        let keeper = std::sync::Arc::new(keeper::Keeper::start(config)?);
+        Ok(self.keeper.get_or_init(|| keeper).clone())
     }
 
     /// Whether the state is shared by workers on several machines (PostgreSQL).

@@ -9,7 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_util::sync::CancellationToken;
+
+use super::keeper::{self, Keeper};
+use crate::fence::{self, Fence};
+
+/// Attempts of a run that ended in a failure of its worker (a panic) before no worker takes
+/// it again and it ends failed.
+pub(super) const MAX_FAILURES: i64 = 3;
 
 /// The schema, one migration per version (`schema_version` records those applied). Add new
 /// versions at the end; never edit a released one. Version 1 is the SQLite engine's schema
@@ -197,6 +203,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     "#,
+    // 4: fencing: the generation of the lease an attempt holds, which every write of the run
+    // carries; attempts that ended in a failure of the worker (a panic), counted.
+    r#"
+    ALTER TABLE runs ADD COLUMN lease_token TEXT;
+    ALTER TABLE runs ADD COLUMN failures BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Any key for the advisory lock that keeps migrations one process at a time.
@@ -307,25 +319,25 @@ pub fn redacted(url: &str) -> String {
 
 const NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
 
-/// An export's lease, held by this process: renewed by a heartbeat until released.
+/// An export's lease, held by this process: renewed by the process's keeper until released.
 pub(super) struct Lease {
     pool: Pool,
-    export_id: i64,
+    keeper: Arc<Keeper>,
     token: String,
-    heartbeat: tokio::task::JoinHandle<()>,
 }
 
-/// Takes an export's lease for `worker` if no live lease holds it; `lost` is cancelled if the
-/// lease is ever lost (the heartbeat could not renew it in time and another worker took it).
+/// Takes an export's lease for `worker` if no live lease holds it: the lease and the fence the
+/// run acts under.
 pub(super) async fn take_lease(
     pool: &Pool,
+    keeper: &Arc<Keeper>,
     export_id: i64,
     worker: &str,
     term: Duration,
-    lost: CancellationToken,
-) -> Result<Option<Lease>> {
+) -> Result<Option<(Lease, Fence)>> {
     let token = format!("{:016x}", fastrand::u64(..));
     let client = pool.get().await.context("no PostgreSQL connection")?;
+    let sent = fence::clock();
     let taken = client
         .query_opt(
             &format!(
@@ -343,48 +355,40 @@ pub(super) async fn take_lease(
         return Ok(None);
     }
     Ok(Some(Lease::held(
-        pool.clone(),
-        export_id,
-        token,
-        term,
-        lost,
+        pool, keeper, export_id, token, term, sent,
     )))
 }
 
 impl Lease {
-    /// A lease this process holds (taken by [`take_lease`] or by the queue's claim), its
-    /// heartbeat started.
+    /// A lease this process took at `sent` ([`fence::clock`]) for `term`, by `take_lease` or
+    /// the queue's claim: kept alive from now on, with its fence.
     pub(super) fn held(
-        pool: Pool,
+        pool: &Pool,
+        keeper: &Arc<Keeper>,
         export_id: i64,
         token: String,
         term: Duration,
-        lost: CancellationToken,
-    ) -> Lease {
-        let heartbeat = tokio::spawn(heartbeat(
-            pool.clone(),
-            export_id,
+        sent: u64,
+    ) -> (Lease, Fence) {
+        let fence = Fence::leased(
             token.clone(),
-            term,
-            lost,
-        ));
-        Lease {
-            pool,
-            export_id,
+            sent.saturating_add(keeper::surely_held(term).as_nanos() as u64),
+        );
+        keeper.keep_lease(&token, export_id, term, fence.clone());
+        let lease = Lease {
+            pool: pool.clone(),
+            keeper: keeper.clone(),
             token,
-            heartbeat,
-        }
+        };
+        (lease, fence)
     }
 
     /// Gives the lease up now, so that the export's next run need not wait for it to expire.
     pub(super) async fn release(self) {
-        self.heartbeat.abort();
+        self.keeper.forget_lease(&self.token);
         if let Ok(client) = self.pool.get().await {
             let _ = client
-                .execute(
-                    "DELETE FROM export_leases WHERE export_id = $1 AND token = $2",
-                    &[&self.export_id, &self.token],
-                )
+                .execute("DELETE FROM export_leases WHERE token = $1", &[&self.token])
                 .await;
         }
     }
@@ -393,57 +397,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // Released by `release` in the normal course; otherwise it expires by itself.
-        self.heartbeat.abort();
-    }
-}
-
-/// Renews the lease three times a term; on failure to renew within the term, gives it up
-/// as lost (another worker may have taken the run over: this one must stop sending).
-async fn heartbeat(
-    pool: Pool,
-    export_id: i64,
-    token: String,
-    term: Duration,
-    lost: CancellationToken,
-) {
-    let every = term / 3;
-    let mut renewed = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(every).await;
-        let renewal = async {
-            let client = pool.get().await?;
-            let n = client
-                .execute(
-                    &format!(
-                        "UPDATE export_leases SET expires_ms = {NOW} + $3
-                         WHERE export_id = $1 AND token = $2"
-                    ),
-                    &[&export_id, &token, &(term.as_millis() as i64)],
-                )
-                .await?;
-            anyhow::Ok(n)
-        };
-        match tokio::time::timeout(every, renewal).await {
-            Ok(Ok(1)) => renewed = tokio::time::Instant::now(),
-            Ok(Ok(_)) => {
-                tracing::error!(
-                    export_id,
-                    "the export's lease was taken over by another worker; stopping this run"
-                );
-                lost.cancel();
-                return;
-            }
-            Ok(Err(e)) => tracing::warn!(export_id, "could not renew the export's lease: {e:#}"),
-            Err(_) => tracing::warn!(export_id, "renewing the export's lease timed out"),
-        }
-        if renewed.elapsed() >= term {
-            tracing::error!(
-                export_id,
-                "the export's lease expired unrenewed; stopping this run"
-            );
-            lost.cancel();
-            return;
-        }
+        self.keeper.forget_lease(&self.token);
     }
 }
 
@@ -463,16 +417,19 @@ pub(super) async fn leased(pool: &Pool, export_id: i64) -> Result<bool> {
 }
 
 /// Claims the oldest run waiting for a worker (queued, or running under a lease that
-/// expired) whose export no live lease holds, taking that export's lease in the same
-/// transaction. Rows another worker is claiming at the same moment are skipped, not waited
-/// for. The run's id, its export and the lease's token.
+/// expired) whose export no live lease holds, taking that export's lease and making it the
+/// run's generation in the same transaction: from then on the run's writes by any earlier
+/// holder are refused. Rows another worker is claiming at the same moment are skipped, not
+/// waited for. The run's id, its export, the lease's token and when it was sent
+/// ([`fence::clock`]).
 pub(super) async fn claim(
     pool: &Pool,
     worker: &str,
     term: Duration,
-) -> Result<Option<(i64, i64, String)>> {
+) -> Result<Option<(i64, i64, String, u64)>> {
     let token = format!("{:016x}", fastrand::u64(..));
     let client = pool.get().await.context("no PostgreSQL connection")?;
+    let sent = fence::clock();
     let row = client
         .query_opt(
             &format!(
@@ -482,6 +439,7 @@ pub(super) async fn claim(
                      WHERE (r.status = 'queued' OR (r.status = 'running'
                              AND r.id = (SELECT MAX(x.id) FROM runs x
                                  WHERE x.export_id = r.export_id AND x.status <> 'queued')))
+                         AND r.failures < {MAX_FAILURES}
                          AND NOT EXISTS (SELECT 1 FROM export_leases l
                              WHERE l.export_id = r.export_id AND l.expires_ms >= {NOW})
                      ORDER BY r.id LIMIT 1
@@ -492,56 +450,57 @@ pub(super) async fn claim(
                      ON CONFLICT (export_id) DO UPDATE SET worker = excluded.worker,
                          token = excluded.token, expires_ms = excluded.expires_ms
                      WHERE export_leases.expires_ms < {NOW}
-                     RETURNING export_id)
-                 SELECT pick.id, pick.export_id FROM pick JOIN lease USING (export_id)"
+                     RETURNING export_id),
+                 fenced AS (
+                     UPDATE runs SET lease_token = $2
+                     FROM pick JOIN lease USING (export_id) WHERE runs.id = pick.id
+                     RETURNING runs.id, runs.export_id)
+                 SELECT id, export_id FROM fenced"
             ),
             &[&worker, &token, &(term.as_millis() as i64)],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1), token)))
+    Ok(row.map(|r| (r.get(0), r.get(1), token, sent)))
 }
 
 /// A vendor account's slots, counted in the database so that every worker using the account
 /// shares them: each is a row taken with `SKIP LOCKED` for the length of a request and given
-/// back after. A taken slot is leased like an export (the `lease-seconds` term), and one
-/// heartbeat a process renews all the slots it holds: a worker killed while holding slots
-/// stops renewing them, and they are free again within the term. The process's own slots
-/// come first, so that at most `capacity` of its requests wait on the database.
+/// back after. A taken slot is leased like an export (the `lease-seconds` term), renewed by the
+/// process's keeper with its leases: a worker killed while holding slots stops renewing them,
+/// and they are free again within the term. The process's own slots come first, so that at
+/// most `capacity` of its requests wait on the database.
 pub(super) struct PgSlots {
     pool: Pool,
     worker: String,
+    keeper: Arc<Keeper>,
     local: Arc<crate::broker::ProcessSlots>,
     /// Accounts (and capacities) whose rows exist.
     known: Mutex<HashSet<(String, usize)>>,
-    /// Tokens of the slots this process holds, renewed together.
-    held: Arc<Mutex<HashSet<String>>>,
     /// The lease term, read on first use (once a process, not every request: a changed
-    /// `lease-seconds` reaches the slots when the worker restarts), and the heartbeat renewing
-    /// `held`.
-    heartbeat: tokio::sync::OnceCell<(Duration, tokio::task::JoinHandle<()>)>,
+    /// `lease-seconds` reaches the slots when the worker restarts).
+    term: tokio::sync::OnceCell<Duration>,
     /// Held while looking for a free slot: the process's waiting requests look one at a
-    /// time, so that they never crowd out its other uses of the database (a lease's renewal).
+    /// time, so that they never crowd out its other uses of the database.
     looking: tokio::sync::Mutex<()>,
 }
 
 impl PgSlots {
-    pub(super) fn new(pool: Pool, worker: &str) -> PgSlots {
+    pub(super) fn new(pool: Pool, worker: &str, keeper: Arc<Keeper>) -> PgSlots {
         PgSlots {
             pool,
             worker: worker.to_string(),
+            keeper,
             local: Arc::default(),
             known: Mutex::default(),
-            held: Arc::default(),
-            heartbeat: tokio::sync::OnceCell::new(),
+            term: tokio::sync::OnceCell::new(),
             looking: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The term a taken slot lasts unrenewed; the first call reads it and starts the
-    /// heartbeat.
+    /// The term a taken slot lasts unrenewed.
     async fn term(&self) -> Result<Duration> {
-        let (term, _) = self
-            .heartbeat
+        let term = self
+            .term
             .get_or_try_init(|| async {
                 let client = self.pool.get().await.context("no PostgreSQL connection")?;
                 let row = client
@@ -550,13 +509,10 @@ impl PgSlots {
                         &[&super::LEASE_SECONDS_SETTING],
                     )
                     .await?;
-                let term = match row {
-                    Some(row) => super::lease_term_of(&row.get::<_, String>(0))?,
-                    None => super::settings::DEFAULT_LEASE,
-                };
-                let renewing =
-                    tokio::spawn(renew_slots(self.pool.clone(), self.held.clone(), term));
-                anyhow::Ok((term, renewing))
+                match row {
+                    Some(row) => super::lease_term_of(&row.get::<_, String>(0)),
+                    None => Ok(super::settings::DEFAULT_LEASE),
+                }
             })
             .await?;
         Ok(*term)
@@ -585,11 +541,8 @@ impl PgSlots {
                 .insert(known);
         }
         let token = format!("{:016x}", fastrand::u64(..));
-        // Renewed from the moment it is taken: the heartbeat may run before this returns.
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token.clone());
+        // Renewed from the moment it is taken: the keeper may beat before this returns.
+        self.keeper.keep_slot(&token, term);
         let row = client
             .query_opt(
                 &format!(
@@ -611,62 +564,16 @@ impl PgSlots {
             .await
             .map(|row| row.map(|r| r.get::<_, i32>(0)));
         if !matches!(row, Ok(Some(_))) {
-            self.held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&token);
+            self.keeper.forget_slot(&token);
         }
         Ok(row?.map(|slot| (slot, token)))
-    }
-}
-
-impl Drop for PgSlots {
-    fn drop(&mut self) {
-        if let Some((_, renewing)) = self.heartbeat.get() {
-            renewing.abort();
-        }
-    }
-}
-
-/// Renews the slots in `held` three times a term. A renewal that fails is tried again at the
-/// next beat; slots unrenewed for a whole term may be taken by another worker.
-async fn renew_slots(pool: Pool, held: Arc<Mutex<HashSet<String>>>, term: Duration) {
-    loop {
-        tokio::time::sleep(term / 3).await;
-        let tokens: Vec<String> = held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        if tokens.is_empty() {
-            continue;
-        }
-        let renewal = async {
-            let client = pool.get().await?;
-            client
-                .execute(
-                    &format!(
-                        "UPDATE account_slots SET expires_ms = {NOW} + $2
-                         WHERE token = ANY($1) AND expires_ms > 0"
-                    ),
-                    &[&tokens, &(term.as_millis() as i64)],
-                )
-                .await?;
-            anyhow::Ok(())
-        };
-        match tokio::time::timeout(term / 3, renewal).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("could not renew the vendor account slots held: {e:#}"),
-            Err(_) => tracing::warn!("renewing the vendor account slots held timed out"),
-        }
     }
 }
 
 /// A slot taken in the database; given back when dropped.
 struct PgSlot {
     pool: Pool,
-    held: Arc<Mutex<HashSet<String>>>,
+    keeper: Arc<Keeper>,
     account: String,
     slot: i32,
     token: String,
@@ -674,10 +581,7 @@ struct PgSlot {
 
 impl Drop for PgSlot {
     fn drop(&mut self) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.token);
+        self.keeper.forget_slot(&self.token);
         let (pool, account, slot, token) = (
             self.pool.clone(),
             std::mem::take(&mut self.account),
@@ -716,7 +620,7 @@ impl crate::broker::AccountSlots for PgSlots {
                 if let Some((slot, token)) = taken {
                     let held = PgSlot {
                         pool: self.pool.clone(),
-                        held: self.held.clone(),
+                        keeper: self.keeper.clone(),
                         account: account.to_string(),
                         slot,
                         token,

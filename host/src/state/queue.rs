@@ -5,11 +5,11 @@
 //! recorded once per export and time, so that among many workers one queues its run.
 
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 
 use super::db::{Db, Step, params};
 use super::postgres::{self, Lease};
 use super::{Actor, ExportLock, ExportRecord, State, Trigger, now, sqlite, to_text};
+use crate::fence::Fence;
 
 /// A run this worker claimed: it holds the export's lock until the run ends.
 pub struct Claim {
@@ -124,20 +124,20 @@ impl State {
     /// Claims the oldest run waiting for a worker whose export no run holds: a queued run, or
     /// one whose worker died. `None` when there is none.
     pub async fn claim_run(&self) -> Result<Option<Claim>> {
-        let lost = CancellationToken::new();
         match &self.db {
             Db::Postgres(pool) => {
                 let term = self.lease_term().await?;
-                let Some((run_id, export_id, token)) =
+                let keeper = self.keeper()?;
+                let Some((run_id, export_id, token, sent)) =
                     postgres::claim(pool, &self.worker, term).await?
                 else {
                     return Ok(None);
                 };
-                let lease = Lease::held(pool.clone(), export_id, token, term, lost.clone());
+                let (lease, fence) = Lease::held(pool, &keeper, export_id, token, term, sent);
                 Ok(Some(Claim {
                     run_id,
                     export_id,
-                    lock: ExportLock::lease(lease, lost),
+                    lock: ExportLock::lease(lease, fence),
                 }))
             }
             Db::Sqlite(_) => {
@@ -147,11 +147,12 @@ impl State {
                     .query(
                         "SELECT r.id, r.export_id FROM runs r
                          JOIN exports e ON e.id = r.export_id AND e.removed_at IS NULL
-                         WHERE r.status = 'queued' OR (r.status = 'running'
+                         WHERE (r.status = 'queued' OR (r.status = 'running'
                              AND r.id = (SELECT MAX(x.id) FROM runs x
-                                 WHERE x.export_id = r.export_id AND x.status <> 'queued'))
+                                 WHERE x.export_id = r.export_id AND x.status <> 'queued')))
+                             AND r.failures < ?2
                          ORDER BY r.id LIMIT ?1",
-                        params![SQLITE_CANDIDATES],
+                        params![SQLITE_CANDIDATES, postgres::MAX_FAILURES],
                     )
                     .await?;
                 for row in candidates {
@@ -160,21 +161,21 @@ impl State {
                         continue;
                     };
                     // Taken: is the run still waiting (another process may have run it
-                    // between the read and the lock)?
-                    let waiting: bool = self
+                    // between the read and the lock)? If so, it is this lock's from now on.
+                    let lock = ExportLock::file(file);
+                    let waiting = self
                         .db
-                        .query_one(
-                            "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1
-                                 AND status IN ('queued', 'running'))",
-                            params![run_id],
+                        .execute(
+                            "UPDATE runs SET lease_token = ?2 WHERE id = ?1
+                                 AND status IN ('queued', 'running')",
+                            params![run_id, lock.fence().token()],
                         )
-                        .await?
-                        .get(0)?;
-                    if waiting {
+                        .await?;
+                    if waiting == 1 {
                         return Ok(Some(Claim {
                             run_id,
                             export_id,
-                            lock: ExportLock::file(file, lost),
+                            lock,
                         }));
                     }
                 }
@@ -186,16 +187,13 @@ impl State {
     /// Starts a claimed run by this process: continues it (from its checkpoints) when an
     /// earlier attempt made progress, else starts it. Whether it was continued, and whether
     /// a full sync was asked for.
-    pub async fn start_claimed(&self, run_id: i64) -> Result<(bool, bool)> {
-        let row = self
+    pub async fn start_claimed(&self, run_id: i64, fence: &Fence) -> Result<(bool, bool)> {
+        let attempts: u64 = self
             .db
-            .query_one(
-                "SELECT attempts, full_sync FROM runs WHERE id = ?1",
-                params![run_id],
-            )
-            .await?;
-        let (attempts, full): (u64, bool) = (row.get(0)?, row.get(1)?);
-        self.resume_run(run_id).await?;
+            .query_one("SELECT attempts FROM runs WHERE id = ?1", params![run_id])
+            .await?
+            .get(0)?;
+        let full = self.resume_run(run_id, fence, false).await?;
         if attempts == 0 {
             self.db
                 .execute(

@@ -5,29 +5,39 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::db::{DbRow, Step, params};
-use super::{Actor, ExportRecord, State, now, to_text};
+use super::{Actor, ExportRecord, State, SyncBasis, now, to_text};
 use crate::failure::NotFound;
+use crate::fence::Fence;
 use crate::run::{RunCounts, RunIssue, RunMode, RunReport};
 
-/// Where a run stands.
+/// Where a run stands, in words that say what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     /// Waiting for a worker to claim it.
     Queued,
+    /// A worker holds it and works on it now.
     Running,
-    /// Stopped before the end (a shutdown, a crash); the next run of the export continues it.
+    /// Under way, but its worker is gone (killed, its machine lost, stopped to be replaced, or
+    /// cut off from the database): a `serve` worker takes it over within the lease term (or
+    /// the next run of the export continues it), from its checkpoints.
+    Waiting,
+    /// Stopped before the end on purpose (cancelled, a signal to a one-off `export run`): the
+    /// next run of the export continues it.
     Interrupted,
     Succeeded,
-    /// Ended by a failure; what it settled stays, and the next run continues it.
+    /// Ended by a failure; what it settled stays, and the next run continues it (unless its
+    /// workers failed on it again and again: then the next run starts afresh).
     Failed,
 }
 
 impl RunState {
-    fn as_str(self) -> &'static str {
+    /// The state's code, as stored and in JSON.
+    pub fn as_str(self) -> &'static str {
         match self {
             RunState::Queued => "queued",
             RunState::Running => "running",
+            RunState::Waiting => "waiting",
             RunState::Interrupted => "interrupted",
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
@@ -38,9 +48,22 @@ impl RunState {
         match s {
             "queued" => RunState::Queued,
             "running" => RunState::Running,
+            "waiting" => RunState::Waiting,
             "interrupted" => RunState::Interrupted,
             "succeeded" => RunState::Succeeded,
             _ => RunState::Failed,
+        }
+    }
+
+    /// The state as people read it: what happens next.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Waiting => "waiting for a worker",
+            RunState::Interrupted => "interrupted: continues at the next run",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
         }
     }
 }
@@ -50,6 +73,23 @@ impl std::fmt::Display for RunState {
         f.write_str(self.as_str())
     }
 }
+
+/// A write of a run by a worker that no longer holds it (another worker took it over): the
+/// store refused it.
+#[derive(Debug)]
+pub struct NotTheHolder(pub i64);
+
+impl std::fmt::Display for NotTheHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {} is held by another worker now: this worker's write was refused",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotTheHolder {}
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,25 +144,32 @@ pub struct RunAttempt {
 }
 
 impl State {
-    /// Starts a run record, attempted by this process.
+    /// Starts a run record, attempted by this process under `fence` (the export's lock; none
+    /// for a run recorded only to say why it could not start); `full` when a full run was
+    /// asked for, which its continuations keep.
     pub async fn start_run(
         &self,
         export: &ExportRecord,
         trigger: Trigger,
         actor: &Actor,
+        full: bool,
+        fence: Option<&Fence>,
     ) -> Result<i64> {
         let started = now();
         let done = self
             .db
             .batch(&[Step::new(
-                "INSERT INTO runs (export_id, trigger, started_by, status, started_at, worker)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5) RETURNING id",
+                "INSERT INTO runs (export_id, trigger, started_by, status, started_at, worker,
+                     full_sync, lease_token)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7) RETURNING id",
                 params![
                     export.id,
                     to_text(&trigger),
                     &actor.name,
                     &started,
-                    &self.worker
+                    &self.worker,
+                    i64::from(full),
+                    fence.map(|f| f.token().to_string())
                 ],
             )])
             .await?
@@ -138,37 +185,44 @@ impl State {
             .execute(
                 "INSERT INTO run_attempts (run_id, attempt, worker, started_at)
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![run_id, attempt, &self.worker, now()],
+                params![run_id, attempt, &self.worker, now_precise()],
             )
             .await?;
         Ok(())
     }
 
-    /// The run of `export` the next run continues: its latest, when that one did not succeed
-    /// and settled something (a crash, a kill, a shutdown or a failure cut it short).
+    /// The run of `export` the next run continues: its latest, when that one is unfinished
+    /// (under way without a worker, interrupted, or failed after settling something), unless
+    /// its workers failed on it too often.
     pub async fn unfinished_run(&self, export: &ExportRecord) -> Result<Option<i64>> {
         self.db
             .query_opt(
-                "SELECT id FROM runs WHERE export_id = ?1 AND status <> 'succeeded'
-                     AND status <> 'queued' AND counts IS NOT NULL
+                "SELECT id FROM runs WHERE export_id = ?1
+                     AND (status IN ('running', 'interrupted')
+                         OR (status = 'failed' AND counts IS NOT NULL))
+                     AND failures < ?2
                      AND id = (SELECT MAX(id) FROM runs WHERE export_id = ?1 AND status <> 'queued')",
-                params![export.id],
+                params![export.id, super::postgres::MAX_FAILURES],
             )
             .await?
             .map(|r| r.get(0))
             .transpose()
     }
 
-    /// Marks a run as started again, by this process: its sync state keeps what it settled,
-    /// and the issues it decides anew on each attempt (skipped contacts) are dropped.
-    pub async fn resume_run(&self, run_id: i64) -> Result<()> {
+    /// Marks a run as started again, by this process, under `fence`: its sync state keeps what
+    /// it settled, and the issues it decides anew on each attempt (skipped contacts) are
+    /// dropped. A full run asked for now, or by an earlier attempt, stays full. Whether the
+    /// run is full.
+    pub async fn resume_run(&self, run_id: i64, fence: &Fence, full: bool) -> Result<bool> {
         let done = self
             .db
             .batch(&[
                 Step::new(
                     "UPDATE runs SET status = 'running', attempts = attempts + 1, error = NULL,
-                         finished_at = NULL, worker = ?2 WHERE id = ?1 RETURNING attempts",
-                    params![run_id, &self.worker],
+                         finished_at = NULL, worker = ?2, lease_token = ?3,
+                         full_sync = CASE WHEN ?4 = 1 THEN 1 ELSE full_sync END
+                     WHERE id = ?1 RETURNING attempts, full_sync",
+                    params![run_id, &self.worker, fence.token(), i64::from(full)],
                 ),
                 Step::new(
                     "DELETE FROM run_issues WHERE run_id = ?1 AND stage = 'skipped'",
@@ -177,11 +231,12 @@ impl State {
             ])
             .await?
             .context("the run was not resumed")?;
-        let attempt: u64 = done[0]
+        let row = done[0]
             .first()
-            .with_context(|| format!("there is no run {run_id}"))?
-            .get(0)?;
-        self.note_attempt(run_id, attempt).await
+            .with_context(|| format!("there is no run {run_id}"))?;
+        let (attempt, full): (u64, bool) = (row.get(0)?, row.get(1)?);
+        self.note_attempt(run_id, attempt).await?;
+        Ok(full)
     }
 
     /// Gives up an unfinished run so the next starts afresh (its record stays).
@@ -195,14 +250,18 @@ impl State {
         Ok(())
     }
 
-    /// Records how a run attempt ended (its counts were recorded with each settled piece).
+    /// Records how a run attempt ended (its counts were recorded with each settled piece),
+    /// and, for a run that completed, what the export is now synced with: only while `fence`
+    /// is the run's generation. `false` when another worker holds the run (nothing written).
     pub async fn finish_run(
         &self,
         run_id: i64,
+        fence: Option<&Fence>,
         status: RunState,
         error: Option<&str>,
         report: Option<&RunReport>,
-    ) -> Result<()> {
+        synced: Option<(&ExportRecord, &SyncBasis)>,
+    ) -> Result<bool> {
         let (requests, retries, seconds) = report
             .map(|r| (r.requests, r.retries, r.duration.as_secs_f64()))
             .unwrap_or_default();
@@ -222,34 +281,61 @@ impl State {
             RunMode::Delta => "delta".to_string(),
             RunMode::Full(why) => format!("full: {why}"),
         });
-        self.db
+        let ended = matches!(status, RunState::Succeeded | RunState::Failed);
+        let mut steps = vec![Step::required(
+            "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4,
+                 requests = requests + ?5, retries = retries + ?6, seconds = seconds + ?7,
+                 refusals = ?8, mode = COALESCE(?9, mode),
+                 leave_action = COALESCE(?10, leave_action),
+                 counts = COALESCE(?11, counts),
+                 segment_size = COALESCE(?12, segment_size)
+             WHERE id = ?1 AND (CAST(?13 AS TEXT) IS NULL OR lease_token = ?13)",
+            params![
+                run_id,
+                status.as_str(),
+                error,
+                ended.then(now),
+                requests,
+                retries,
+                seconds,
+                serde_json::to_string(&refusals)?,
+                mode,
+                report.map(|r| r.leave_action.clone()),
+                report
+                    .map(|r| serde_json::to_string(&r.counts))
+                    .transpose()?,
+                report.and_then(|r| r.segment_size),
+                fence.map(|f| f.token().to_string()),
+            ],
+        )];
+        if let Some((export, basis)) = synced {
+            steps.push(Step::new(
+                "INSERT INTO sync_basis (export_id, basis, run_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (export_id) DO UPDATE SET basis = excluded.basis,
+                     run_id = excluded.run_id",
+                params![export.id, serde_json::to_string(basis)?, run_id],
+            ));
+        }
+        Ok(self.db.batch(&steps).await?.is_some())
+    }
+
+    /// Records that an attempt ended in a failure of its worker (a panic), under `fence`: the
+    /// run waits for a worker again, or, after [`MAX_FAILURES`](super::postgres::MAX_FAILURES)
+    /// such attempts, ends failed with the reason. Whether it was written.
+    pub async fn note_failure(&self, run_id: i64, fence: &Fence, why: &str) -> Result<bool> {
+        let max = super::postgres::MAX_FAILURES;
+        let written = self
+            .db
             .execute(
-                "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4,
-                     requests = requests + ?5, retries = retries + ?6, seconds = seconds + ?7,
-                     refusals = ?8, mode = COALESCE(?9, mode),
-                     leave_action = COALESCE(?10, leave_action),
-                     counts = COALESCE(?11, counts),
-                     segment_size = COALESCE(?12, segment_size)
-                 WHERE id = ?1",
-                params![
-                    run_id,
-                    status.as_str(),
-                    error,
-                    (status != RunState::Running && status != RunState::Interrupted).then(now),
-                    requests,
-                    retries,
-                    seconds,
-                    serde_json::to_string(&refusals)?,
-                    mode,
-                    report.map(|r| r.leave_action.clone()),
-                    report
-                        .map(|r| serde_json::to_string(&r.counts))
-                        .transpose()?,
-                    report.and_then(|r| r.segment_size),
-                ],
+                "UPDATE runs SET failures = failures + 1,
+                     error = ?3,
+                     status = CASE WHEN failures + 1 >= ?4 THEN 'failed' ELSE status END,
+                     finished_at = CASE WHEN failures + 1 >= ?4 THEN ?5 ELSE finished_at END
+                 WHERE id = ?1 AND lease_token = ?2",
+                params![run_id, fence.token(), why, max, now()],
             )
             .await?;
-        Ok(())
+        Ok(written == 1)
     }
 
     /// Records a run that was asked for but could not start (its connector unapproved, its
@@ -261,8 +347,8 @@ impl State {
         actor: &Actor,
         why: &str,
     ) -> Result<i64> {
-        let run_id = self.start_run(export, trigger, actor).await?;
-        self.finish_run(run_id, RunState::Failed, Some(why), None)
+        let run_id = self.start_run(export, trigger, actor, false, None).await?;
+        self.finish_run(run_id, None, RunState::Failed, Some(why), None, None)
             .await?;
         Ok(run_id)
     }
@@ -337,10 +423,10 @@ impl State {
         Ok(runs)
     }
 
-    /// A run recorded as running whose process is gone was cut short.
+    /// A run recorded as running whose worker is gone waits for another.
     async fn with_liveness(&self, mut run: RunRecord) -> Result<RunRecord> {
         if run.status == RunState::Running && !self.export_running(run.export_id).await? {
-            run.status = RunState::Interrupted;
+            run.status = RunState::Waiting;
         }
         Ok(run)
     }
@@ -371,6 +457,12 @@ impl State {
             )
             .await
     }
+}
+
+/// The current time with milliseconds (RFC 3339, UTC), for when attempts start: a takeover
+/// often follows within a second.
+fn now_precise() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trigger,

@@ -14,16 +14,18 @@ use crate::approval::Approval;
 pub const LEASE_SECONDS_SETTING: &str = "lease-seconds";
 pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
-/// A `lease-seconds` value as a term: seconds, from 1 to 3600.
+/// A `lease-seconds` value as a term: seconds, from 2 to 3600. A lease is renewed three
+/// times a term and held surely for four fifths of it after each renewal: a shorter term
+/// would leave a worker no room for one slow round trip to the database.
 pub fn lease_term_of(text: &str) -> Result<Duration> {
     text.trim()
         .parse::<f64>()
         .ok()
-        .filter(|s| (1.0..=3600.0).contains(s))
+        .filter(|s| (2.0..=3600.0).contains(s))
         .map(Duration::from_secs_f64)
         .with_context(|| {
             format!(
-                "{LEASE_SECONDS_SETTING} must be a number of seconds from 1 to 3600, not `{text}`"
+                "{LEASE_SECONDS_SETTING} must be a number of seconds from 2 to 3600, not `{text}`"
             )
         })
 }

@@ -232,6 +232,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     "#,
+    // 8: fencing: the generation of the lock an attempt holds, which every write of the run
+    // carries; attempts that ended in a failure of the worker (a panic), counted.
+    r#"
+    ALTER TABLE runs ADD COLUMN lease_token TEXT;
+    ALTER TABLE runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path`, its schema brought up to date.
