@@ -387,6 +387,61 @@ fn kill_after(op: &Operator, sim: &CampaignMonitorSim, export: &str, imports_bef
     child.wait().unwrap();
 }
 
+/// A `--full` run killed before anything settled is not lost: it waits, the next run
+/// continues it, and it stays the full run that was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_run_killed_before_it_settled_anything_is_continued_in_full() {
+    let (seed, count) = (64, 3_000);
+    let op = Operator::new(seed, count);
+    let (sim, _, list) = vendor(Duration::from_millis(800)).await;
+    op.add_connection("acme", &sim, &[]);
+    op.add_export("nightly", "acme", &list, &[]);
+    op.ok(&["export", "run", "nightly"]);
+    let first_imports = imports(&sim);
+
+    let mut child: Child = op
+        .command(&["export", "run", "nightly", "--full"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its imports are on their way (each takes 0.8 s): nothing settled yet.
+    let asked = sim.requests().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sim.requests().len() == asked {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&op.ok(&["runs", "show", "2", "--json"])).unwrap();
+    assert_eq!(shown["status"], "waiting", "{shown:#}");
+    assert!(
+        shown["counts"].is_null() || shown["profiles"] == 0,
+        "{shown:#}"
+    );
+
+    let out = op.ok(&["export", "run", "nightly"]);
+    assert!(out.starts_with("resumed run 2"), "{out}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&op.ok(&["runs", "show", "2", "--json"])).unwrap();
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    assert!(
+        shown["mode"].as_str().unwrap().starts_with("full"),
+        "{shown:#}"
+    );
+    // Everything was sent again, as the full run asked.
+    assert!(imports(&sim) >= 2 * first_imports, "{out}");
+    let expected = Expected::for_segment(seed, count, "newsletter");
+    assert_eq!(
+        shown["updated"].as_u64().unwrap(),
+        expected.delivered.len() as u64,
+        "{shown:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_with_sigkill_resumes_from_its_checkpoint() {
     let (seed, count) = (63, 24_000);

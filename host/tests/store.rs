@@ -592,6 +592,56 @@ async fn queue(engine: Engine) {
 
 on_both_engines!(queue, queue_on_sqlite, queue_on_postgres);
 
+/// A run its workers fail on (a panic each time) is not claimed in a loop: each failure is
+/// recorded on the run with its reason, and after the third the run ends failed.
+async fn failing_runs(engine: Engine) {
+    let state = engine.open("w1").await;
+    let key = MasterKey::generate();
+    let acme = connection(&state, &key, "acme", "k-us7").await;
+    let daily = export(&state, "daily", acme).await;
+    let run = state
+        .enqueue_run(&daily, Trigger::OnDemand, &admin(), false, false)
+        .await
+        .unwrap();
+    for failure in 1..=3 {
+        let claim = state
+            .claim_run()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("not claimable after {} failures", failure - 1));
+        assert_eq!(claim.run_id, run);
+        state.start_claimed(run, claim.lock.fence()).await.unwrap();
+        let why = format!("worker w1 failed on the run (it panicked: boom {failure})");
+        assert!(
+            state
+                .note_failure(run, claim.lock.fence(), &why)
+                .await
+                .unwrap()
+        );
+        claim.lock.release().await;
+        let record = state.run(run).await.unwrap();
+        assert_eq!(record.error.as_deref(), Some(why.as_str()));
+        let expected = if failure < 3 {
+            RunState::Waiting
+        } else {
+            RunState::Failed
+        };
+        assert_eq!(record.status, expected, "after failure {failure}");
+    }
+    assert!(
+        state.claim_run().await.unwrap().is_none(),
+        "claimed in a loop"
+    );
+    // Nor is it what the next run continues: that one starts afresh.
+    assert_eq!(state.unfinished_run(&daily).await.unwrap(), None);
+}
+
+on_both_engines!(
+    failing_runs,
+    failing_runs_on_sqlite,
+    failing_runs_on_postgres
+);
+
 /// PostgreSQL: a worker that stops renewing its lease (it died) loses the run once the lease
 /// expires, and another worker claims it to continue it; while the lease lives, nobody can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
 
+pub mod cut;
 pub mod harness;
 pub mod hostile;
 pub mod live;

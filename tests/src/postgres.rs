@@ -5,7 +5,8 @@
 //!
 //! The server lives as long as the test process: a small shell watches a pipe from it, and
 //! when the process ends (however it ends) the pipe closes, and the shell stops the server and
-//! removes its data directory.
+//! removes its data directory. Through the same pipe a test can restart the server (a fault
+//! test in a process of its own: every database of the process goes down with it).
 
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -21,8 +22,11 @@ use anyhow::{Context, Result, bail};
 /// The test process's server.
 pub struct Server {
     port: u16,
-    /// Closed when the process ends: the watcher then stops the server.
-    _lifeline: Mutex<ChildStdin>,
+    /// The server's log (kept across restarts).
+    log: PathBuf,
+    /// Closed when the process ends: the watcher then stops the server. It also takes
+    /// `stop` and `start` a line each.
+    lifeline: Mutex<ChildStdin>,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -98,11 +102,19 @@ impl Server {
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let script = format!(
-            "'{postgres}' -D '{data}' -p {port} -k '{data}' -c listen_addresses=127.0.0.1 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=300 -c shared_buffers=128MB >'{dir}/server.log' 2>&1 &
-             pid=$!
-             read _
+            "start() {{
+                 '{postgres}' -D '{data}' -p {port} -k '{data}' -c listen_addresses=127.0.0.1 \
+                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                 -c max_connections=300 -c shared_buffers=128MB >>'{dir}/server.log' 2>&1 &
+                 pid=$!
+             }}
+             start
+             while read command; do
+                 case \"$command\" in
+                     stop) kill -INT $pid; wait $pid ;;
+                     start) start ;;
+                 esac
+             done
              kill -INT $pid
              wait $pid
              rm -rf '{dir}'",
@@ -141,8 +153,42 @@ impl Server {
         lifeline.flush()?;
         Ok(Server {
             port,
-            _lifeline: Mutex::new(lifeline),
+            log: dir.join("server.log"),
+            lifeline: Mutex::new(lifeline),
         })
+    }
+
+    /// Stops the server (a fast shutdown: every connection is told the server is going), keeps
+    /// it down for `down`, starts it again and waits until it accepts queries. Every database
+    /// of the process goes down with it.
+    pub fn restart(&self, down: Duration) -> Result<()> {
+        let ready_before = self.times_ready();
+        self.command("stop")?;
+        std::thread::sleep(down);
+        self.command("start")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.times_ready() <= ready_before {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not come back within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn command(&self, command: &str) -> Result<()> {
+        let mut lifeline = self.lifeline.lock().unwrap();
+        writeln!(lifeline, "{command}")?;
+        lifeline.flush()?;
+        Ok(())
+    }
+
+    /// How many times the server said it is ready.
+    fn times_ready(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("ready to accept connections")
+            .count()
     }
 }
 

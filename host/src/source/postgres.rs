@@ -3,9 +3,11 @@
 //! every column a field); the memberships from another, with the columns `profile_id` and
 //! `segment`, as the file source's `memberships.csv`. A run's rows stream through a
 //! server-side cursor (a portal, fetched a page at a time) on a thread of its own, through a
-//! bounded channel: the segment is never in memory whole.
+//! bounded channel: the segment is never in memory whole. A connection lost on the way (a
+//! database restart, a dropped link) is made again and the rows read again from the start;
+//! the run's side hands on only the rows it had not had yet.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +17,8 @@ use super::{Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow, 
 
 /// Rows fetched from the cursor at a time.
 const PAGE: i32 = 5_000;
+/// How long the source keeps trying to reach the database after losing it, in all.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Rows waiting for the run at most (the channel's bound).
 const QUEUED_ROWS: usize = 2 * PAGE as usize;
 
@@ -66,10 +70,11 @@ impl PostgresSource {
     }
 
     /// Runs `work` with a connection, on a thread and runtime of its own (the source's methods
-    /// are blocking, and may be called from within another runtime).
+    /// are blocking, and may be called from within another runtime); a connection lost on the
+    /// way is made again and `work` tried again, for a while.
     fn with_client<T: Send>(
         &self,
-        work: impl AsyncFnOnce(&Client) -> Result<T> + Send,
+        work: impl AsyncFn(&Client) -> Result<T> + Send + Sync,
     ) -> Result<T> {
         let url = self.url.clone();
         std::thread::scope(|scope| {
@@ -78,14 +83,37 @@ impl PostgresSource {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    runtime.block_on(async move {
+                    runtime.block_on(patiently(async || {
                         let client = connect(&url).await?;
                         work(&client).await
-                    })
+                    }))
                 })
                 .join()
                 .unwrap_or_else(|_| bail!("the PostgreSQL source's thread panicked"))
         })
+    }
+}
+
+/// Whether `error` is the profile database out of reach for a while (a restart, a dropped
+/// connection), worth another try.
+fn out_of_reach(error: &anyhow::Error) -> bool {
+    crate::state::is_transient(error)
+}
+
+/// Runs `work` until it succeeds, fails for another reason than the database being out of
+/// reach, or [`PATIENCE`] is spent.
+async fn patiently<T>(work: impl AsyncFn() -> Result<T>) -> Result<T> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match work().await {
+            Err(e) if out_of_reach(&e) && started.elapsed() < PATIENCE => {
+                tracing::warn!("the profile database cannot be reached ({e:#}); trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -226,21 +254,18 @@ impl ProfileSource for PostgresSource {
                 {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        let _ = sender.send(Err(e.into()));
+                        let _ = sender.send(Item::Row(Err(e.into())));
                         return;
                     }
                 };
-                let failed = runtime.block_on(stream(&url, &queries, &segments, &sender));
+                let failed = runtime.block_on(stream_patiently(&url, &queries, &segments, &sender));
                 if let Err(e) = failed {
-                    let _ = sender.send(Err(e));
+                    let _ = sender.send(Item::Row(Err(e)));
                 }
             })?;
         Ok(ProfileStream {
             total: Some(total),
-            rows: Box::new(Rows {
-                receiver,
-                seen: HashSet::new(),
-            }),
+            rows: Box::new(Rows::new(receiver)),
         })
     }
 }
@@ -251,13 +276,47 @@ struct StreamQueries {
     id_index: usize,
 }
 
+/// What the source's thread hands the run: a row, or word that the rows are read again from
+/// the start (the connection was lost and made again).
+enum Item {
+    Row(Result<Row>),
+    Again,
+}
+
+/// [`stream`], read again from the start when the connection is lost on the way (for
+/// [`PATIENCE`] in all).
+async fn stream_patiently(
+    url: &str,
+    queries: &StreamQueries,
+    segments: &[String],
+    sender: &SyncSender<Item>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match stream(url, queries, segments, sender).await {
+            Err(e) if out_of_reach(&e) && started.elapsed() < PATIENCE => {
+                tracing::warn!(
+                    "the profile database connection was lost ({e:#}); reading the segment again"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                if sender.send(Item::Again).is_err() {
+                    return Ok(());
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Streams the chosen members' profiles, then the members no profile has, a page at a time
 /// from server-side cursors. Returns when done or when the run stops listening.
 async fn stream(
     url: &str,
     queries: &StreamQueries,
     segments: &[String],
-    sender: &SyncSender<Result<Row>>,
+    sender: &SyncSender<Item>,
 ) -> Result<()> {
     let mut client = connect(url).await?;
     let tx = client.transaction().await?;
@@ -279,7 +338,7 @@ async fn stream(
                     detail: "a profile with no id".into(),
                 }),
             };
-            if sender.send(Ok(row)).is_err() {
+            if sender.send(Item::Row(Ok(row))).is_err() {
                 return Ok(());
             }
         }
@@ -301,7 +360,7 @@ async fn stream(
                     "the membership names profile `{id}`, which the profiles table does not have"
                 ),
             });
-            if sender.send(Ok(row)).is_err() {
+            if sender.send(Item::Row(Ok(row))).is_err() {
                 return Ok(());
             }
         }
@@ -311,24 +370,139 @@ async fn stream(
 }
 
 /// The run's side of the stream: a repeated profile id is skipped (its first row is used).
+/// After the rows are read again from the start, a row handed on before is not handed on
+/// again: a profile whose id an earlier reading had, and as many repeats and skipped rows of a
+/// kind as were handed on already.
 struct Rows {
-    receiver: Receiver<Result<Row>>,
+    receiver: Receiver<Item>,
+    /// Profile ids (hashed) of this reading.
     seen: HashSet<u128>,
+    /// Profile ids of the readings before this one, once there was one.
+    earlier: Option<HashSet<u128>>,
+    /// Repeats and skipped rows (by what they say) handed on so far, and met in this reading.
+    handed: HashMap<u128, u32>,
+    met: HashMap<u128, u32>,
+}
+
+impl Rows {
+    fn new(receiver: Receiver<Item>) -> Rows {
+        Rows {
+            receiver,
+            seen: HashSet::new(),
+            earlier: None,
+            handed: HashMap::new(),
+            met: HashMap::new(),
+        }
+    }
+
+    /// The row to hand on for `row` of this reading, if it was not handed on before.
+    fn decide(&mut self, row: Row) -> Option<Row> {
+        let row = match row {
+            Row::Profile(p) => {
+                let id = hash128(&p.id);
+                if self.seen.insert(id) {
+                    if self.earlier.as_ref().is_some_and(|e| e.contains(&id)) {
+                        return None;
+                    }
+                    return Some(Row::Profile(p));
+                }
+                Row::Skipped(SkippedRow {
+                    profile_id: Some(p.id.clone()),
+                    reason: SkipReason::RepeatedId,
+                    location: "the profiles table".into(),
+                    detail: format!("repeats profile id `{}`; its first row is used", p.id),
+                })
+            }
+            skipped => skipped,
+        };
+        let Row::Skipped(skipped) = &row else {
+            return Some(row);
+        };
+        let kind = hash128(&format!(
+            "{:?}\u{0}{}\u{0}{}",
+            skipped.profile_id, skipped.location, skipped.detail
+        ));
+        let met = self.met.entry(kind).or_default();
+        *met += 1;
+        let handed = self.handed.entry(kind).or_default();
+        if *met <= *handed {
+            return None;
+        }
+        *handed = *met;
+        Some(row)
+    }
 }
 
 impl Iterator for Rows {
     type Item = Result<Row>;
 
     fn next(&mut self) -> Option<Result<Row>> {
-        let row = self.receiver.recv().ok()?;
-        Some(row.map(|row| match row {
-            Row::Profile(p) if !self.seen.insert(hash128(&p.id)) => Row::Skipped(SkippedRow {
-                profile_id: Some(p.id.clone()),
-                reason: SkipReason::RepeatedId,
-                location: "the profiles table".into(),
-                detail: format!("repeats profile id `{}`; its first row is used", p.id),
-            }),
-            other => other,
-        }))
+        loop {
+            match self.receiver.recv().ok()? {
+                Item::Row(Err(e)) => return Some(Err(e)),
+                Item::Row(Ok(row)) => {
+                    if let Some(row) = self.decide(row) {
+                        return Some(Ok(row));
+                    }
+                }
+                Item::Again => {
+                    let earlier = self.earlier.get_or_insert_with(HashSet::new);
+                    earlier.extend(self.seen.drain());
+                    self.met.clear();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(id: &str) -> Item {
+        Item::Row(Ok(Row::Profile(Profile {
+            id: id.into(),
+            values: vec![Some(id.into())],
+        })))
+    }
+
+    fn ids(rows: Vec<Result<Row>>) -> Vec<String> {
+        rows.into_iter()
+            .map(|r| match r.unwrap() {
+                Row::Profile(p) => p.id,
+                Row::Skipped(s) => format!("skipped {:?} {:?}", s.reason, s.profile_id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_read_again_after_a_lost_connection_are_handed_on_once() {
+        let (sender, receiver) = sync_channel(100);
+        for item in [
+            profile("a"),
+            profile("b"),
+            profile("a"),
+            Item::Again,
+            // The second reading comes in another order, and goes further.
+            profile("b"),
+            profile("a"),
+            profile("a"),
+            profile("c"),
+            profile("c"),
+        ] {
+            sender.send(item).unwrap();
+        }
+        drop(sender);
+        let rows = Rows::new(receiver);
+        assert_eq!(
+            ids(rows.collect()),
+            [
+                "a",
+                "b",
+                "skipped RepeatedId Some(\"a\")",
+                "c",
+                "skipped RepeatedId Some(\"c\")"
+            ]
+        );
     }
 }

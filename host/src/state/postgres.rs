@@ -285,6 +285,24 @@ pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
     {
         config.password(password.as_encoded_bytes());
     }
+    // A server that went away without a word (a cut network, a machine lost) is noticed in
+    // seconds, not hours: connecting, an unanswered write and an idle connection each have a
+    // deadline, unless the URL sets its own.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(20));
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(10));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(5));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
     Ok(config)
 }
 

@@ -10,6 +10,7 @@ pub mod delay;
 pub mod mailchimp;
 pub mod mailerlite;
 pub mod oauth;
+mod senders;
 pub mod simulator;
 pub mod tls;
 
@@ -108,22 +109,53 @@ pub struct Listen {
     pub port: u16,
     /// Serve HTTPS with a certificate from this CA.
     pub tls: Option<Arc<tls::TestCa>>,
+    /// Find out which process opened each connection (Linux, through `/proc`), so that
+    /// [`Server::senders`] tells who sent each request; costs a look through `/proc` each
+    /// connection.
+    pub identify_senders: bool,
 }
 
 impl Listen {
     /// Plain HTTP on `port`.
     pub fn plain(port: u16) -> Listen {
-        Listen { port, tls: None }
+        Listen {
+            port,
+            ..Listen::default()
+        }
     }
 
     /// HTTPS on a free port, with a certificate from `ca`.
     pub fn tls(ca: &Arc<tls::TestCa>) -> Listen {
         Listen {
-            port: 0,
             tls: Some(ca.clone()),
+            ..Listen::default()
+        }
+    }
+
+    /// The same, noting which process sent each request.
+    pub fn identifying_senders(self) -> Listen {
+        Listen {
+            identify_senders: true,
+            ..self
         }
     }
 }
+
+/// A request as it arrived, with the process that sent it (when the server identifies
+/// senders).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// When it arrived (wall time, to compare with other processes' records).
+    pub at: std::time::SystemTime,
+    /// The process that opened its connection, if it could be found.
+    pub pid: Option<u32>,
+    pub method: String,
+    pub path: String,
+}
+
+/// The process a connection came from, once found (an extension of its requests).
+#[derive(Clone, Copy)]
+struct SenderPid(Option<u32>);
 
 /// What a server counts: TCP connections accepted, requests answered by the simulator (not
 /// by an injected fault) and the time it took to answer them, so a benchmark can set the
@@ -144,6 +176,7 @@ pub struct Server {
     stop: CancellationToken,
     faults: Arc<Mutex<Faults>>,
     counters: Arc<Counters>,
+    senders: Arc<Mutex<Vec<Sent>>>,
 }
 
 impl Server {
@@ -157,17 +190,30 @@ impl Server {
         let addr = listener.local_addr()?;
         let faults: Arc<Mutex<Faults>> = Arc::default();
         let counters: Arc<Counters> = Arc::default();
+        let senders: Arc<Mutex<Vec<Sent>>> = Arc::default();
         let requests = Arc::new(AtomicU64::new(0));
-        let (injected, counted) = (faults.clone(), counters.clone());
+        let (injected, counted, noted) = (faults.clone(), counters.clone(), senders.clone());
         let app = axum::Router::new()
             .fallback(
-                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                move |sender: Option<axum::Extension<SenderPid>>,
+                      method: Method,
+                      uri: Uri,
+                      headers: HeaderMap,
+                      body: Bytes| {
                     let (handler, faults, requests, counted) = (
                         handler.clone(),
                         injected.clone(),
                         requests.clone(),
                         counted.clone(),
                     );
+                    if let Some(axum::Extension(SenderPid(pid))) = sender {
+                        noted.lock().unwrap().push(Sent {
+                            at: std::time::SystemTime::now(),
+                            pid,
+                            method: method.to_string(),
+                            path: uri.path().to_string(),
+                        });
+                    }
                     async move {
                         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
                         let faults = faults.lock().unwrap().clone();
@@ -194,6 +240,7 @@ impl Server {
             .layer(axum::extract::DefaultBodyLimit::max(16 << 20));
         let stop = CancellationToken::new();
         let acceptor = listen.tls.as_ref().map(|ca| ca.acceptor());
+        let identify = listen.identify_senders;
         let (accepting, counted) = (stop.clone(), counters.clone());
         tokio::spawn(async move {
             loop {
@@ -213,6 +260,17 @@ impl Server {
                     counted.clone(),
                 );
                 tokio::spawn(async move {
+                    let app = match (identify, stream.peer_addr()) {
+                        (true, Ok(peer)) => {
+                            let pid =
+                                tokio::task::spawn_blocking(move || senders::owner_of(peer.port()))
+                                    .await
+                                    .ok()
+                                    .flatten();
+                            app.layer(axum::Extension(SenderPid(pid)))
+                        }
+                        _ => app,
+                    };
                     match acceptor {
                         Some(acceptor) => {
                             let Ok(tls) = acceptor.accept(stream).await else {
@@ -239,7 +297,14 @@ impl Server {
             stop,
             faults,
             counters,
+            senders,
         })
+    }
+
+    /// Every request so far with the process that sent it, in the order they arrived (empty
+    /// unless the server identifies senders: [`Listen::identifying_senders`]).
+    pub fn senders(&self) -> Vec<Sent> {
+        self.senders.lock().unwrap().clone()
     }
 
     /// The address it listens on.
