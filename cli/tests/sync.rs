@@ -139,6 +139,33 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
         "{runs}"
     );
 
+    // A dry run sees the run that will be continued: the leavers it settled, those to do.
+    let killed_run = runs
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let plan = op.ok(&["export", "run", "weekly", "--dry-run"]);
+    assert!(
+        plan.contains(&format!("the next run continues run {killed_run}")),
+        "{plan}"
+    );
+    let plan_json: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "run", "weekly", "--dry-run", "--json"])).unwrap();
+    assert_eq!(
+        plan_json["continues_run"],
+        killed_run.parse::<u64>().unwrap()
+    );
+    let done_before = plan_json["leaving_done_earlier"].as_u64().unwrap();
+    assert_eq!(
+        done_before + plan_json["leaving_to_do"].as_u64().unwrap(),
+        leavers.len() as u64,
+        "{plan_json:#}"
+    );
+
     let out = op.ok(&["export", "run", "weekly"]);
     assert!(out.starts_with("resumed run "), "{out}");
     assert_eq!(
@@ -175,11 +202,118 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     let show = op.ok(&["runs", "show", &run_id(&out)]);
     assert_eq!(field(&show, "status"), "succeeded");
     assert!(field(&show, "attempts").starts_with("2 "), "{show}");
-    assert!(
-        field(&show, "left").starts_with(&format!("{} (leave action unsubscribe", leavers.len())),
+    // Every leaver counted as the run's own work, none blamed on the vendor: those the killed
+    // attempt unsubscribed before it could record them included.
+    assert_eq!(
+        field(&show, "left"),
+        format!(
+            "{} (leave action unsubscribe: {} acted on, 0 untouched, 0 refused)",
+            leavers.len(),
+            leavers.len()
+        ),
         "{show}"
     );
+    let csv = op.ok(&["runs", "rejections", &run_id(&out), "--csv"]);
+    assert!(
+        !csv.contains(",leaving,"),
+        "leavers listed as not delivered: {csv}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "show", "weekly", "--json"])).unwrap();
+    assert_eq!(
+        shown["sync_state"]["left"],
+        leavers.len() as u64,
+        "{shown:#}"
+    );
     op.assert_credential_nowhere();
+}
+
+/// The same at Mailchimp, whose unsubscribe is one batch call for many leavers: killed right
+/// after the vendor applied a batch, the next run counts those leavers as its own work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailchimp_run_killed_while_unsubscribing_counts_its_own_removals() {
+    use connector_tests::sim::mailchimp::{self, MailchimpSim, Status};
+    let (seed, count) = (83, 2_400);
+    let op = Operator::new(seed, count);
+    let sim = MailchimpSim::start_with(
+        0,
+        mailchimp::Behaviour {
+            latency: Duration::from_millis(20),
+            ..mailchimp::Behaviour::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = sim.add_account("Acme", "us21");
+    let audience = sim.add_audience(&key, "Newsletter");
+    let mut add = op.command(
+        &[
+            connection_add("acme-mc", "mailchimp", &sim.base_url("{dc}")),
+            vec!["--secret-env".into(), "MC_SECRET".into()],
+        ]
+        .concat(),
+    );
+    let out = add.env("MC_SECRET", &key).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut args = export_add_setting("weekly", "acme-mc", &format!("audience-id={audience}"));
+    args.extend(["--leave-action", "unsubscribe", "--confirm-irreversible"].map(String::from));
+    op.ok(&args);
+    op.ok(&["export", "run", "weekly"]);
+
+    let index = |id: &str| id.trim_start_matches('p').parse::<u64>().unwrap();
+    evolve(&op, |id| index(id).is_multiple_of(6), |_| false);
+    let plan: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "run", "weekly", "--dry-run", "--json"])).unwrap();
+    let leavers = plan["leaving"].as_u64().unwrap();
+    assert!(leavers > 150, "{plan:#}");
+
+    let mut child = op
+        .command(&["export", "run", "weekly", "--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let unsubscribed = || {
+        sim.members(&audience)
+            .values()
+            .filter(|m| m.status == Status::Unsubscribed)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while unsubscribed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody was unsubscribed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_at_kill = unsubscribed();
+
+    let out = op.ok(&["export", "run", "weekly"]);
+    assert!(out.starts_with("resumed run "), "{out}");
+    assert_eq!(
+        unsubscribed() as u64,
+        leavers,
+        "every leaver unsubscribed once"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&op.ok(&["runs", "show", &run_id(&out), "--json"])).unwrap();
+    assert_eq!(
+        (
+            shown["leaving"].as_u64(),
+            shown["left"].as_u64(),
+            shown["left_untouched"].as_u64()
+        ),
+        (Some(leavers), Some(leavers), Some(0)),
+        "{done_at_kill} were unsubscribed when the first attempt was killed: {shown:#}"
+    );
+    let csv = op.ok(&["runs", "rejections", &run_id(&out), "--csv"]);
+    assert!(
+        !csv.contains(",leaving,"),
+        "leavers listed as not delivered: {csv}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

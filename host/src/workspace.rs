@@ -938,18 +938,14 @@ impl Workspace {
         }
         match attempt {
             Ok((mut report, basis)) => {
-                if resumed {
-                    // The report tells of the whole run, its earlier attempts included.
-                    report.reasons.clear();
-                    report.issues.clear();
-                    report.issues_not_listed = 0;
-                    self.state
-                        .for_each_issue(run_id, &mut |issue| {
-                            report.note_issue(issue);
-                            Ok(())
-                        })
-                        .await?;
-                    report.assert_adds_up(true);
+                // A continuation that cannot be accounted for is not continued again.
+                if let Err(why) = report.check(true) {
+                    let why = format!(
+                        "the run's report does not add up ({why}); the next run starts afresh"
+                    );
+                    tracing::error!(run = run_id, "{why}");
+                    self.state.give_up_run(run_id, fence, &why).await?;
+                    return Err(anyhow::anyhow!(why));
                 }
                 let (state, error) = match &report.status {
                     RunStatus::Succeeded => (RunState::Succeeded, None),
@@ -961,6 +957,18 @@ impl Workspace {
                 let synced = report.succeeded().then_some((export, &basis));
                 self.finish(run_id, fence, state, error, Some(&report), synced)
                     .await?;
+                if resumed && let Ok(record) = self.state.run(run_id).await {
+                    // What the whole run cost, every attempt's included.
+                    report.cover_attempts(
+                        record.attempts,
+                        crate::run::Figures {
+                            requests: record.requests,
+                            retries: record.retries,
+                            batches: record.counts.batches,
+                            duration: Duration::from_secs_f64(record.seconds),
+                        },
+                    );
+                }
                 Ok(RunOutcome {
                     run_id,
                     resumed,
@@ -1085,15 +1093,21 @@ impl Workspace {
         let record = self.state.connection_by_id(export.connection_id).await?;
         permit(actor, &record)?;
         let plugin = self.approved_connector(&record.connector).await?;
+        // The run the next one continues, read as that run's next attempt would read it.
+        let continues = self.state.unfinished_run(&export).await?;
+        let full = full || self.state.full_asked(continues).await?;
         let (_, full) = self.sync_mode(&export, &plugin, full).await?;
         let options = RunOptions {
-            journal: Some(Arc::new(self.state.sync_reader(&export))),
+            journal: Some(Arc::new(self.state.sync_reader(&export, continues))),
             full,
             ..self.options.clone()
         };
-        self.host()?
+        let mut plan = self
+            .host()?
             .plan_export_with(plugin, &saved(&export)?, self.source()?, &options)
-            .await
+            .await?;
+        plan.continues_run = continues;
+        Ok(plan)
     }
 
     /// What a run syncs with, and why it must be full, if it must: asked for, or the mapping,

@@ -282,6 +282,7 @@ on_both_engines!(records, records_on_sqlite, records_on_postgres);
 fn settled(i: u64, state: SyncState) -> SettledContact {
     SettledContact {
         email: format!("c{i}@example.com"),
+        person: i + 1,
         digest: i * 7,
         state,
         reason: (state == SyncState::Rejected).then(|| ("1".into(), "Invalid".into())),
@@ -349,6 +350,7 @@ async fn runs(engine: Engine) {
                     contacts: piece,
                     issues: &issues,
                     counts: &counts,
+                    figures: Default::default(),
                 })
                 .unwrap();
         }
@@ -358,13 +360,14 @@ async fn runs(engine: Engine) {
                 contacts: &[settled(1, SyncState::Created), settled(1, SyncState::Left)],
                 issues: &[],
                 counts: &counts,
+                figures: Default::default(),
             })
             .unwrap();
     })
     .await
     .unwrap();
 
-    let reader = Arc::new(state.sync_reader(&daily));
+    let reader = Arc::new(state.sync_reader(&daily, None));
     let read = reader.clone();
     let (held, this_run, reasons, hint) = tokio::task::spawn_blocking(move || {
         let (mut held, mut this_run, mut reasons) = (std::collections::HashMap::new(), 0, 0);
@@ -390,6 +393,7 @@ async fn runs(engine: Engine) {
             contacts: &[],
             issues: &[],
             counts: &RunCounts::default(),
+            figures: Default::default(),
         })
     })
     .await
@@ -445,6 +449,7 @@ async fn runs(engine: Engine) {
                 contacts: &[],
                 issues: &[],
                 counts: &RunCounts::default(),
+                figures: Default::default(),
             })
         }
     })

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::counts::RunCounts;
 use super::report::{IssueKind, RunIssue, Stage};
-use super::sync::{Decision, SyncIndex, digest, key_hash};
+use super::sync::{Decision, SyncIndex, SyncState, digest, key_hash, person_hash};
 use crate::contract::Contact;
 use crate::email::{self, Unusable};
 use crate::mapping::ResolvedMapping;
@@ -28,6 +28,8 @@ pub(crate) struct Batch {
 /// A contact handed to the connector.
 pub(crate) struct SentContact {
     pub profile_id: String,
+    /// [`person_hash`] of the profile id.
+    pub person: u64,
     /// The normalised address (the sync key).
     pub key: String,
     pub digest: u64,
@@ -235,6 +237,7 @@ fn decide(
         address,
     } = read;
     batch.counts.profiles += 1;
+    let person = person_hash(&profile_id);
     let Addressed {
         normal,
         key,
@@ -243,6 +246,8 @@ fn decide(
     } = match address {
         Ok(address) => address,
         Err(Refusal { code, message }) => {
+            // Still in the segment: what was sent for them before stays as it is.
+            index.note_unusable(person);
             batch.counts.invalid += 1;
             batch.issues.push(RunIssue {
                 profile_id,
@@ -256,7 +261,7 @@ fn decide(
             return;
         }
     };
-    let decision = index.decide_at(key, at, digest);
+    let decision = index.decide_at(key, at, digest, person);
     decision.count(&mut batch.counts);
     note(decision, &contact.email);
     let skipped = |kind, code: &str, message: &str, since| RunIssue {
@@ -291,10 +296,26 @@ fn decide(
             };
             batch.issues.push(issue);
         }
+        // Refused or kept out by an earlier attempt of this run: listed again, as it was.
+        Decision::Resumed(state @ (SyncState::Rejected | SyncState::Suppressed)) => {
+            let kind = match state {
+                SyncState::Rejected => IssueKind::Rejected,
+                _ => IssueKind::Suppressed,
+            };
+            let (code, message) = index
+                .reason(key)
+                .map(|r| (r.code.clone(), r.message.clone()))
+                .unwrap_or_default();
+            batch.issues.push(RunIssue {
+                stage: Stage::Sent,
+                ..skipped(kind, &code, &message, None)
+            });
+        }
         d if d.sends() => {
             batch.contacts.push(contact);
             batch.sent.push(SentContact {
                 profile_id,
+                person,
                 key: normal,
                 digest,
             });

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// - every contact sent has the vendor's outcome: `created + updated + suppressed + rejected =
 ///   new + changed + returning + resent + resumed`;
 /// - every leaver has one: `leaving = left + left_untouched + left_refused`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct RunCounts {
     /// Rows of the segment read from the source: profiles, and rows that could not be used.
@@ -65,6 +65,10 @@ pub struct RunCounts {
     pub left_refused: u64,
     /// Batches sent (leave-action calls included).
     pub batches: u64,
+    /// Contacts the export sent before that are not leavers though their address is no longer
+    /// in the segment: their person still is, under an address that cannot be used now, or
+    /// under a new one with an irreversible (or no) leave action. Left as they are at the vendor.
+    pub kept: u64,
 }
 
 impl RunCounts {
@@ -121,6 +125,62 @@ impl RunCounts {
         Ok(())
     }
 
+    /// Every counter by its name.
+    fn fields(&self) -> [(&'static str, u64); 24] {
+        let RunCounts {
+            profiles,
+            new,
+            changed,
+            returning,
+            resent,
+            unchanged,
+            still_rejected,
+            still_suppressed,
+            duplicates,
+            invalid,
+            unreadable,
+            repeated_ids,
+            unknown_profiles,
+            resumed,
+            leaving,
+            created,
+            updated,
+            suppressed,
+            rejected,
+            left,
+            left_untouched,
+            left_refused,
+            batches,
+            kept,
+        } = self;
+        [
+            ("profiles", *profiles),
+            ("new", *new),
+            ("changed", *changed),
+            ("returning", *returning),
+            ("resent", *resent),
+            ("unchanged", *unchanged),
+            ("still_rejected", *still_rejected),
+            ("still_suppressed", *still_suppressed),
+            ("duplicates", *duplicates),
+            ("invalid", *invalid),
+            ("unreadable", *unreadable),
+            ("repeated_ids", *repeated_ids),
+            ("unknown_profiles", *unknown_profiles),
+            ("resumed", *resumed),
+            ("leaving", *leaving),
+            ("created", *created),
+            ("updated", *updated),
+            ("suppressed", *suppressed),
+            ("rejected", *rejected),
+            ("left", *left),
+            ("left_untouched", *left_untouched),
+            ("left_refused", *left_refused),
+            ("batches", *batches),
+            ("kept", *kept),
+        ]
+    }
+
     /// Adds `other` to these counts.
     pub fn add(&mut self, other: &RunCounts) {
         let RunCounts {
@@ -147,6 +207,7 @@ impl RunCounts {
             left_untouched,
             left_refused,
             batches,
+            kept,
         } = other;
         self.profiles += profiles;
         self.new += new;
@@ -171,6 +232,7 @@ impl RunCounts {
         self.left_untouched += left_untouched;
         self.left_refused += left_refused;
         self.batches += batches;
+        self.kept += kept;
     }
 
     /// The plan alone (what a dry run would say of this run).
@@ -186,6 +248,21 @@ impl RunCounts {
             batches: 0,
             ..self.clone()
         }
+    }
+}
+
+/// Every counter, and the two sums people read first: `sent` and `not_sent`.
+impl Serialize for RunCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.fields();
+        let mut map = serializer.serialize_map(Some(fields.len() + 2))?;
+        for (name, value) in fields {
+            map.serialize_entry(name, &value)?;
+        }
+        map.serialize_entry("sent", &self.sent())?;
+        map.serialize_entry("not_sent", &self.not_sent())?;
+        map.end()
     }
 }
 

@@ -2,6 +2,7 @@
 //! them in batches (several in flight), or, with none, just recorded as gone. Runs only after
 //! the whole segment was read and settled.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -9,49 +10,62 @@ use tokio_util::sync::CancellationToken;
 
 use super::call::{Call, Calls};
 use super::counts::RunCounts;
+use super::report::{IssueKind, RunIssue, Stage};
 use super::settle::{self, Leaver, Piece};
-use super::sync::{SyncIndex, key_hash};
+use super::sync::{SyncIndex, SyncState, key_hash};
 use super::{Run, RunJournal};
 use crate::contract::Contact;
 
 /// Leavers recorded at once when there is no leave action to call.
 const RECORD_AT_ONCE: usize = 10_000;
 
-/// Finds the leavers and settles each (the failure, if any, is the run's).
+/// Leavers a leave-action call takes at most: each call's contacts are recorded once it
+/// returns, so a crash re-does at most this many a call in flight (and, knowing it asked, the
+/// next attempt counts those the vendor no longer has as its own work).
+const LEAVE_AT_ONCE: usize = 100;
+
+/// Finds the leavers and settles each (the failure, if any, is the run's). `action`: the
+/// export's leave action and whether it is reversible.
 pub(super) async fn apply(
     calls: &Arc<Calls>,
     run: &mut Run<'_>,
-    index: &SyncIndex,
-    action: Option<&str>,
+    index: &mut SyncIndex,
+    action: Option<(&str, bool)>,
     size: usize,
     concurrency: usize,
     stop: &CancellationToken,
 ) {
-    // Leavers an earlier attempt of this run settled are counted as they were.
+    // Leavers an earlier attempt of this run settled are counted as they were, with their
+    // reasons.
     let mut earlier = RunCounts::default();
-    let keys = index.leavers(&mut earlier);
+    let found = index.leavers(&mut earlier, action.map(|(_, reversible)| reversible));
+    let journal = run.journal.clone().expect("leavers come from a journal");
     if earlier != RunCounts::default() {
+        let issues = match earlier_issues(journal.clone(), found.earlier).await {
+            Ok(issues) => issues,
+            Err(e) => return run.fail(format!("reading who left the segment failed: {e:#}")),
+        };
         run.record(Piece {
             contacts: vec![],
-            issues: vec![],
+            issues,
             counts: earlier,
         })
         .await;
     }
-    if keys.is_empty() {
+    if found.act.is_empty() {
         return;
     }
-    let journal = run.journal.clone().expect("leavers come from a journal");
-    let leavers = match addresses(journal, keys).await {
+    let leavers = match addresses(journal, found.act).await {
         Ok(leavers) => leavers,
         Err(e) => return run.fail(format!("reading who left the segment failed: {e:#}")),
     };
     tracing::info!(
         leavers = leavers.len(),
-        action = action.unwrap_or("none"),
+        action = action.map_or("none", |(a, _)| a),
         "contacts left the segment"
     );
-    let Some(action) = action else {
+    run.progress.leaving(leavers.len() as u64);
+    let Some((action, _)) = action else {
         let mut leavers = leavers;
         while !leavers.is_empty() {
             let rest = leavers.split_off(leavers.len().min(RECORD_AT_ONCE));
@@ -61,12 +75,32 @@ pub(super) async fn apply(
         return;
     };
 
-    let mut batches = chunks(leavers, size).into_iter();
+    let mut batches = chunks(leavers, size.min(LEAVE_AT_ONCE))
+        .into_iter()
+        .peekable();
     let mut in_flight = JoinSet::new();
     loop {
-        let can_send = run.failure.is_none() && !stop.is_cancelled();
-        while can_send && in_flight.len() < concurrency {
+        let can_send = run.failure.is_none() && !stop.is_cancelled() && !run.lost.is_cancelled();
+        let mut ready = vec![];
+        while can_send && in_flight.len() + ready.len() < concurrency {
             let Some(batch) = batches.next() else { break };
+            ready.push(batch);
+        }
+        if !ready.is_empty() {
+            // Before the vendor is asked: that it is being asked, durably.
+            let intents = ready.iter().flatten().map(settle::intent).collect();
+            run.record(Piece {
+                contacts: intents,
+                issues: vec![],
+                counts: RunCounts::default(),
+            })
+            .await;
+            run.flush().await;
+            if run.failure.is_some() || run.lost.is_cancelled() {
+                break;
+            }
+        }
+        for batch in ready {
             let (calls, action) = (calls.clone(), action.to_string());
             in_flight.spawn(async move {
                 let contacts: Vec<Contact> = batch
@@ -101,22 +135,65 @@ pub(super) async fn apply(
     }
 }
 
-/// The addresses (and digests) of the leavers, read back from the sync state.
+/// The issues of leavers an earlier attempt of this run settled with an answer (left
+/// untouched, or refused), read back with their reasons.
+async fn earlier_issues(
+    journal: Arc<dyn RunJournal>,
+    keys: HashMap<u64, SyncState>,
+) -> anyhow::Result<Vec<RunIssue>> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut issues = HashMap::with_capacity(keys.len());
+        journal.synced(&mut |s| {
+            let key = key_hash(s.email);
+            if let Some(state) = keys.get(&key) {
+                let kind = match state {
+                    SyncState::LeftRefused => IssueKind::Rejected,
+                    _ => IssueKind::Suppressed,
+                };
+                let reason = s.reason.as_ref();
+                issues.insert(
+                    key,
+                    RunIssue {
+                        profile_id: String::new(),
+                        email: s.email.to_string(),
+                        kind,
+                        stage: Stage::Leaving,
+                        code: reason.map(|r| r.code.to_string()).unwrap_or_default(),
+                        message: reason.map(|r| r.message.to_string()).unwrap_or_default(),
+                        since: reason.map(|r| r.since.to_string()),
+                    },
+                );
+            }
+            Ok(())
+        })?;
+        let mut issues: Vec<RunIssue> = issues.into_values().collect();
+        issues.sort_unstable_by(|a, b| a.email.cmp(&b.email));
+        Ok(issues)
+    })
+    .await?
+}
+
+/// The addresses (and digests, and people) of the leavers, read back from the sync state.
 async fn addresses(
     journal: Arc<dyn RunJournal>,
-    keys: std::collections::HashSet<u64>,
+    keys: HashMap<u64, SyncState>,
 ) -> anyhow::Result<Vec<Leaver>> {
     tokio::task::spawn_blocking(move || {
         // Keyed, so that a contact the journal gives twice is kept in its later state.
-        let mut leavers = std::collections::HashMap::with_capacity(keys.len());
+        let mut leavers = HashMap::with_capacity(keys.len());
         journal.synced(&mut |s| {
             let key = key_hash(s.email);
-            if keys.contains(&key) {
+            if let Some(state) = keys.get(&key) {
                 leavers.insert(
                     key,
                     Leaver {
                         email: s.email.to_string(),
                         digest: s.digest,
+                        person: s.person,
+                        asked: *state == SyncState::Leaving,
                     },
                 );
             }

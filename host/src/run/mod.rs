@@ -33,7 +33,7 @@ pub use counts::RunCounts;
 pub use issue_csv::IssueCsv;
 pub use plan::RunPlan;
 pub use probe::{Answer, Probe, ProbeExport};
-pub use report::{IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
+pub use report::{Figures, IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
 
 use crate::ConnectorHost;
@@ -168,6 +168,10 @@ pub trait Progress: Send + Sync {
     fn begin(&self, _total: Option<u64>) {}
     /// `profiles` more profiles were handled (delivered, skipped or rejected).
     fn advance(&self, _profiles: u64) {}
+    /// The segment is done; `leavers` contacts left it and are being settled.
+    fn leaving(&self, _leavers: u64) {}
+    /// `leavers` more leavers were settled.
+    fn advance_leaving(&self, _leavers: u64) {}
     /// The run ended.
     fn end(&self) {}
 }
@@ -259,10 +263,9 @@ impl ConnectorHost {
                 export.leave_action.as_deref(),
             ),
             journal: options.journal.clone(),
-            recorder: options
-                .journal
-                .clone()
-                .map(|journal| Recorder::start(journal, concurrency)),
+            recorder: options.journal.clone().map(|journal| {
+                Recorder::start(journal, concurrency, prepared.broker.stats(), started)
+            }),
             on_issue: options.on_issue.clone(),
             progress,
             failure: None,
@@ -360,15 +363,30 @@ impl ConnectorHost {
 
         // Phase 2: who left. Only once the whole segment was read and settled: a profile not
         // read is not a leaver.
-        if let Some(index) = index
+        if let Some(mut index) = index
             && read_all
             && run.failure.is_none()
             && !stop.is_cancelled()
             && !lost.is_cancelled()
             && run.journal.is_some()
         {
-            let action = export.leave_action.as_deref();
-            leave::apply(&calls, &mut run, &index, action, size, concurrency, &stop).await;
+            let action = export.leave_action.as_deref().map(|id| {
+                let reversible = info
+                    .leave_actions
+                    .iter()
+                    .any(|a| a.id == id && a.reversible);
+                (id, reversible)
+            });
+            leave::apply(
+                &calls,
+                &mut run,
+                &mut index,
+                action,
+                size,
+                concurrency,
+                &stop,
+            )
+            .await;
             run.flush().await;
         }
         progress.end();
@@ -396,7 +414,9 @@ impl ConnectorHost {
             run.report.status = RunStatus::Interrupted;
         }
         run.report.duration = started.elapsed();
-        run.report.assert_adds_up(false);
+        // A continued run lists its earlier attempts' undelivered contacts again: its reasons
+        // are the whole run's.
+        run.report.assert_adds_up(true);
         Ok(run.report)
     }
 
@@ -429,7 +449,14 @@ impl ConnectorHost {
         let journal = options.journal.clone();
         let size = plugin.info.max_batch_size as usize;
         let full = options.full.clone();
-        let leave_action = export.leave_action.clone();
+        let leave_action = export.leave_action.clone().map(|id| {
+            let reversible = plugin
+                .info
+                .leave_actions
+                .iter()
+                .any(|a| a.id == id && a.reversible);
+            (id, reversible)
+        });
         tokio::task::spawn_blocking(move || {
             plan::plan(
                 stream,
@@ -510,6 +537,9 @@ impl Run<'_> {
 
     fn count(&mut self, piece: Piece) {
         self.progress.advance(piece.counts.profiles);
+        if piece.counts.leaving > 0 {
+            self.progress.advance_leaving(piece.counts.leaving);
+        }
         self.report.counts.add(&piece.counts);
         for issue in piece.issues {
             if let Some(listener) = &self.on_issue

@@ -31,6 +31,12 @@ pub struct RunPlan {
     pub counts: RunCounts,
     /// A few addresses for each kind of decision (`new`, `changed`, `unchanged`, `leaving`...).
     pub examples: BTreeMap<String, Vec<String>>,
+    /// The run cut short (or failed) that the next run continues, if any: what its attempts
+    /// settled counts as settled earlier.
+    pub continues_run: Option<i64>,
+    /// Leavers the continued run settled already, and those still to settle.
+    pub leaving_done_earlier: u64,
+    pub leaving_to_do: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -62,7 +68,7 @@ pub(crate) fn plan(
     size: usize,
     journal: Option<&dyn RunJournal>,
     full: Option<String>,
-    leave_action: Option<String>,
+    leave_action: Option<(String, bool)>,
     started: Instant,
 ) -> Result<RunPlan> {
     let mut examples: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -105,13 +111,15 @@ pub(crate) fn plan(
     for (what, example) in skipped {
         keep(what, example);
     }
-    let leavers = index.leavers(&mut counts);
-    counts.leaving += leavers.len() as u64;
+    let before = counts.leaving;
+    let leavers = index.leavers(&mut counts, leave_action.as_ref().map(|(_, r)| *r));
+    let leaving_done_earlier = counts.leaving - before;
+    counts.leaving += leavers.act.len() as u64;
     if let Some(journal) = journal
-        && !leavers.is_empty()
+        && !leavers.act.is_empty()
     {
         journal.synced(&mut |s| {
-            if leavers.contains(&key_hash(s.email)) {
+            if leavers.act.contains_key(&key_hash(s.email)) {
                 keep("leaving", s.email.to_string());
             }
             Ok(())
@@ -122,9 +130,12 @@ pub(crate) fn plan(
             Some(why) => RunMode::Full(why),
             None => RunMode::Delta,
         },
-        leave_action: leave_action.unwrap_or_else(|| "none".into()),
+        leave_action: leave_action.map_or_else(|| "none".into(), |(id, _)| id),
         counts: counts.plan(),
         examples,
+        continues_run: None,
+        leaving_done_earlier,
+        leaving_to_do: leavers.act.len() as u64,
         duration: started.elapsed(),
     })
 }
@@ -142,6 +153,12 @@ impl RunPlan {
             out,
             "Dry run: nothing was sent or recorded; the next run would be {mode}"
         );
+        if let Some(run) = self.continues_run {
+            let _ = writeln!(
+                out,
+                "  the next run continues run {run}: what it settled is not sent again"
+            );
+        }
         let line = |out: &mut String, label: &str, n: u64, key: Option<&str>| {
             let examples = key
                 .and_then(|k| self.examples.get(k))
@@ -189,6 +206,18 @@ impl RunPlan {
                 .map(|e| format!("; e.g. {}", e.join(", ")))
                 .unwrap_or_default()
         );
+        if self.leaving_done_earlier > 0 {
+            line(
+                &mut out,
+                "  settled earlier",
+                self.leaving_done_earlier,
+                None,
+            );
+            line(&mut out, "  still to do", self.leaving_to_do, None);
+        }
+        if c.kept > 0 {
+            line(&mut out, "kept (still members)", c.kept, None);
+        }
         out
     }
 }

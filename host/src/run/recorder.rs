@@ -4,12 +4,15 @@
 //! flight, what a crash may make the next attempt send again.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::counts::RunCounts;
+use super::report::Figures;
 use super::settle::Piece;
 use super::sync::{RunJournal, Settlement};
+use crate::broker::HttpStats;
 
 /// A piece once recorded, or why recording failed (nothing after it is recorded).
 pub(super) type Recorded = Result<Piece, String>;
@@ -24,7 +27,12 @@ pub(super) struct Recorder {
 impl Recorder {
     /// Starts the writer; at most `capacity` pieces wait for it before [`Recorder::submit`]
     /// waits in turn.
-    pub(super) fn start(journal: Arc<dyn RunJournal>, capacity: usize) -> Recorder {
+    pub(super) fn start(
+        journal: Arc<dyn RunJournal>,
+        capacity: usize,
+        stats: Arc<HttpStats>,
+        started: Instant,
+    ) -> Recorder {
         let (pieces, mut to_write) = mpsc::channel::<Piece>(capacity.max(1));
         let (done, recorded) = mpsc::unbounded_channel();
         tokio::task::spawn_blocking(move || {
@@ -36,6 +44,12 @@ impl Recorder {
                     contacts: &piece.contacts,
                     issues: &piece.issues,
                     counts: &counts,
+                    figures: Figures {
+                        requests: stats.requests(),
+                        retries: stats.retries(),
+                        batches: counts.batches,
+                        duration: started.elapsed(),
+                    },
                 });
                 let failed = settled.is_err();
                 let _ = done.send(settled.map(|()| piece).map_err(|e| format!("{e:#}")));

@@ -114,6 +114,17 @@ pub enum RunMode {
     Full(String),
 }
 
+/// What a run (or one attempt of it) cost: requests sent (each try counts), retries, batches
+/// and time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub requests: u64,
+    pub retries: u64,
+    pub batches: u64,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
 /// The record of one export run (or what a dry run plans).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -143,6 +154,12 @@ pub struct RunReport {
     pub issues_not_listed: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+    /// The attempts the run took: more than one for a run continued after a crash, a shutdown
+    /// or a lost lease. `requests`, `retries`, the counts' `batches` and `duration` are then
+    /// the whole run's, every attempt's included.
+    pub attempts: u64,
+    /// For a run of more than one attempt: the last attempt's own figures.
+    pub last_attempt: Option<Figures>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -171,7 +188,33 @@ impl RunReport {
             issues: vec![],
             issues_not_listed: 0,
             duration: Duration::ZERO,
+            attempts: 1,
+            last_attempt: None,
         }
+    }
+
+    /// This attempt's figures.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            requests: self.requests,
+            retries: self.retries,
+            batches: self.counts.batches,
+            duration: self.duration,
+        }
+    }
+
+    /// Makes the report's figures the whole run's (`attempts` attempts, costing `whole`),
+    /// keeping this attempt's beside them.
+    pub fn cover_attempts(&mut self, attempts: u64, whole: Figures) {
+        if attempts <= 1 {
+            return;
+        }
+        self.last_attempt = Some(self.figures());
+        self.attempts = attempts;
+        self.requests = whole.requests;
+        self.retries = whole.retries;
+        self.counts.batches = whole.batches;
+        self.duration = whole.duration;
     }
 
     /// Takes in a contact that was not delivered: counted under its reason, and listed while
@@ -387,6 +430,17 @@ impl RunReport {
             "  batches {}, requests {}, retries {}",
             c.batches, self.requests, self.retries
         );
+        if let Some(last) = &self.last_attempt {
+            let _ = writeln!(
+                out,
+                "  over {} attempts; the last: batches {}, requests {}, retries {}, {:.2} s",
+                self.attempts,
+                last.batches,
+                last.requests,
+                last.retries,
+                last.duration.as_secs_f64()
+            );
+        }
         for refusal in &self.refusals {
             let _ = writeln!(
                 out,

@@ -20,6 +20,21 @@ pub(crate) struct Leaver {
     /// The normalised address.
     pub email: String,
     pub digest: u64,
+    pub person: u64,
+    /// The leave action was asked of the vendor for them before (an attempt cut short before
+    /// it recorded the answer): a vendor that no longer has them had it from this run.
+    pub asked: bool,
+}
+
+/// The record, made before the vendor is asked, that the leave action is asked for `leaver`.
+pub(crate) fn intent(leaver: &Leaver) -> SettledContact {
+    SettledContact {
+        email: leaver.email.clone(),
+        person: leaver.person,
+        digest: leaver.digest,
+        state: SyncState::Leaving,
+        reason: None,
+    }
 }
 
 /// The vendor's code and message for a contact, cleaned.
@@ -82,6 +97,7 @@ pub(crate) fn sent(batch: Batch, outcome: Option<BatchReport>) -> Piece {
             };
             contacts.push(SettledContact {
                 email: sent.key,
+                person: sent.person,
                 digest: sent.digest,
                 state,
                 reason: why,
@@ -95,9 +111,10 @@ pub(crate) fn sent(batch: Batch, outcome: Option<BatchReport>) -> Piece {
     }
 }
 
-/// Leavers after the leave action (or with none: `outcome` is `None`, and they are simply
-/// recorded as gone).
+/// Leavers after the leave action (or with none: `outcome` is `None`, and they are recorded
+/// as departed, for a leave action added later).
 pub(crate) fn left(leavers: Vec<Leaver>, outcome: Option<BatchReport>) -> Piece {
+    let acted = outcome.is_some();
     let mut counts = RunCounts {
         leaving: leavers.len() as u64,
         ..RunCounts::default()
@@ -115,7 +132,16 @@ pub(crate) fn left(leavers: Vec<Leaver>, outcome: Option<BatchReport>) -> Piece 
         .zip(outcomes)
         .map(|(leaver, outcome)| {
             let (state, why) = match outcome {
+                None if !acted => {
+                    counts.left += 1;
+                    (SyncState::Departed, None)
+                }
                 None => {
+                    counts.left += 1;
+                    (SyncState::Left, None)
+                }
+                // Kept out already, after this run asked: this run's own doing.
+                Some(issue) if leaver.asked && issue.kind == contract::IssueKind::Suppressed => {
                     counts.left += 1;
                     (SyncState::Left, None)
                 }
@@ -145,6 +171,7 @@ pub(crate) fn left(leavers: Vec<Leaver>, outcome: Option<BatchReport>) -> Piece 
             };
             SettledContact {
                 email: leaver.email,
+                person: leaver.person,
                 digest: leaver.digest,
                 state,
                 reason: why,

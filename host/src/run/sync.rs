@@ -27,6 +27,13 @@ pub enum SyncState {
     LeftUntouched = 6,
     /// Left the segment; the vendor refused the leave action.
     LeftRefused = 7,
+    /// Left the segment, and the leave action was asked of the vendor, its answer not yet
+    /// recorded (written before the call, so that a run continued after a crash knows a contact
+    /// the vendor no longer has is its own doing).
+    Leaving = 8,
+    /// Left the segment while the export had no leave action: nothing was done at the vendor,
+    /// and a leave action added later applies to them.
+    Departed = 9,
 }
 
 impl SyncState {
@@ -41,20 +48,31 @@ impl SyncState {
             Left,
             LeftUntouched,
             LeftRefused,
+            Leaving,
+            Departed,
         ]
         .into_iter()
         .find(|s| *s as u8 == code)
     }
 
-    /// At the vendor and in the segment: a leaver if they leave it.
+    /// At the vendor as the export sent them: a leaver if they leave the segment (one whose
+    /// leave action was asked but not recorded stays one until it is).
     fn delivered(self) -> bool {
-        matches!(self, SyncState::Created | SyncState::Updated)
+        matches!(
+            self,
+            SyncState::Created | SyncState::Updated | SyncState::Leaving
+        )
     }
 
+    /// Settled as a leaver (whatever the vendor made of it).
     fn left(self) -> bool {
         matches!(
             self,
-            SyncState::Left | SyncState::LeftUntouched | SyncState::LeftRefused
+            SyncState::Left
+                | SyncState::LeftUntouched
+                | SyncState::LeftRefused
+                | SyncState::Leaving
+                | SyncState::Departed
         )
     }
 }
@@ -69,6 +87,8 @@ impl std::fmt::Display for SyncState {
             SyncState::Left => "left",
             SyncState::LeftUntouched => "left untouched",
             SyncState::LeftRefused => "left refused",
+            SyncState::Leaving => "leaving",
+            SyncState::Departed => "departed",
         })
     }
 }
@@ -77,6 +97,9 @@ impl std::fmt::Display for SyncState {
 pub struct Synced<'a> {
     /// The normalised address (see [`crate::email`]).
     pub email: &'a str,
+    /// The person it was sent for ([`person_hash`] of the profile id; 0: not known, for
+    /// contacts settled before the host kept it).
+    pub person: u64,
     pub digest: u64,
     pub state: SyncState,
     /// Whether an earlier attempt of the run being made settled it.
@@ -105,6 +128,8 @@ pub(crate) struct Reason {
 pub struct SettledContact {
     /// The normalised address.
     pub email: String,
+    /// The person ([`person_hash`] of the profile id) it was sent for.
+    pub person: u64,
     pub digest: u64,
     pub state: SyncState,
     /// For a suppressed or rejected contact: the vendor's code and message.
@@ -119,6 +144,9 @@ pub struct Settlement<'a> {
     pub issues: &'a [RunIssue],
     /// The attempt's counts, this piece included.
     pub counts: &'a RunCounts,
+    /// What the attempt cost so far (requests, retries, batches, time), so that an attempt cut
+    /// short still counts in its run's figures.
+    pub figures: super::report::Figures,
 }
 
 /// Where an export's sync state and a run's record live. [`crate::State`] keeps them in its
@@ -144,6 +172,12 @@ pub trait RunJournal: Send + Sync {
 /// The 64-bit key of a normalised address in the run's index.
 pub(crate) fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// Who a contact is: a stable 64-bit hash of the profile id it was sent for (never 0, which
+/// stands for "not known"). Stored in sync states: the algorithm must never change.
+pub fn person_hash(profile_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(profile_id.as_bytes(), 0x7065_7273_6f6e).max(1)
 }
 
 /// A stable digest of what is sent for a contact: its address as sent and every mapped value.
@@ -223,6 +257,8 @@ impl Decision {
 struct Entry {
     key: u64,
     digest: u64,
+    /// The person it was sent for (0: not known).
+    person: u64,
     /// The order the journal gave it in (in what would be padding): the later entry of a
     /// contact given twice is the one kept.
     order: u32,
@@ -230,14 +266,20 @@ struct Entry {
     this_run: bool,
 }
 
-/// The sync state of an export in memory: 24 bytes a contact, sorted by key hash, with a bit a
-/// contact for "seen in this run's segment" (leavers are the delivered contacts not seen).
-/// Lookups go through a directory of the key's top bits: one or two cache misses a contact,
-/// where a binary search over a million entries takes a dozen.
+/// The sync state of an export in memory: 32 bytes a contact, sorted by key hash, with a bit a
+/// contact for "seen in this run's segment" (leavers are the delivered contacts not seen, whose
+/// person is not in the segment either). Lookups go through a directory of the key's top bits:
+/// one or two cache misses a contact, where a binary search over a million entries takes a
+/// dozen.
 pub(crate) struct SyncIndex {
     entries: Vec<Entry>,
     directory: Directory,
     seen: Vec<u64>,
+    /// People of the segment not found under the address they were sent for (new members,
+    /// changed addresses) and those with no usable address now: the contacts sent for them
+    /// before are not leavers (8 bytes a person, only when there is a sync state).
+    elsewhere: Vec<u64>,
+    unusable: Vec<u64>,
     /// Keys of contacts not in the sync state, to spot their duplicates.
     fresh: std::collections::HashSet<u64>,
     /// Why the vendor refused or keeps out the contacts it did.
@@ -257,6 +299,7 @@ impl SyncIndex {
                 entries.push(Entry {
                     key,
                     digest: s.digest,
+                    person: s.person,
                     order: entries.len() as u32,
                     state: s.state,
                     this_run: s.this_run,
@@ -291,6 +334,8 @@ impl SyncIndex {
             directory: Directory::new(&entries),
             entries,
             seen,
+            elsewhere: vec![],
+            unusable: vec![],
             fresh: Default::default(),
             reasons,
             full,
@@ -323,15 +368,33 @@ impl SyncIndex {
         found.extend(keys.iter().map(|k| self.directory.find(&self.entries, *k)));
     }
 
-    /// Decides what to do with a contact of the segment, and remembers it was seen.
+    /// Decides what to do with a contact of the segment (`person`'s, at the address `key`),
+    /// and remembers it was seen.
     #[cfg(test)]
-    pub(crate) fn decide(&mut self, key: u64, digest: u64) -> Decision {
+    pub(crate) fn decide(&mut self, key: u64, digest: u64, person: u64) -> Decision {
         let at = self.directory.find(&self.entries, key);
-        self.decide_at(key, at, digest)
+        self.decide_at(key, at, digest, person)
+    }
+
+    /// A person of the segment whose address cannot be used now: the contact sent for them
+    /// before stays as it is.
+    pub(crate) fn note_unusable(&mut self, person: u64) {
+        if !self.entries.is_empty() {
+            self.unusable.push(person);
+        }
     }
 
     /// [`SyncIndex::decide`] for a contact [`SyncIndex::locate`] found (or not) at `at`.
-    pub(crate) fn decide_at(&mut self, key: u64, at: Option<usize>, digest: u64) -> Decision {
+    pub(crate) fn decide_at(
+        &mut self,
+        key: u64,
+        at: Option<usize>,
+        digest: u64,
+        person: u64,
+    ) -> Decision {
+        if !self.entries.is_empty() && at.is_none_or(|i| self.entries[i].person != person) {
+            self.elsewhere.push(person);
+        }
         let Some(i) = at else {
             return if self.fresh.insert(key) {
                 Decision::New
@@ -357,16 +420,33 @@ impl SyncIndex {
         }
     }
 
-    /// Contacts at the vendor that this run's segment did not have: the leavers (by key hash).
-    /// Also counts, into `counts`, the leavers an earlier attempt of this run settled already.
-    pub(crate) fn leavers(&self, counts: &mut RunCounts) -> std::collections::HashSet<u64> {
-        let mut leavers = std::collections::HashSet::new();
+    /// Who left the segment: contacts the export sent before whose address the segment did not
+    /// have and whose person is not in it either (a person still in the segment under an
+    /// unusable address is kept as they are; under a new address, their old one is a leaver
+    /// only when `action` is reversible). `action`: the export's leave action, if any, and
+    /// whether it is reversible; with one, contacts that departed while the export had none
+    /// are leavers too. Also counts, into `counts`, the leavers an earlier attempt of this run
+    /// settled already.
+    pub(crate) fn leavers(&mut self, counts: &mut RunCounts, action: Option<bool>) -> Leavers {
+        self.elsewhere.sort_unstable();
+        self.unusable.sort_unstable();
+        let mut leavers = Leavers::default();
         for (i, entry) in self.entries.iter().enumerate() {
             if self.seen[i / 64] & (1 << (i % 64)) != 0 {
                 continue;
             }
-            if entry.state.delivered() {
-                leavers.insert(entry.key);
+            let departed = entry.state == SyncState::Departed;
+            let acted_on =
+                entry.state.delivered() || (departed && !entry.this_run && action.is_some());
+            if acted_on {
+                let known = entry.person != 0;
+                let unusable = known && self.unusable.binary_search(&entry.person).is_ok();
+                let moved = known && self.elsewhere.binary_search(&entry.person).is_ok();
+                if unusable || (moved && action != Some(true)) {
+                    counts.kept += 1;
+                } else {
+                    leavers.act.insert(entry.key, entry.state);
+                }
             } else if entry.this_run && entry.state.left() {
                 counts.leaving += 1;
                 match entry.state {
@@ -374,10 +454,26 @@ impl SyncIndex {
                     SyncState::LeftRefused => counts.left_refused += 1,
                     _ => counts.left += 1,
                 }
+                if matches!(
+                    entry.state,
+                    SyncState::LeftUntouched | SyncState::LeftRefused
+                ) {
+                    leavers.earlier.insert(entry.key, entry.state);
+                }
             }
         }
         leavers
     }
+}
+
+/// The leavers of a run, by address key.
+#[derive(Default)]
+pub(crate) struct Leavers {
+    /// To act on (or record as departed), with the state they had.
+    pub act: std::collections::HashMap<u64, SyncState>,
+    /// Settled by an earlier attempt of this run with an answer to report (left untouched or
+    /// refused), already counted.
+    pub earlier: std::collections::HashMap<u64, SyncState>,
 }
 
 /// Where each range of keys starts in the sorted entries: `starts[b]` is the first entry whose
@@ -434,6 +530,7 @@ mod tests {
             for (email, digest, state, this_run) in &self.0 {
                 each(Synced {
                     email,
+                    person: person_hash(email),
                     digest: *digest,
                     state: *state,
                     this_run: *this_run,
@@ -466,7 +563,8 @@ mod tests {
             ("relogged@x.io", 2, Left, false),
         ]);
         let mut index = SyncIndex::load(Some(&journal), false).unwrap();
-        let mut decide = |email: &str, digest| index.decide(key_hash(email), digest);
+        let mut decide =
+            |email: &str, digest| index.decide(key_hash(email), digest, person_hash(email));
         assert_eq!(decide("same@x.io", 1), Decision::Unchanged);
         assert_eq!(decide("same@x.io", 1), Decision::Duplicate);
         assert_eq!(decide("changed@x.io", 2), Decision::Changed);
@@ -479,8 +577,9 @@ mod tests {
         assert_eq!(decide("new@x.io", 1), Decision::Duplicate);
         assert_eq!(decide("relogged@x.io", 2), Decision::Returning);
         let mut counts = RunCounts::default();
-        let leavers = index.leavers(&mut counts);
-        assert_eq!(leavers, [key_hash("gone@x.io")].into());
+        let leavers = index.leavers(&mut counts, Some(false));
+        let acted: Vec<u64> = leavers.act.keys().copied().collect();
+        assert_eq!(acted, [key_hash("gone@x.io")]);
         assert_eq!(
             (counts.leaving, counts.left),
             (1, 1),
@@ -488,11 +587,73 @@ mod tests {
         );
 
         let mut full = SyncIndex::load(Some(&journal), true).unwrap();
-        assert_eq!(full.decide(key_hash("same@x.io"), 1), Decision::Resent);
+        let decide = |index: &mut SyncIndex, email: &str, digest| {
+            index.decide(key_hash(email), digest, person_hash(email))
+        };
+        assert_eq!(decide(&mut full, "same@x.io", 1), Decision::Resent);
         assert_eq!(
-            full.decide(key_hash("earlier@x.io"), 7),
+            decide(&mut full, "earlier@x.io", 7),
             Decision::Resumed(Created)
         );
+    }
+
+    #[test]
+    fn a_person_still_in_the_segment_is_no_leaver_whatever_became_of_their_address() {
+        use SyncState::*;
+        struct People(Vec<(&'static str, &'static str, SyncState)>);
+        impl RunJournal for People {
+            fn synced(&self, each: &mut dyn FnMut(Synced<'_>) -> Result<()>) -> Result<()> {
+                for (email, person, state) in &self.0 {
+                    each(Synced {
+                        email,
+                        person: person_hash(person),
+                        digest: 1,
+                        state: *state,
+                        this_run: false,
+                        reason: None,
+                    })?;
+                }
+                Ok(())
+            }
+            fn settle(&self, _: &Settlement<'_>) -> Result<()> {
+                Ok(())
+            }
+        }
+        let journal = People(vec![
+            ("typo@x.io", "p1", Created),
+            ("old@x.io", "p2", Updated),
+            ("gone@x.io", "p3", Created),
+            ("quiet@x.io", "p4", Departed),
+            ("kept@x.io", "p5", Created),
+        ]);
+        let read = |action: Option<bool>| {
+            let mut index = SyncIndex::load(Some(&journal), false).unwrap();
+            // p1's address became unusable; p2 moved to a new one; p5 is as it was; p3 and
+            // p4 left.
+            index.note_unusable(person_hash("p1"));
+            index.decide(key_hash("new@x.io"), 1, person_hash("p2"));
+            index.decide(key_hash("kept@x.io"), 1, person_hash("p5"));
+            let mut counts = RunCounts::default();
+            let leavers = index.leavers(&mut counts, action);
+            let mut acted: Vec<u64> = leavers.act.keys().copied().collect();
+            acted.sort();
+            (acted, counts.kept)
+        };
+        let keys = |emails: &[&str]| {
+            let mut keys: Vec<u64> = emails.iter().map(|e| key_hash(e)).collect();
+            keys.sort();
+            keys
+        };
+        // An irreversible action: only the person who left; the old address of the person who
+        // moved and the unusable one are kept.
+        assert_eq!(read(Some(false)), (keys(&["gone@x.io", "quiet@x.io"]), 2));
+        // A reversible one reaches the moved person's old address too.
+        assert_eq!(
+            read(Some(true)),
+            (keys(&["gone@x.io", "old@x.io", "quiet@x.io"]), 1)
+        );
+        // No action: who departed earlier is not counted again.
+        assert_eq!(read(None), (keys(&["gone@x.io"]), 2));
     }
 
     #[test]
@@ -502,6 +663,7 @@ mod tests {
                 .map(|i| Entry {
                     key: key_hash(&format!("person{i}@x.io")),
                     digest: i,
+                    person: i + 1,
                     order: i as u32,
                     state: SyncState::Created,
                     this_run: false,

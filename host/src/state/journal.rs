@@ -28,9 +28,14 @@ impl State {
         self.ledger(export, Some((run_id, fence.clone())))
     }
 
-    /// The export's sync state, read-only (for dry runs).
-    pub fn sync_reader(self: &Arc<Self>, export: &ExportRecord) -> RunLedger {
-        self.ledger(export, None)
+    /// The export's sync state, read-only (for dry runs): as the next attempt of `run` would
+    /// read it, when the next run continues one.
+    pub fn sync_reader(self: &Arc<Self>, export: &ExportRecord, run: Option<i64>) -> RunLedger {
+        RunLedger {
+            run_id: run,
+            fence: None,
+            ..self.ledger(export, None)
+        }
     }
 
     fn ledger(self: &Arc<Self>, export: &ExportRecord, run: Option<(i64, Fence)>) -> RunLedger {
@@ -128,11 +133,11 @@ impl RunLedger {
     fn fold(&self, db: &mut rusqlite::Connection) -> Result<Sizes> {
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO sync_contacts (export_id, email, digest, state, run_id)
-             SELECT export_id, email, digest, state, run_id FROM sync_log
+            "INSERT INTO sync_contacts (export_id, email, digest, state, run_id, person)
+             SELECT export_id, email, digest, state, run_id, person FROM sync_log
                  WHERE export_id = ?1 ORDER BY email, seq
              ON CONFLICT (export_id, email) DO UPDATE SET digest = excluded.digest,
-                 state = excluded.state, run_id = excluded.run_id",
+                 state = excluded.state, run_id = excluded.run_id, person = excluded.person",
             [self.export_id],
         )?;
         tx.execute(
@@ -233,8 +238,9 @@ impl RunLedger {
         }
         // The folded state first, then the log in order: a later entry of a contact wins.
         for query in [
-            "SELECT email, digest, state, run_id FROM sync_contacts WHERE export_id = ?1",
-            "SELECT email, digest, state, run_id FROM sync_log WHERE export_id = ?1 ORDER BY seq",
+            "SELECT email, digest, state, run_id, person FROM sync_contacts WHERE export_id = ?1",
+            "SELECT email, digest, state, run_id, person FROM sync_log WHERE export_id = ?1
+                 ORDER BY seq",
         ] {
             let mut q = db.prepare(query)?;
             let mut rows = q.query([self.export_id])?;
@@ -242,6 +248,7 @@ impl RunLedger {
                 let email = r.get_ref(0)?.as_str()?;
                 each(synced(
                     email,
+                    r.get::<_, i64>(4)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
                     Some(r.get::<_, i64>(3)?) == self.run_id,
@@ -263,10 +270,22 @@ impl RunLedger {
         if held != 1 {
             return Err(NotTheHolder(run_id).into());
         }
+        let f = &settlement.figures;
+        tx.execute(
+            "UPDATE run_attempts SET requests = ?2, retries = ?3, batches = ?4, seconds = ?5
+             WHERE run_id = ?1 AND attempt = (SELECT attempts FROM runs WHERE id = ?1)",
+            params![
+                run_id,
+                f.requests as i64,
+                f.retries as i64,
+                f.batches as i64,
+                f.duration.as_secs_f64()
+            ],
+        )?;
         {
             let mut contact = tx.prepare_cached(
-                "INSERT INTO sync_log (export_id, email, digest, state, run_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO sync_log (export_id, email, digest, state, run_id, person)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             // A reason keeps the time it first applied while the contact stays refused.
             let mut reason = tx.prepare_cached(
@@ -284,7 +303,8 @@ impl RunLedger {
                     c.email,
                     c.digest as i64,
                     c.state as u8,
-                    run_id
+                    run_id,
+                    c.person as i64
                 ])?;
                 match &c.reason {
                     Some((code, message)) => {
@@ -339,6 +359,7 @@ type Reasons = HashMap<String, (String, String, String)>;
 /// One contact of the sync state as both engines store it (its state as a code).
 fn synced<'a>(
     email: &'a str,
+    person: i64,
     digest: i64,
     code: i64,
     this_run: bool,
@@ -348,7 +369,11 @@ fn synced<'a>(
         bail!("the sync state of {email} has an unknown code {code}");
     };
     let reason = match state {
-        SyncState::Created | SyncState::Updated | SyncState::Left => None,
+        SyncState::Created
+        | SyncState::Updated
+        | SyncState::Left
+        | SyncState::Leaving
+        | SyncState::Departed => None,
         _ => reasons.get(email).map(|(code, message, since)| SyncReason {
             code,
             message,
@@ -357,6 +382,7 @@ fn synced<'a>(
     };
     Ok(Synced {
         email,
+        person: person as u64,
         digest: digest as u64,
         state,
         this_run,
@@ -396,7 +422,8 @@ impl RunLedger {
         }
         let rows = client
             .query_raw(
-                "SELECT email, digest, state, run_id FROM sync_contacts WHERE export_id = $1",
+                "SELECT email, digest, state, run_id, person FROM sync_contacts
+                 WHERE export_id = $1",
                 [&self.export_id],
             )
             .await?;
@@ -406,6 +433,7 @@ impl RunLedger {
             let email: &str = r.get(0);
             each(synced(
                 email,
+                r.get::<_, i64>(4),
                 r.get::<_, i64>(1),
                 r.get::<_, i16>(2).into(),
                 Some(r.get::<_, i64>(3)) == self.run_id,
@@ -437,6 +465,7 @@ async fn pg_settle(
         .map(|(_, c)| c)
         .collect();
     let emails: Vec<&str> = contacts.iter().map(|c| c.email.as_str()).collect();
+    let people: Vec<i64> = contacts.iter().map(|c| c.person as i64).collect();
     let digests: Vec<i64> = contacts.iter().map(|c| c.digest as i64).collect();
     let states: Vec<i16> = contacts.iter().map(|c| c.state as i16).collect();
     let (mut reason_emails, mut codes, mut messages, mut cleared) =
@@ -466,13 +495,27 @@ async fn pg_settle(
     if held != 1 {
         return Err(NotTheHolder(run_id).into());
     }
+    let f = &settlement.figures;
     tx.execute(
-        "INSERT INTO sync_contacts (export_id, email, digest, state, run_id)
-         SELECT $1, email, digest, state, $5
-             FROM unnest($2::text[], $3::int8[], $4::int2[]) AS t(email, digest, state)
+        "UPDATE run_attempts SET requests = $2, retries = $3, batches = $4, seconds = $5
+         WHERE run_id = $1 AND attempt = (SELECT attempts FROM runs WHERE id = $1)",
+        &[
+            &run_id,
+            &(f.requests as i64),
+            &(f.retries as i64),
+            &(f.batches as i64),
+            &f.duration.as_secs_f64(),
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO sync_contacts (export_id, email, digest, state, run_id, person)
+         SELECT $1, email, digest, state, $5, person
+             FROM unnest($2::text[], $3::int8[], $4::int2[], $6::int8[])
+                 AS t(email, digest, state, person)
          ON CONFLICT (export_id, email) DO UPDATE SET digest = excluded.digest,
-             state = excluded.state, run_id = excluded.run_id",
-        &[&export_id, &emails, &digests, &states, &run_id],
+             state = excluded.state, run_id = excluded.run_id, person = excluded.person",
+        &[&export_id, &emails, &digests, &states, &run_id, &people],
     )
     .await?;
     // A reason keeps the time it first applied while the contact stays refused.
@@ -599,6 +642,7 @@ mod tests {
                     contacts: piece,
                     issues: &[],
                     counts: &RunCounts::default(),
+                    figures: Default::default(),
                 })
                 .unwrap();
         }
@@ -607,6 +651,7 @@ mod tests {
     fn contact(i: u64, state: SyncState) -> SettledContact {
         SettledContact {
             email: format!("c{i}@x.io"),
+            person: i + 1,
             digest: i,
             state,
             reason: (state == SyncState::Rejected).then(|| ("1".into(), "Invalid".into())),
@@ -688,7 +733,7 @@ mod tests {
                 ],
                 "{when}"
             );
-            let b_held = read(&state.sync_reader(&b));
+            let b_held = read(&state.sync_reader(&b, None));
             assert_eq!(b_held.len(), 1, "{when}: the other export's state");
             assert_eq!(b_held["c0@x.io"].1, SyncState::Updated, "{when}");
         };
@@ -704,7 +749,7 @@ mod tests {
             role: Role::Administrator,
         };
         state.remove_export("a", &actor).await.unwrap();
-        assert!(read(&state.sync_reader(&a)).is_empty());
-        assert_eq!(read(&state.sync_reader(&b)).len(), 1);
+        assert!(read(&state.sync_reader(&a, None)).is_empty());
+        assert_eq!(read(&state.sync_reader(&b, None)).len(), 1);
     }
 }

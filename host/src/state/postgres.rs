@@ -209,6 +209,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN lease_token TEXT;
     ALTER TABLE runs ADD COLUMN failures BIGINT NOT NULL DEFAULT 0;
     "#,
+    // 5: who each contact of a sync state is (a hash of the profile id it was sent for;
+    // 0 for contacts settled before), so that a person still in the segment under an unusable
+    // or new address is not taken for a leaver.
+    r#"
+    ALTER TABLE sync_contacts ADD COLUMN person BIGINT NOT NULL DEFAULT 0;
+    -- What each attempt cost, recorded as it goes: a run's figures are its attempts' sums.
+    ALTER TABLE run_attempts ADD COLUMN requests BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN retries BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN batches BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN seconds DOUBLE PRECISION NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Any key for the advisory lock that keeps migrations one process at a time.

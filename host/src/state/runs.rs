@@ -209,10 +209,25 @@ impl State {
             .transpose()
     }
 
+    /// Whether a full run was asked of `run` (by any of its attempts).
+    pub async fn full_asked(&self, run: Option<i64>) -> Result<bool> {
+        let Some(run) = run else {
+            return Ok(false);
+        };
+        Ok(self
+            .db
+            .query_opt("SELECT full_sync FROM runs WHERE id = ?1", params![run])
+            .await?
+            .map(|r| r.get::<bool>(0))
+            .transpose()?
+            .unwrap_or(false))
+    }
+
     /// Marks a run as started again, by this process, under `fence`: its sync state keeps what
-    /// it settled, and the issues it decides anew on each attempt (skipped contacts) are
-    /// dropped. A full run asked for now, or by an earlier attempt, stays full. Whether the
-    /// run is full.
+    /// it settled, and its undelivered contacts are dropped, to be listed anew by this attempt
+    /// (those settled earlier with the reasons the sync state keeps), so that whatever changed
+    /// in between (people who left, joined or changed), the list matches the counts. A full
+    /// run asked for now, or by an earlier attempt, stays full. Whether the run is full.
     pub async fn resume_run(&self, run_id: i64, fence: &Fence, full: bool) -> Result<bool> {
         let done = self
             .db
@@ -224,10 +239,7 @@ impl State {
                      WHERE id = ?1 RETURNING attempts, full_sync",
                     params![run_id, &self.worker, fence.token(), i64::from(full)],
                 ),
-                Step::new(
-                    "DELETE FROM run_issues WHERE run_id = ?1 AND stage = 'skipped'",
-                    params![run_id],
-                ),
+                Step::new("DELETE FROM run_issues WHERE run_id = ?1", params![run_id]),
             ])
             .await?
             .context("the run was not resumed")?;
@@ -262,9 +274,6 @@ impl State {
         report: Option<&RunReport>,
         synced: Option<(&ExportRecord, &SyncBasis)>,
     ) -> Result<bool> {
-        let (requests, retries, seconds) = report
-            .map(|r| (r.requests, r.retries, r.duration.as_secs_f64()))
-            .unwrap_or_default();
         // Refusals of every attempt of the run, each once.
         let known: String = self
             .db
@@ -284,20 +293,16 @@ impl State {
         let ended = matches!(status, RunState::Succeeded | RunState::Failed);
         let mut steps = vec![Step::required(
             "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4,
-                 requests = requests + ?5, retries = retries + ?6, seconds = seconds + ?7,
-                 refusals = ?8, mode = COALESCE(?9, mode),
-                 leave_action = COALESCE(?10, leave_action),
-                 counts = COALESCE(?11, counts),
-                 segment_size = COALESCE(?12, segment_size)
-             WHERE id = ?1 AND (CAST(?13 AS TEXT) IS NULL OR lease_token = ?13)",
+                 refusals = ?5, mode = COALESCE(?6, mode),
+                 leave_action = COALESCE(?7, leave_action),
+                 counts = COALESCE(?8, counts),
+                 segment_size = COALESCE(?9, segment_size)
+             WHERE id = ?1 AND (CAST(?10 AS TEXT) IS NULL OR lease_token = ?10)",
             params![
                 run_id,
                 status.as_str(),
                 error,
                 ended.then(now),
-                requests,
-                retries,
-                seconds,
                 serde_json::to_string(&refusals)?,
                 mode,
                 report.map(|r| r.leave_action.clone()),
@@ -308,6 +313,21 @@ impl State {
                 fence.map(|f| f.token().to_string()),
             ],
         )];
+        if let Some(report) = report {
+            // The attempt's own figures, final.
+            let f = report.figures();
+            steps.push(Step::new(
+                "UPDATE run_attempts SET requests = ?2, retries = ?3, batches = ?4, seconds = ?5
+                 WHERE run_id = ?1 AND attempt = (SELECT attempts FROM runs WHERE id = ?1)",
+                params![
+                    run_id,
+                    f.requests,
+                    f.retries,
+                    f.batches,
+                    f.duration.as_secs_f64()
+                ],
+            ));
+        }
         if let Some((export, basis)) = synced {
             steps.push(Step::new(
                 "INSERT INTO sync_basis (export_id, basis, run_id) VALUES (?1, ?2, ?3)
@@ -317,6 +337,26 @@ impl State {
             ));
         }
         Ok(self.db.batch(&steps).await?.is_some())
+    }
+
+    /// Ends a run that cannot be continued (its record does not add up), under `fence`: failed
+    /// with the reason, and not what the next run continues.
+    pub async fn give_up_run(&self, run_id: i64, fence: &Fence, why: &str) -> Result<bool> {
+        let written = self
+            .db
+            .execute(
+                "UPDATE runs SET status = 'failed', error = ?3, finished_at = ?4, failures = ?5
+                 WHERE id = ?1 AND lease_token = ?2",
+                params![
+                    run_id,
+                    fence.token(),
+                    why,
+                    now(),
+                    super::postgres::MAX_FAILURES
+                ],
+            )
+            .await?;
+        Ok(written == 1)
     }
 
     /// Records that an attempt ended in a failure of its worker (a panic), under `fence`: the
@@ -465,11 +505,20 @@ fn now_precise() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A run, with its figures summed over its attempts (runs recorded before attempts kept their
+/// own figures have them on the run).
 const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trigger,
     r.started_by, r.status, r.error, r.started_at, r.finished_at, r.attempts, r.mode,
-    r.leave_action, r.counts, r.requests, r.retries, r.seconds, r.refusals, r.segment_size,
-    r.worker
-    FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id";
+    r.leave_action, r.counts,
+    CASE WHEN f.requests > 0 THEN f.requests ELSE r.requests END,
+    CASE WHEN f.requests > 0 THEN f.retries ELSE r.retries END,
+    CASE WHEN f.seconds > 0 THEN f.seconds ELSE r.seconds END,
+    r.refusals, r.segment_size, r.worker, f.batches
+    FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id
+    LEFT JOIN (SELECT run_id, CAST(SUM(requests) AS BIGINT) AS requests,
+            CAST(SUM(retries) AS BIGINT) AS retries, CAST(SUM(batches) AS BIGINT) AS batches,
+            SUM(seconds) AS seconds
+        FROM run_attempts GROUP BY run_id) f ON f.run_id = r.id";
 
 fn run_row(r: &DbRow) -> Result<RunRecord> {
     let counts: Option<String> = r.get(13)?;
@@ -488,9 +537,16 @@ fn run_row(r: &DbRow) -> Result<RunRecord> {
         mode: r.get(11)?,
         leave_action: r.get(12)?,
         segment_size: r.get(18)?,
-        counts: counts
-            .and_then(|c| serde_json::from_str(&c).ok())
-            .unwrap_or_default(),
+        counts: {
+            let mut counts: RunCounts = counts
+                .and_then(|c| serde_json::from_str(&c).ok())
+                .unwrap_or_default();
+            // Every attempt's batches, once the attempts record them.
+            if let Some(batches) = r.get::<Option<u64>>(20)?.filter(|b| *b > 0) {
+                counts.batches = batches;
+            }
+            counts
+        },
         requests: r.get(14)?,
         retries: r.get(15)?,
         seconds: r.get(16)?,

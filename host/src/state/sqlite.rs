@@ -238,6 +238,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN lease_token TEXT;
     ALTER TABLE runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 9: who each contact of a sync state is (a hash of the profile id it was sent for;
+    // 0 for contacts settled before), so that a person still in the segment under an unusable
+    // or new address is not taken for a leaver.
+    r#"
+    ALTER TABLE sync_contacts ADD COLUMN person INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sync_log ADD COLUMN person INTEGER NOT NULL DEFAULT 0;
+    -- What each attempt cost, recorded as it goes: a run's figures are its attempts' sums.
+    ALTER TABLE run_attempts ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN batches INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run_attempts ADD COLUMN seconds REAL NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Opens (creating if needed) the database at `path`, its schema brought up to date.
