@@ -846,8 +846,10 @@ async fn run(
 /// Follows a run's server-sent events and reloads the page when it ends.
 const LIVE_SCRIPT: &str = "function follow(id){const s=new EventSource('/api/v1/runs/'+id+'/events');\
 s.addEventListener('progress',e=>{const d=JSON.parse(e.data);document.getElementById('state').textContent=d.status;\
-const p=document.getElementById('progress');if(d.total){p.max=d.total;p.value=d.done;}\
-document.getElementById('done').textContent=d.done+(d.total?' of '+d.total:'')+' profiles';});\
+const p=document.getElementById('progress');const t=document.getElementById('done');\
+if(d.leavers!=null){p.max=d.leavers||1;p.value=d.leavers_done;t.textContent=d.leavers_done+' of '+d.leavers+' leavers settled';return;}\
+if(d.total){p.max=d.total;p.value=d.done;}\
+t.textContent=d.done+(d.total?' of '+d.total:'')+' profiles';});\
 s.addEventListener('end',()=>{s.close();location.reload();});}";
 
 async fn rejections(

@@ -268,6 +268,8 @@ fn events(
             "status": api::run_status(run.status),
             "done": snapshot.done,
             "total": snapshot.total.or(run.segment_size),
+            "leavers": snapshot.leavers,
+            "leavers_done": snapshot.leavers_done,
         });
         Some((
             Ok(Event::default().event("progress").data(data.to_string())),

@@ -23,6 +23,9 @@ pub struct Snapshot {
     pub total: Option<u64>,
     /// Profiles handled so far.
     pub done: u64,
+    /// Once the segment is done: contacts who left it, and how many of them are settled.
+    pub leavers: Option<u64>,
+    pub leavers_done: u64,
 }
 
 struct LiveRun {
@@ -63,6 +66,12 @@ impl Progress for RunProgress {
     fn advance(&self, profiles: u64) {
         let done = self.done.fetch_add(profiles, Ordering::Relaxed) + profiles;
         self.tx.send_modify(|s| s.done = done);
+    }
+    fn leaving(&self, leavers: u64) {
+        self.tx.send_modify(|s| s.leavers = Some(leavers));
+    }
+    fn advance_leaving(&self, leavers: u64) {
+        self.tx.send_modify(|s| s.leavers_done += leavers);
     }
 }
 

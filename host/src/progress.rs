@@ -73,6 +73,40 @@ impl Progress for ConsoleProgress {
         }
     }
 
+    fn leaving(&self, leavers: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(leavers, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:40}] {pos}/{len} leavers settled ({per_sec}, {eta} left)",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_length(leavers);
+            bar.set_position(0);
+        } else {
+            eprintln!("settling {leavers} contacts who left the segment");
+        }
+    }
+
+    fn advance_leaving(&self, leavers: u64) {
+        let done = self.done.fetch_add(leavers, Ordering::Relaxed) + leavers;
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap();
+        if last.elapsed() >= LOG_EVERY {
+            *last = Instant::now();
+            eprintln!(
+                "progress: {done}/{} leavers settled",
+                self.total.load(Ordering::Relaxed)
+            );
+        }
+    }
+
     fn end(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

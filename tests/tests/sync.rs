@@ -751,16 +751,13 @@ async fn a_run_cut_short_is_continued_exactly_after_the_segment_changed() {
     let settled = first.report.counts.sent();
     assert!((1..3_000).contains(&settled), "{settled}");
 
-    // One in a hundred members goes (among them people settled, refused, and not yet sent);
-    // then the run is continued.
+    // About one in a hundred members goes (among them people settled, refused, and not yet
+    // sent); then the run is continued.
     let remaining: Vec<Person> = members
         .iter()
         .filter(|p| {
-            !p.id
-                .trim_start_matches('p')
-                .parse::<u32>()
-                .unwrap()
-                .is_multiple_of(100)
+            let i = p.id.trim_start_matches('p').parse::<u32>().unwrap();
+            i % 100 != 1 && i % 500 != 0
         })
         .cloned()
         .collect();
@@ -771,11 +768,22 @@ async fn a_run_cut_short_is_continued_exactly_after_the_segment_changed() {
         .await
         .unwrap();
     assert_eq!(plan.continues_run, Some(first.run_id));
-    let second = w.run().await;
+    let progress = LeaveProgress::default();
+    let second = w
+        .workspace
+        .run_export(&w.admin, "sync", RunRequest::default(), &progress, None)
+        .await
+        .unwrap()
+        .report;
     assert!(second.succeeded(), "{}", second.summary());
     second
         .check(true)
         .unwrap_or_else(|e| panic!("{e}: {}", second.summary()));
+    // The leave phase showed its progress: leavers settled of leavers.
+    let (announced, settled) = progress.seen();
+    assert!(announced > 0, "no leave phase shown: {}", second.summary());
+    assert_eq!(settled, second.counts.leaving, "{}", second.summary());
+    assert_eq!(announced, second.counts.leaving);
     assert_eq!(
         plan.counts,
         second.counts.plan(),
@@ -811,4 +819,29 @@ async fn a_run_cut_short_is_continued_exactly_after_the_segment_changed() {
         "{}",
         second.summary()
     );
+}
+
+/// What a run said of its leave phase.
+#[derive(Default)]
+struct LeaveProgress {
+    announced: std::sync::atomic::AtomicU64,
+    settled: std::sync::atomic::AtomicU64,
+}
+
+impl LeaveProgress {
+    fn seen(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.announced.load(SeqCst), self.settled.load(SeqCst))
+    }
+}
+
+impl connector_host::Progress for LeaveProgress {
+    fn leaving(&self, leavers: u64) {
+        self.announced
+            .store(leavers, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn advance_leaving(&self, leavers: u64) {
+        self.settled
+            .fetch_add(leavers, std::sync::atomic::Ordering::SeqCst);
+    }
 }
