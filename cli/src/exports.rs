@@ -555,9 +555,36 @@ pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Resul
                     "unknown setting `{key}`; settings are profiles, memberships, profiles-table, memberships-table, id-column, max-profiles, max-bad-rows, lease-seconds"
                 ),
             };
+            let before = state.setting(key).await?;
             state.set_setting(key, &value).await?;
+            // A profile source that cannot be read as set now says so here, not at the next
+            // run: an id column the profiles lack is refused; a new file or table is kept
+            // with a warning (its id column may be set next).
+            if let Err(e) = check_source(&state).await {
+                if key != "id-column" {
+                    eprintln!(
+                        "warning: {}",
+                        connector_host::text::clean(&format!("{e:#}"), 2_000)
+                    );
+                } else {
+                    match before {
+                        Some(before) => state.set_setting(key, &before).await?,
+                        None => state.remove_setting(key).await?,
+                    }
+                    return Err(e.context(format!("{key} was not changed")));
+                }
+            }
             println!("{key} = {value}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the profile source's columns as the settings describe it (when they describe one),
+/// and checks its id column is among them.
+async fn check_source(state: &connector_host::State) -> Result<()> {
+    let Some(source) = crate::profile_source(state).await? else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || source.columns().map(drop)).await?
 }

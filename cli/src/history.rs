@@ -108,6 +108,10 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
                 print_run(&run);
             }
         }
+        // An unknown run is an error before anything is written.
+        Some(RunsCommand::Rejections { id, .. }) if state.run(*id).await.is_err() => {
+            state.run(*id).await?;
+        }
         Some(RunsCommand::Rejections { id, csv, output }) => match (output, csv) {
             (Some(path), _) => {
                 let mut out = IssueCsv::create(path)?;

@@ -431,7 +431,7 @@ impl Session<'_> {
 }
 
 /// The profile source the settings name, if they name one: files, or a PostgreSQL database.
-async fn profile_source(state: &State) -> Result<Option<Arc<dyn ProfileSource>>> {
+pub(crate) async fn profile_source(state: &State) -> Result<Option<Arc<dyn ProfileSource>>> {
     let id_column = state
         .setting("id-column")
         .await?

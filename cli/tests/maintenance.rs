@@ -423,3 +423,136 @@ async fn bad_rows_are_warned_of_skipped_recorded_and_capped_on_request() {
         assert!(held.contains_key(email), "{email}: {held:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_files_and_values_are_refused_with_their_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let op = Operator::new(72, 300);
+    let (sim, _, list) = vendor(Duration::ZERO).await;
+    op.add_connection("acme", &sim, &[]);
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    // Settings are checked when they are set, and a refused one is not changed.
+    let err = op.fails(&["settings", "set", "id-column", "nope"]);
+    assert!(err.contains("no `nope` id column"), "{err}");
+    assert!(err.contains("id-column was not changed"), "{err}");
+    let shown = json(&op.ok(&["settings", "show", "--json"]));
+    assert_eq!(shown["id-column"], "id", "{shown}");
+    let err = op.fails(&["settings", "set", "lease-seconds", "1"]);
+    assert!(err.contains("from 2 to 3600"), "{err}");
+
+    // An unknown run's rejections: an error, and nothing on stdout.
+    let out = op.run(&["runs", "rejections", "99", "--csv"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("there is no run 99"));
+
+    // A value no vendor should store is refused for that contact, named.
+    let data = op.path("data");
+    let append = |file: &str, line: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join(file))
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    };
+    append("profiles.csv", "ctl1,ctl@example.com,Be\u{7}ll,Ringer,Oslo");
+    append("memberships.csv", "ctl1,newsletter");
+    op.add_export("weekly", "acme", &list, &[]);
+    let out = op.ok(&["export", "run", "weekly"]);
+    let id = run_id(&out);
+    let csv = op.ok(&["runs", "rejections", &id, "--csv"]);
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("ctl1,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    assert!(
+        row.contains("control-character")
+            && row.contains("first-name holds the control character U+0007"),
+        "{row}"
+    );
+    assert!(!sim.subscribers(&list).contains_key("ctl@example.com"));
+
+    // A UTF-16 file is named for what it is; a blank segment name is refused as such.
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(
+            "id,email\r\n1,a@example.com\r\n"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes),
+        )
+        .collect();
+    std::fs::write(data.join("utf16.csv"), utf16).unwrap();
+    let out = op.run(&[
+        "settings",
+        "set",
+        "profiles",
+        &data.join("utf16.csv").to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("looks like UTF-16"),
+        "{}",
+        text(&out.stderr)
+    );
+    let err = op.fails(&[
+        "export",
+        "add",
+        "other",
+        "--connection",
+        "acme",
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--segment",
+        "newsletter",
+    ]);
+    assert!(
+        err.contains("looks like UTF-16") && err.contains("save it as UTF-8"),
+        "{err}"
+    );
+    op.ok(&[
+        "settings",
+        "set",
+        "profiles",
+        &data.join("profiles.csv").to_string_lossy(),
+    ]);
+    let err = op.fails(&[
+        "export",
+        "add",
+        "blank",
+        "--connection",
+        "acme",
+        "--setting",
+        &format!("list-id={list}"),
+        "--map",
+        "email=email",
+        "--segment",
+        "   ",
+    ]);
+    assert!(err.contains("a segment's name cannot be blank"), "{err}");
+
+    // What holds secrets or emails is its owner's alone: a new key's directories, a new
+    // cache, the lock files of runs.
+    let key = op.path("keys/nested/master.key");
+    op.ok(&["key", "generate", "--file", &key.to_string_lossy()]);
+    assert_eq!(mode(&op.path("keys")), 0o700);
+    assert_eq!(mode(&op.path("keys/nested")), 0o700);
+    assert_eq!(mode(&key), 0o600);
+    let cache = op.path("cache/compiled");
+    op.ok(&["plugins", "--cache-dir", &cache.to_string_lossy()]);
+    assert_eq!(mode(&op.path("cache")), 0o700);
+    assert_eq!(mode(&cache), 0o700);
+    let locks: Vec<std::path::PathBuf> = std::fs::read_dir(op.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(!locks.is_empty());
+    for lock in locks {
+        assert_eq!(mode(&lock), 0o600, "{}", lock.display());
+    }
+}

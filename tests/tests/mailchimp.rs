@@ -534,3 +534,73 @@ async fn simulator_enforces_the_batch_limit_with_a_problem_document() {
         (401, Some("API Key Missing"))
     );
 }
+
+/// Pending mode (new members confirm by email first) never sends `pending` to a member who
+/// exists: an unsubscribed or cleaned person is never mailed an opt-in request, a subscribed
+/// one stays subscribed, and only new members are made pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_mode_asks_only_new_members_to_confirm() {
+    let w = world_with(Behaviour::default(), 400).await;
+    let expected = Expected::for_segment(SEED, 400, "vip");
+    let mut emails = expected.delivered.keys();
+    let (unsubscribed, cleaned, subscribed) = (
+        emails.next().unwrap().clone(),
+        emails.next().unwrap().clone(),
+        emails.next().unwrap().clone(),
+    );
+    w.sim
+        .add_member(&w.audience, &unsubscribed, Status::Unsubscribed, &[]);
+    w.sim
+        .add_member(&w.audience, &cleaned, Status::Cleaned, &[]);
+    w.sim.add_member(
+        &w.audience,
+        &subscribed,
+        Status::Subscribed,
+        &[("FNAME", "Old")],
+    );
+    let mut pending = export(&w.audience, "vip");
+    pending
+        .settings
+        .push(("new-status".into(), "pending".into()));
+    let report = w
+        .host
+        .run_export(
+            &connection(&w, api_key(&w)),
+            &pending,
+            &source(&w),
+            &RunOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{}", report.summary());
+    let members = w.sim.members(&w.audience);
+    for (email, profile) in &expected.delivered {
+        let m = &members[email];
+        let (status, mails) = if *email == unsubscribed {
+            (Status::Unsubscribed, 0)
+        } else if *email == cleaned {
+            (Status::Cleaned, 0)
+        } else if *email == subscribed {
+            (Status::Subscribed, 0)
+        } else {
+            (Status::Pending, 1)
+        };
+        assert_eq!(
+            (m.status, m.confirmation_emails),
+            (status, mails),
+            "{email}"
+        );
+        if *email == subscribed {
+            assert_eq!(
+                m.merge_fields.get("FNAME").map(String::as_str),
+                profile.first_name.as_deref().or(Some("")),
+                "fields of an existing member are updated"
+            );
+        }
+    }
+    let c = &report.counts;
+    assert_eq!(c.suppressed, 2, "{}", report.summary());
+    assert_eq!(c.updated, 1, "{}", report.summary());
+    assert_eq!(c.created, expected.delivered.len() as u64 - 3);
+}

@@ -3,10 +3,17 @@
 //! Sends contacts with batch subscribe (`POST /lists/{audience}`, at most 500 members a call).
 //! Mailchimp's batch has no `status_if_new`, and a status sent for an existing member changes it
 //! (`pending` for someone who unsubscribed even mails them an opt-in request, section 11b). So a
-//! batch goes in two steps: first with `update_existing: false` and the export's status, which
-//! creates the new members and names the existing ones (`ERROR_CONTACT_EXISTS`); then those with
+//! batch goes in two steps: first with `update_existing: false` and `subscribed`, which creates
+//! the new members and names the existing ones (`ERROR_CONTACT_EXISTS`); then those with
 //! `update_existing: true` and no status at all, which updates their fields and never their
 //! status. An existing member who is unsubscribed or cleaned is reported suppressed.
+//!
+//! With `new-status = pending` a batch would rest on an order of checks no source settles
+//! (whether the batch refuses an existing member before it applies `pending` to them, which
+//! mails an unsubscribed person an opt-in request): so each contact is instead one
+//! `PUT /lists/{id}/members/{hash}` carrying `status_if_new: pending` and no `status`, which
+//! the reference documents as applying to a new member only (section 5). An existing member's
+//! status is never sent, whatever it is.
 //!
 //! First and last name go to merge fields (FNAME/LNAME unless the export names others); any other
 //! mapped field is one of the audience's own merge fields, checked when the export is saved. A
@@ -158,16 +165,20 @@ impl Connector for Mailchimp {
         contacts: &[Contact],
     ) -> Result<BatchReport, ConnectorError> {
         let settings = &export.settings;
+        let report = ReportBuilder::new(Self::NAME, contacts);
+        if settings.pending {
+            return pending_upserts(export, contacts, report);
+        }
+        let mut report = report;
         let merge_tags = settings.merge_tags(export);
         let member = |c, status| member(c, status, &merge_tags, &settings.tags);
         let url = export.url(&format!("/lists/{}", settings.audience_path()));
-        let mut report = ReportBuilder::new(Self::NAME, contacts);
 
-        // Step 1: new members, with the export's status.
+        // Step 1: new members, subscribed.
         let first = BatchRequest {
             members: contacts
                 .iter()
-                .map(|c| member(c, Some(settings.new_status())))
+                .map(|c| member(c, Some("subscribed")))
                 .collect(),
             update_existing: false,
             sync_tags: false,
@@ -381,6 +392,127 @@ fn unsubscribe(
     Ok((result.new_members.len() + result.updated_members.len()) as u32)
 }
 
+/// Pending mode: one `PUT` a contact with `status_if_new: pending` (and no `status`), so that
+/// only a new member is made pending; an existing one has its fields updated, its status left
+/// alone, and is reported suppressed when it is unsubscribed or cleaned.
+fn pending_upserts(
+    export: &Export<Settings>,
+    contacts: &[Contact],
+    mut report: ReportBuilder,
+) -> Result<BatchReport, ConnectorError> {
+    #[derive(Serialize)]
+    struct Upsert<'a> {
+        email_address: &'a str,
+        status_if_new: &'static str,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        merge_fields: BTreeMap<&'a str, &'a str>,
+    }
+    let settings = &export.settings;
+    let merge_tags = settings.merge_tags(export);
+    let members = export.url(&format!("/lists/{}/members", settings.audience_path()));
+    let upserts: Vec<Request> = contacts
+        .iter()
+        .map(|c| {
+            let m = member(c, None, &merge_tags, &[]);
+            Request::json(
+                Method::Put,
+                format!("{members}/{}", subscriber_hash(&c.email)),
+                &Upsert {
+                    email_address: m.email_address,
+                    status_if_new: "pending",
+                    merge_fields: m.merge_fields,
+                },
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let (mut created, mut updated) = (0, 0);
+    let mut tagged = vec![];
+    for (contact, answer) in contacts.iter().zip(http::send_all(&upserts)) {
+        let answer = answer?;
+        let email = contact.email.trim();
+        if answer.is_success() {
+            let status = answer.json::<MemberStatus>()?.status;
+            if KEPT_OUT.contains(&status.as_str()) {
+                report.issue(
+                    email,
+                    IssueKind::Suppressed,
+                    status.clone(),
+                    format!("The member is {status}: kept out, never resubscribed"),
+                )?;
+                continue;
+            }
+            // A new member is pending now; an existing one keeps the status it had.
+            if status == "pending" {
+                created += 1;
+            } else {
+                updated += 1;
+            }
+            tagged.push(email);
+        } else if answer.status == 400 {
+            let error: ErrorBody = answer.json().unwrap_or_default();
+            record_refusal(
+                &mut report,
+                &MemberError {
+                    email_address: email.to_string(),
+                    error: error.detail,
+                    error_code: error.title,
+                },
+            )?;
+        } else {
+            return Err(vendor_error(&answer, &settings.audience));
+        }
+    }
+    if !settings.tags.is_empty() && !tagged.is_empty() {
+        tag_members(&members, &tagged, &settings.tags, &settings.audience)?;
+    }
+    report.finish(created, updated)
+}
+
+/// Puts `tags` on each member (a tag added through the member's own endpoint, as a `PUT`
+/// cannot tag an existing member).
+fn tag_members(
+    members: &str,
+    emails: &[&str],
+    tags: &[String],
+    audience: &str,
+) -> Result<(), ConnectorError> {
+    #[derive(Serialize)]
+    struct Tag<'a> {
+        name: &'a str,
+        status: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Tags<'a> {
+        tags: Vec<Tag<'a>>,
+    }
+    let body = Tags {
+        tags: tags
+            .iter()
+            .map(|name| Tag {
+                name,
+                status: "active",
+            })
+            .collect(),
+    };
+    let requests: Vec<Request> = emails
+        .iter()
+        .map(|e| {
+            Request::json(
+                Method::Post,
+                format!("{members}/{}/tags", subscriber_hash(e)),
+                &body,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    for answer in http::send_all(&requests) {
+        let answer = answer?;
+        if !answer.is_success() {
+            return Err(vendor_error(&answer, audience));
+        }
+    }
+    Ok(())
+}
+
 /// Sends one batch subscribe call and reads its answer.
 fn batch(url: &str, request: &BatchRequest, audience: &str) -> Result<BatchResult, ConnectorError> {
     let response = http::post_json(url, request)?;
@@ -518,14 +650,6 @@ impl TryFrom<GivenSettings> for Settings {
 }
 
 impl Settings {
-    /// The status a new member gets.
-    fn new_status(&self) -> &'static str {
-        match self.pending {
-            true => "pending",
-            false => "subscribed",
-        }
-    }
-
     fn audience_path(&self) -> String {
         http::encode_component(&self.audience)
     }
@@ -606,6 +730,15 @@ struct MemberError {
 #[derive(Deserialize)]
 struct MemberStatus {
     status: String,
+}
+
+/// A problem document's title and detail (Mailchimp's error answers).
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    detail: String,
 }
 
 #[derive(Deserialize)]

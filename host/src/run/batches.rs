@@ -152,6 +152,10 @@ pub(crate) fn read(
                         code: "value-too-long",
                         message,
                     }),
+                    None if let Some(message) = control_character(&contact) => Err(Refusal {
+                        code: "control-character",
+                        message,
+                    }),
                     None => {
                         contact.email = address.send;
                         Ok(Addressed {
@@ -194,6 +198,31 @@ pub(crate) fn read(
         emit(batch);
     }
     Ok(())
+}
+
+/// The first mapped value holding a control character (a NUL, an escape, a line break...),
+/// named: a vendor would store it as it is, to break what people and programs read later.
+fn control_character(contact: &Contact) -> Option<String> {
+    let named = [
+        ("email", Some(contact.email.as_str())),
+        ("first-name", contact.first_name.as_deref()),
+        ("last-name", contact.last_name.as_deref()),
+    ];
+    let attributes = contact
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), Some(v.as_str())));
+    named
+        .into_iter()
+        .chain(attributes)
+        .find_map(|(field, value)| {
+            let c = value?.chars().find(|c| c.is_control())?;
+            Some(format!(
+                "{} holds the control character U+{:04X}; vendors would store it as it is",
+                crate::text::clean(field, crate::text::MAX_LABEL_CHARS),
+                c as u32
+            ))
+        })
 }
 
 /// Records a row the source could not use.

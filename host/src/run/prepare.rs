@@ -274,11 +274,23 @@ pub(crate) fn check_export_shape(
     }
     let known = source.segments()?;
     for segment in &export.segments {
+        if segment.trim().is_empty() {
+            bail!("a segment's name cannot be blank");
+        }
         if !known.contains_key(segment) {
-            let names: Vec<&str> = known.keys().map(String::as_str).collect();
+            let names: Vec<String> = known
+                .keys()
+                .map(|s| format!("`{}`", crate::text::clean(s, crate::text::MAX_LABEL_CHARS)))
+                .collect();
+            let there = if names.is_empty() {
+                "the memberships name no segment (their `segment` values are empty or blank)"
+                    .to_string()
+            } else {
+                format!("segments: {}", names.join(", "))
+            };
             bail!(
-                "segment `{segment}` does not exist (segments: {})",
-                names.join(", ")
+                "segment `{}` does not exist ({there})",
+                crate::text::clean(segment, crate::text::MAX_LABEL_CHARS)
             );
         }
     }

@@ -40,6 +40,54 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some((meta.len(), meta.modified().ok()))
 }
 
+/// Which file a path names and what it holds, as far as the file system tells: a file
+/// replaced, truncated, grown or written to while a run reads it changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Result<Identity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Ok(Identity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            changed_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// Fails, saying how, when `path` no longer holds what it held at `self`.
+    fn still(&self, path: &Path) -> Result<()> {
+        let now = Identity::of(path)?;
+        if now == *self {
+            return Ok(());
+        }
+        let how = if (now.device, now.inode) != (self.device, self.inode) {
+            "was replaced by another file"
+        } else if now.len < self.len {
+            "was truncated"
+        } else if now.len > self.len {
+            "grew"
+        } else {
+            "was written to"
+        };
+        bail!(
+            "{} {how} while the run read it: what was read may mix two versions, so the run stops; run it again once the file is complete (write a new file and rename it over the old one)",
+            clean(&path.display().to_string(), MAX_LABEL_CHARS)
+        )
+    }
+}
+
 /// A membership row's profile id and segment.
 struct Membership {
     id: Option<String>,
@@ -157,6 +205,12 @@ impl ProfileSource for FileSource {
     }
 
     fn profiles(&self, segments: &[String]) -> Result<ProfileStream> {
+        // Both files as they are now: a run reads them three times in all (memberships,
+        // profiles, memberships), and each must find the same files.
+        let identities = [
+            (self.profiles.clone(), Identity::of(&self.profiles)?),
+            (self.memberships.clone(), Identity::of(&self.memberships)?),
+        ];
         let columns = self.columns()?;
         let id_index = columns
             .iter()
@@ -176,12 +230,16 @@ impl ProfileSource for FileSource {
                 members.insert(hash128(id) & !1);
             }
         })?;
+        for (path, identity) in &identities {
+            identity.still(path)?;
+        }
         let total = Some(members.len() as u64);
         let rows = MemberRows {
             source: self.clone(),
             segments: segments.to_vec(),
             id_index,
             members,
+            identities,
             phase: Phase::Profiles(self.profile_records()?),
         };
         Ok(ProfileStream {
@@ -258,7 +316,19 @@ struct MemberRows {
     segments: Vec<String>,
     id_index: usize,
     members: HashSet<u128>,
+    /// Both files as they were when the run began reading.
+    identities: [(PathBuf, Identity); 2],
     phase: Phase,
+}
+
+impl MemberRows {
+    /// Fails when a file changed since the run began reading it.
+    fn unchanged(&self) -> Result<()> {
+        for (path, identity) in &self.identities {
+            identity.still(path)?;
+        }
+        Ok(())
+    }
 }
 
 enum Phase {
@@ -384,7 +454,10 @@ impl Iterator for MemberRows {
                             return Some(Ok(row));
                         }
                     }
-                    None => match self.source.membership_records() {
+                    None => match self
+                        .unchanged()
+                        .and_then(|()| self.source.membership_records())
+                    {
                         Ok((records, id, segment)) => {
                             self.phase = Phase::Memberships(records, id, segment)
                         }
@@ -403,7 +476,12 @@ impl Iterator for MemberRows {
                                 return Some(Ok(row));
                             }
                         }
-                        None => self.phase = Phase::Done,
+                        None => {
+                            self.phase = Phase::Done;
+                            if let Err(e) = self.unchanged() {
+                                return Some(Err(e));
+                            }
+                        }
                     }
                 }
                 Phase::Done => return None,
@@ -449,6 +527,61 @@ mod tests {
                 Row::Profile(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_file_changed_while_a_run_reads_it_stops_the_run_with_the_reason() {
+        let profiles: String = std::iter::once("id,email\n".to_string())
+            .chain((0..2_000).map(|i| format!("{i},person{i}@x.io\n")))
+            .collect();
+        let memberships: String = std::iter::once("profile_id,segment\n".to_string())
+            .chain((0..2_000).map(|i| format!("{i},all\n")))
+            .collect();
+        type Change = fn(&Path, &Path);
+        let changes: [(&str, Change); 4] = [
+            ("was truncated", |p, _| {
+                let file = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                file.set_len(100).unwrap();
+            }),
+            ("was written to", |p, _| {
+                let text = std::fs::read(p).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::fs::write(p, text.to_ascii_uppercase()).unwrap();
+            }),
+            ("was replaced by another file", |p, dir| {
+                let new = dir.join("new.csv");
+                std::fs::copy(p, &new).unwrap();
+                std::fs::rename(new, p).unwrap();
+            }),
+            ("grew", |p, _| {
+                use std::io::Write as _;
+                let mut file = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                file.write_all(b"9999,late@x.io\n").unwrap();
+            }),
+        ];
+        for (how, change) in changes {
+            for which in ["p.csv", "m.csv"] {
+                let dir = tempfile::tempdir().unwrap();
+                let source = FileSource::new(
+                    write(dir.path(), "p.csv", profiles.as_bytes()),
+                    write(dir.path(), "m.csv", memberships.as_bytes()),
+                    "id",
+                )
+                .unwrap();
+                let mut stream = source.profiles(&["all".to_string()]).unwrap().rows;
+                let first = stream.next().unwrap().unwrap();
+                assert!(matches!(first, Row::Profile(_)));
+                change(&dir.path().join(which), dir.path());
+                let error = stream
+                    .find_map(|row| row.err())
+                    .unwrap_or_else(|| panic!("{which} {how} unnoticed"));
+                let error = format!("{error:#}");
+                assert!(
+                    error.contains(&format!("{which} {how} while the run read it")),
+                    "{which}: {error}"
+                );
+            }
+        }
     }
 
     #[test]

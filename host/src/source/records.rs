@@ -219,6 +219,14 @@ impl Iterator for Records {
 /// The header's column names: UTF-8, trimmed, none empty or repeated, or the file is refused
 /// as a whole.
 fn header_names(path: &Path, line: u64, header: &[Vec<u8>]) -> Result<Vec<String>> {
+    if let Some(first) = header.first()
+        && looks_like_utf16(first)
+    {
+        bail!(
+            "{} looks like UTF-16 (it starts with a UTF-16 byte-order mark, or its text is full of zero bytes); save it as UTF-8",
+            path.display()
+        );
+    }
     let mut names: Vec<String> = Vec::with_capacity(header.len());
     for (i, field) in header.iter().enumerate() {
         let at = || {
@@ -451,11 +459,22 @@ impl Splitter {
     }
 }
 
+/// Whether text is UTF-16 rather than UTF-8: a UTF-16 byte-order mark, or zero bytes
+/// (which UTF-16 has in every other byte of Latin text, and UTF-8 text never has).
+fn looks_like_utf16(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) || bytes.contains(&0)
+}
+
 /// A JSON Lines record as an object, or why it is not one.
 fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     // Without its line ending, so an error's column is on the record's own line.
     let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if looks_like_utf16(bytes) {
+        return Err(
+            "looks like UTF-16 (a UTF-16 byte-order mark, or zero bytes), not UTF-8: save the file as UTF-8".into(),
+        );
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "not UTF-8 (byte 0x{:02X} at column {})",

@@ -78,8 +78,7 @@ impl MasterKey {
     /// Writes a new key file readable by its owner only; never overwrites one.
     pub fn create_file(path: &Path) -> Result<MasterKey> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            super::create_private_dir(dir)?;
         }
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);

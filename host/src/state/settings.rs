@@ -52,6 +52,14 @@ impl State {
         Ok(())
     }
 
+    /// Removes a setting (its default applies again).
+    pub async fn remove_setting(&self, key: &str) -> Result<()> {
+        self.db
+            .execute("DELETE FROM settings WHERE key = ?1", params![key])
+            .await?;
+        Ok(())
+    }
+
     /// Every setting, by key.
     pub async fn settings(&self) -> Result<Vec<(String, String)>> {
         self.db

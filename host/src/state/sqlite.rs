@@ -322,10 +322,12 @@ fn lock_path(db_path: &Path, export_id: i64) -> PathBuf {
 /// Takes an export's lock file; `None` when a process holds it.
 pub(super) fn lock_export(db_path: &Path, export_id: i64) -> Result<Option<File>> {
     let path = lock_path(db_path, export_id);
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
     match file.try_lock() {
