@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use connector_host::run::SyncState;
 use connector_host::state::LEASE_SECONDS_SETTING;
 use connector_host::state::Trigger;
 use connector_host::workspace::ExportChanges;
@@ -240,6 +241,21 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 record.schedule.as_deref().unwrap_or("none"),
                 next_run(&record.schedule)
             );
+            if let (Some(action), Some(_)) = (&record.leave_action, leave_action) {
+                let departed = session
+                    .state()
+                    .await?
+                    .sync_counts(&record)
+                    .await?
+                    .into_iter()
+                    .find(|(state, _)| *state == SyncState::Departed)
+                    .map_or(0, |(_, n)| n);
+                if departed > 0 {
+                    println!(
+                        "{departed} contacts left the segment while no leave action was set: the next run applies {action} to those still out of it"
+                    );
+                }
+            }
             warn_about_source(&workspace);
         }
         ExportCommand::List { json } => {

@@ -113,6 +113,7 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     // Killed once a hundred leavers were unsubscribed: the changed contacts were all sent and
     // recorded by then, the leave batch was not.
     let imports_before = posts(&sim, "/import.json");
+    let requests_before = sim.requests().len();
     let mut child = op
         .command(&["export", "run", "weekly", "--concurrency", "1"])
         .stdout(Stdio::null())
@@ -148,6 +149,7 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
         .next()
         .unwrap()
         .to_string();
+    let requests_killed = sim.requests().len();
     let plan = op.ok(&["export", "run", "weekly", "--dry-run"]);
     assert!(
         plan.contains(&format!("the next run continues run {killed_run}")),
@@ -164,6 +166,12 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
         done_before + plan_json["leaving_to_do"].as_u64().unwrap(),
         leavers.len() as u64,
         "{plan_json:#}"
+    );
+
+    assert_eq!(
+        sim.requests().len(),
+        requests_killed,
+        "a dry run reached the vendor"
     );
 
     let out = op.ok(&["export", "run", "weekly"]);
@@ -202,6 +210,19 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     let show = op.ok(&["runs", "show", &run_id(&out)]);
     assert_eq!(field(&show, "status"), "succeeded");
     assert!(field(&show, "attempts").starts_with("2 "), "{show}");
+    // The run's requests are both attempts' own: the killed one's, noted every second while it
+    // ran, lack at most its last second's (25 at 40 ms each, one at a time) and the one cut off.
+    let vendor_saw = (sim.requests().len() - requests_before) as u64;
+    let counted: u64 = field(&show, "requests")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        counted <= vendor_saw && counted + 30 >= vendor_saw,
+        "the run counts {counted} requests, the vendor saw {vendor_saw}: {show}"
+    );
     // Every leaver counted as the run's own work, none blamed on the vendor: those the killed
     // attempt unsubscribed before it could record them included.
     assert_eq!(
@@ -427,6 +448,39 @@ async fn operators_preview_runs_and_choose_what_happens_to_leavers() {
     let again = op.ok(&["export", "run", "weekly"]);
     assert!(again.contains("delta run"), "{again}");
     assert_eq!(field(&again, "sent"), "0", "{again}");
+
+    // Leavers while no action is set are left alone, and get the action set later.
+    op.ok(&["export", "edit", "weekly", "--no-leave-action"]);
+    evolve(&op, |id| index(id).is_multiple_of(7), |_| false);
+    let quiet: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "run", "weekly", "--json"])).unwrap();
+    let departed = quiet["left"].as_u64().unwrap();
+    assert!(departed > 0, "{quiet}");
+    let unsubscribed = || {
+        sim.subscribers(&list)
+            .values()
+            .filter(|s| s.state == SubscriberState::Unsubscribed)
+            .count() as u64
+    };
+    assert_eq!(unsubscribed(), 0);
+    let edited = op.ok(&[
+        "export",
+        "edit",
+        "weekly",
+        "--leave-action",
+        "unsubscribe",
+        "--confirm-irreversible",
+    ]);
+    assert!(
+        edited.contains(&format!(
+            "{departed} contacts left the segment while no leave action was set: the next run applies unsubscribe to those still out of it"
+        )),
+        "{edited}"
+    );
+    let late: serde_json::Value =
+        serde_json::from_str(&op.ok(&["export", "run", "weekly", "--json"])).unwrap();
+    assert_eq!(late["left"], departed, "{late}");
+    assert_eq!(unsubscribed(), departed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,8 +200,9 @@ pub(crate) fn read(
     Ok(())
 }
 
-/// The first mapped value holding a control character (a NUL, an escape, a line break...),
+/// The first mapped value holding a control character (a NUL, an escape, a backspace...),
 /// named: a vendor would store it as it is, to break what people and programs read later.
+/// Tabs and line breaks are text (a multi-line cell of a spreadsheet) and pass.
 fn control_character(contact: &Contact) -> Option<String> {
     let named = [
         ("email", Some(contact.email.as_str())),
@@ -216,7 +217,9 @@ fn control_character(contact: &Contact) -> Option<String> {
         .into_iter()
         .chain(attributes)
         .find_map(|(field, value)| {
-            let c = value?.chars().find(|c| c.is_control())?;
+            let c = value?
+                .chars()
+                .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))?;
             Some(format!(
                 "{} holds the control character U+{:04X}; vendors would store it as it is",
                 crate::text::clean(field, crate::text::MAX_LABEL_CHARS),

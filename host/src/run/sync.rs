@@ -167,6 +167,13 @@ pub trait RunJournal: Send + Sync {
     /// contacts' new sync state, the undelivered contacts and the counts so far. An error fails
     /// the run.
     fn settle(&self, settlement: &Settlement<'_>) -> Result<()>;
+
+    /// Records the attempt's requests, retries and time so far (every second while it runs,
+    /// between settled pieces), so that an attempt cut short still counts all but its last
+    /// second's requests in its run's figures. An error is only logged.
+    fn note_figures(&self, _figures: &super::report::Figures) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The 64-bit key of a normalised address in the run's index.

@@ -167,6 +167,28 @@ impl RunJournal for RunLedger {
         }
     }
 
+    fn note_figures(&self, figures: &crate::run::Figures) -> Result<()> {
+        let (Some(run_id), Some(fence)) = (self.run_id, &self.fence) else {
+            return Ok(());
+        };
+        let note = self.state.db.execute(
+            // Never lower than a settled piece wrote (its figures may be a moment newer).
+            "UPDATE run_attempts SET requests = ?2, retries = ?3, seconds = ?4
+             WHERE run_id = ?1 AND attempt = (SELECT attempts FROM runs WHERE id = ?1)
+                 AND requests <= ?2
+                 AND EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND lease_token = ?5)",
+            crate::state::db::params![
+                run_id,
+                figures.requests as i64,
+                figures.retries as i64,
+                figures.duration.as_secs_f64(),
+                fence.token()
+            ],
+        );
+        self.runtime.block_on(note)?;
+        Ok(())
+    }
+
     fn settle(&self, settlement: &Settlement<'_>) -> Result<()> {
         let (Some(run_id), Some(fence)) = (self.run_id, &self.fence) else {
             bail!("a dry run records nothing");
