@@ -10,11 +10,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use connector_host::state::{ConnectionRecord, CredentialKind, ExportRecord, RunRecord, RunState};
+use connector_host::state::{ConnectionRecord, ExportRecord, RunRecord, RunState};
 use connector_host::workspace::{ConnectionChanges, ExportChanges};
 use connector_host::{
-    Access, ApprovalStatus, ConnectionRequest, ExportRequest, Plugin, Secret,
-    state::StoredCredential,
+    Access, ApprovalStatus, ConnectionRequest, Credential, CredentialKind, ExportRequest, Plugin,
+    Secret,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -493,11 +493,7 @@ pub async fn add_connection(
                 connector: body.connector,
                 base_url: body.base_url,
                 data_centre: body.data_centre,
-                credential: StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new(body.api_key),
-                    refresh: None,
-                },
+                credential: Credential::ApiKey(Secret::new(body.api_key)),
                 token_expires_in: None,
                 access: body.access.unwrap_or(AccessView::Administrators).into(),
                 accept_privacy_notice: body.accept_privacy_notice,
@@ -534,11 +530,7 @@ pub async fn update_connection(
 ) -> Answer<Json<ConnectionView>> {
     let (Path(name), Json(body)) = (name?, body?);
     let changes = ConnectionChanges {
-        credential: body.api_key.map(|key| StoredCredential {
-            kind: CredentialKind::ApiKey,
-            secret: Secret::new(key),
-            refresh: None,
-        }),
+        credential: body.api_key.map(|key| Credential::ApiKey(Secret::new(key))),
         token_expires_in: None,
         access: body.access.map(Into::into),
     };

@@ -344,10 +344,10 @@ fn display_name(
         .map_or(id.to_string(), |(p, _)| p.info.display_name.clone())
 }
 
-fn credential_words(kind: connector_host::state::CredentialKind) -> &'static str {
+fn credential_words(kind: connector_host::CredentialKind) -> &'static str {
     match kind {
-        connector_host::state::CredentialKind::ApiKey => "API key",
-        connector_host::state::CredentialKind::OAuth => "OAuth",
+        connector_host::CredentialKind::ApiKey => "API key",
+        connector_host::CredentialKind::OAuth => "OAuth",
     }
 }
 
@@ -405,11 +405,9 @@ async fn add_connection(
                     connector: field(&form, "connector").into(),
                     base_url,
                     data_centre: None,
-                    credential: connector_host::state::StoredCredential {
-                        kind: connector_host::state::CredentialKind::ApiKey,
-                        secret: Secret::new(field(&form, "api_key").to_string()),
-                        refresh: None,
-                    },
+                    credential: connector_host::Credential::ApiKey(Secret::new(
+                        field(&form, "api_key").to_string(),
+                    )),
                     token_expires_in: None,
                     access: access_of(&form),
                     accept_privacy_notice: field(&form, "privacy") == "accepted",

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use connector_host::state::{CredentialKind, StoredCredential, TokenRefresh};
 use connector_host::workspace::ConnectionChanges;
 use connector_host::{Access, ConnectionRequest, CredentialCheck};
+use connector_host::{Credential, CredentialKind, TokenRefresh};
 
 use crate::Session;
 use crate::input::read_secret;
@@ -110,7 +110,7 @@ pub struct CredentialArgs {
 
 impl CredentialArgs {
     /// The credential, read from its environment variables.
-    fn read(&self) -> Result<StoredCredential> {
+    fn read(&self) -> Result<Credential> {
         let refresh = match (&self.refresh_token_env, &self.token_url) {
             (Some(var), Some(url)) => Some(TokenRefresh {
                 refresh_token: read_secret(var, "the OAuth refresh token")?,
@@ -118,15 +118,13 @@ impl CredentialArgs {
             }),
             _ => None,
         };
-        let (kind, what) = if self.oauth {
-            (CredentialKind::OAuth, "the OAuth access token")
+        Ok(if self.is_oauth() {
+            Credential::OAuth {
+                access_token: read_secret(&self.secret_env, "the OAuth access token")?,
+                refresh,
+            }
         } else {
-            (CredentialKind::ApiKey, "the vendor API key")
-        };
-        Ok(StoredCredential {
-            kind,
-            secret: read_secret(&self.secret_env, what)?,
-            refresh,
+            Credential::ApiKey(read_secret(&self.secret_env, "the vendor API key")?)
         })
     }
 

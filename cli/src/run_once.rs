@@ -94,7 +94,7 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
         base_url: args.base_url.clone(),
         data_centre: args.data_centre.clone(),
         credential: if args.oauth {
-            Credential::AccessToken(secret)
+            Credential::access_token(secret)
         } else {
             Credential::ApiKey(secret)
         },

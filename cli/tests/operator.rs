@@ -608,10 +608,9 @@ unsafe extern "C" {
 async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
     use std::sync::Arc;
 
-    use connector_host::state::{CredentialKind, StoredCredential};
     use connector_host::{
-        Access, Actor, ConnectionRequest, ExportRequest, MasterKey, NoProgress, Role, RunRequest,
-        Secret, State, Workspace,
+        Access, Actor, ConnectionRequest, Credential, ExportRequest, MasterKey, NoProgress, Role,
+        RunRequest, Secret, State, Workspace,
     };
     use connector_tests::harness::open_host;
     use connector_tests::sample::GeneratedSource;
@@ -649,11 +648,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
                 connector: "campaign-monitor".into(),
                 base_url: Some(sim.base_url()),
                 data_centre: None,
-                credential: StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new(API_KEY.into()),
-                    refresh: None,
-                },
+                credential: Credential::ApiKey(Secret::new(API_KEY.into())),
                 token_expires_in: None,
                 access: Access::Administrators,
                 accept_privacy_notice: true,

@@ -31,6 +31,7 @@ pub mod failure;
 pub mod fence;
 pub mod mapping;
 pub mod oauth;
+mod pg;
 pub mod plugins;
 #[cfg(feature = "console-progress")]
 pub mod progress;
@@ -59,13 +60,13 @@ pub use plugins::{Plugin, Plugins, Skipped};
 #[cfg(feature = "console-progress")]
 pub use progress::ConsoleProgress;
 pub use run::{
-    Connection, Credential, CredentialCheck, Export, IssueCsv, IssueKind, IssueListener,
-    NoProgress, Probe, ProbeExport, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode,
-    RunOptions, RunPlan, RunReport, RunStatus, Stage,
+    Connection, CredentialCheck, Export, IssueCsv, IssueKind, IssueListener, NoProgress, Probe,
+    ProbeExport, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan,
+    RunReport, RunStatus, Stage,
 };
 pub use sandbox::Limits;
 pub use schedule::Schedule;
-pub use secret::Secret;
+pub use secret::{Credential, CredentialKind, Secret, TokenRefresh};
 pub use source::{
     FileSource, PostgresSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow,
 };

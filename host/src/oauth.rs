@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::broker::{DialPolicy, Network, SendError, Transport, is_loopback_name};
 use crate::failure::Unavailable;
 use crate::secret::Secret;
-use crate::state::TokenRefresh;
+use crate::secret::TokenRefresh;
 use crate::text;
 
 /// What the token endpoint gave back.

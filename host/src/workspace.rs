@@ -19,15 +19,15 @@ use crate::fence::Fence;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
 use crate::run::{
-    Connection, Credential, CredentialCheck, Export, NoProgress, Progress, RunOptions, RunPlan,
-    RunReport, RunStatus,
+    Connection, CredentialCheck, Export, NoProgress, Progress, RunOptions, RunPlan, RunReport,
+    RunStatus,
 };
 use crate::schedule::Schedule;
+use crate::secret::{Credential, TokenRefresh};
 use crate::source::ProfileSource;
 use crate::state::{
-    Access, Actor, Claim, ConnectionRecord, CredentialKind, ExportLock, ExportRecord, MasterKey,
-    NewConnection, NewExport, RunState, State, StoredCredential, SyncBasis, Trigger,
-    require_administrator,
+    Access, Actor, Claim, ConnectionRecord, ExportLock, ExportRecord, MasterKey, NewConnection,
+    NewExport, RunState, State, SyncBasis, Trigger, require_administrator,
 };
 use crate::{ConnectorHost, oauth};
 
@@ -45,7 +45,7 @@ pub struct ConnectionRequest {
     /// The vendor API base URL, when not the connector's production one.
     pub base_url: Option<String>,
     pub data_centre: Option<String>,
-    pub credential: StoredCredential,
+    pub credential: Credential,
     /// For OAuth: how long the access token is valid, if the vendor said.
     pub token_expires_in: Option<Duration>,
     pub access: Access,
@@ -68,7 +68,7 @@ pub struct OAuthConnection {
 #[derive(Default)]
 pub struct ConnectionChanges {
     /// A new credential (the vendor must accept it before it replaces the old one).
-    pub credential: Option<StoredCredential>,
+    pub credential: Option<Credential>,
     /// For a new OAuth credential: how long its access token is valid, if the vendor said.
     pub token_expires_in: Option<Duration>,
     pub access: Option<Access>,
@@ -367,7 +367,7 @@ impl Workspace {
             connector: request.connector.clone(),
             base_url: request.base_url.clone(),
             data_centre: request.data_centre.clone(),
-            credential: library_credential(&request.credential),
+            credential: request.credential.clone(),
         };
         let check = self
             .host()?
@@ -435,7 +435,7 @@ impl Workspace {
                 connector: record.connector.clone(),
                 base_url: record.base_url.clone(),
                 data_centre: record.data_centre.clone(),
-                credential: library_credential(credential),
+                credential: credential.clone(),
             };
             self.host()?
                 .check_connection_with(plugin, &connection)
@@ -563,12 +563,10 @@ impl Workspace {
             Some(url) => Some(oauth::data_centre(network, url, &tokens.access_token).await?),
             None => None,
         };
-        let refresh = tokens
-            .refresh_token
-            .map(|refresh_token| crate::state::TokenRefresh {
-                refresh_token,
-                token_url: app.token_url.clone(),
-            });
+        let refresh = tokens.refresh_token.map(|refresh_token| TokenRefresh {
+            refresh_token,
+            token_url: app.token_url.clone(),
+        });
         self.add_connection(
             actor,
             ConnectionRequest {
@@ -576,9 +574,8 @@ impl Workspace {
                 connector: connection.connector,
                 base_url: app.base_url.clone(),
                 data_centre,
-                credential: StoredCredential {
-                    kind: CredentialKind::OAuth,
-                    secret: tokens.access_token,
+                credential: Credential::OAuth {
+                    access_token: tokens.access_token,
                     refresh,
                 },
                 token_expires_in: tokens.expires_in,
@@ -610,9 +607,10 @@ impl Workspace {
     async fn connection(&self, record: &ConnectionRecord) -> Result<Connection> {
         let key = self.key()?;
         let mut stored = self.state.credential(key, record).await?;
-        if stored.kind == CredentialKind::OAuth && token_expired(record.token_expires_at.as_deref())
+        if let Credential::OAuth { refresh, .. } = &stored
+            && token_expired(record.token_expires_at.as_deref())
         {
-            let Some(refresh) = stored.refresh.clone() else {
+            let Some(refresh) = refresh.clone() else {
                 bail!(
                     "the OAuth access token of connection `{}` expired at {} and it has no refresh token; add the connection again",
                     record.name,
@@ -624,10 +622,9 @@ impl Workspace {
                 .with_context(|| {
                     format!("renewing the OAuth token of connection `{}`", record.name)
                 })?;
-            stored = StoredCredential {
-                kind: CredentialKind::OAuth,
-                secret: tokens.access_token,
-                refresh: Some(crate::state::TokenRefresh {
+            stored = Credential::OAuth {
+                access_token: tokens.access_token,
+                refresh: Some(TokenRefresh {
                     refresh_token: tokens.refresh_token.unwrap_or(refresh.refresh_token),
                     token_url: refresh.token_url,
                 }),
@@ -641,7 +638,7 @@ impl Workspace {
             connector: record.connector.clone(),
             base_url: record.base_url.clone(),
             data_centre: record.data_centre.clone(),
-            credential: library_credential(&stored),
+            credential: stored,
         })
     }
 
@@ -975,7 +972,7 @@ impl Workspace {
                     report,
                 })
             }
-            Err(e) if crate::state::is_transient(&e) => {
+            Err(e) if crate::pg::is_transient(&e) => {
                 // The state is out of reach: the run stays under way, for the next worker
                 // (or the next run) once it is back.
                 Err(e.context(format!(
@@ -1024,7 +1021,7 @@ impl Workspace {
                     );
                     return Ok(());
                 }
-                Err(e) if crate::state::is_transient(&e) && fence.holds() => {
+                Err(e) if crate::pg::is_transient(&e) && fence.holds() => {
                     tracing::warn!(
                         run = run_id,
                         "recording the run's end failed ({e:#}); trying again"
@@ -1217,7 +1214,7 @@ impl Workspace {
                     }
                     // The state out of reach: fired again at the next look (a fire is
                     // recorded once, whoever records it).
-                    Err(e) if crate::state::is_transient(&e) => {
+                    Err(e) if crate::pg::is_transient(&e) => {
                         tracing::warn!(export = %export.name, "the schedule could not fire yet: {e:#}");
                         continue;
                     }
@@ -1462,13 +1459,6 @@ fn check_name(what: &str, name: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn library_credential(stored: &StoredCredential) -> Credential {
-    match stored.kind {
-        CredentialKind::ApiKey => Credential::ApiKey(stored.secret.clone()),
-        CredentialKind::OAuth => Credential::AccessToken(stored.secret.clone()),
-    }
 }
 
 fn expires_at(valid_for: Duration) -> String {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_host::run::{RunJournal, SettledContact, Settlement, SyncState};
-use connector_host::state::{
-    CredentialKind, ExportRecord, NewConnection, NewExport, RunState, StoredCredential, Trigger,
-};
+use connector_host::state::{ExportRecord, NewConnection, NewExport, RunState, Trigger};
 use connector_host::{
-    Access, Actor, Approval, IssueKind, MasterKey, Role, RunCounts, RunIssue, Secret, Stage, State,
+    Access, Actor, Approval, Credential, IssueKind, MasterKey, Role, RunCounts, RunIssue, Secret,
+    Stage, State,
 };
 
 fn admin() -> Actor {
@@ -69,11 +68,7 @@ async fn connection(state: &State, key: &MasterKey, name: &str, secret: &str) ->
                 connector: "mailchimp",
                 base_url: Some("http://127.0.0.1:1"),
                 data_centre: Some("us7"),
-                credential: &StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new(secret.into()),
-                    refresh: None,
-                },
+                credential: &Credential::ApiKey(Secret::new(secret.into())),
                 token_expires_at: None,
                 access: Access::Administrators,
                 checked_at: None,
@@ -163,11 +158,7 @@ async fn records(engine: Engine) {
                 connector: "mailchimp",
                 base_url: None,
                 data_centre: None,
-                credential: &StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new("x".into()),
-                    refresh: None,
-                },
+                credential: &Credential::ApiKey(Secret::new("x".into())),
                 token_expires_at: None,
                 access: Access::Contributors,
                 checked_at: None,
@@ -182,7 +173,7 @@ async fn records(engine: Engine) {
     assert_eq!(record.data_centre.as_deref(), Some("us7"));
     assert_eq!(record.access, Access::Administrators);
     let credential = other.credential(&key, &record).await.unwrap();
-    assert_eq!(credential.secret.expose(), "secret-one-us7");
+    assert_eq!(credential.secret().expose(), "secret-one-us7");
     assert!(
         other
             .credential(&MasterKey::generate(), &record)
@@ -193,11 +184,7 @@ async fn records(engine: Engine) {
         .replace_credential(
             &key,
             &record,
-            &StoredCredential {
-                kind: CredentialKind::ApiKey,
-                secret: Secret::new("secret-two-us7".into()),
-                refresh: None,
-            },
+            &Credential::ApiKey(Secret::new("secret-two-us7".into())),
             None,
         )
         .await
@@ -211,7 +198,7 @@ async fn records(engine: Engine) {
             .credential(&key, &record)
             .await
             .unwrap()
-            .secret
+            .secret()
             .expose(),
         "secret-two-us7"
     );

@@ -283,7 +283,7 @@ async fn a_key_used_against_another_data_centre_is_refused_before_sending() {
     assert!(!text.contains(&w.api_key));
     assert_eq!(batch_calls(&w.sim, &w.audience), 0);
 
-    let mut no_dc = connection(&w, Credential::AccessToken(Secret::new("token".into())));
+    let mut no_dc = connection(&w, Credential::access_token(Secret::new("token".into())));
     no_dc.base_url = None;
     let err = w
         .host
@@ -371,7 +371,7 @@ async fn an_oauth_token_from_the_authorization_flow_exports_like_an_api_key() {
         .to_string();
     assert_eq!(dc, "us21");
 
-    let mut conn = connection(&w, Credential::AccessToken(Secret::new(token.clone())));
+    let mut conn = connection(&w, Credential::access_token(Secret::new(token.clone())));
     conn.data_centre = Some(dc);
     let report = w
         .host

@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use connector_host::state::{CredentialKind, StoredCredential};
 use connector_host::{
-    Access, Actor, BrokerPolicy, ConnectionRequest, ExportRequest, MasterKey, NoProgress, Role,
-    RunOptions, RunReport, RunRequest, RunStatus, Secret, State, Workspace,
+    Access, Actor, BrokerPolicy, ConnectionRequest, Credential, ExportRequest, MasterKey,
+    NoProgress, Role, RunOptions, RunReport, RunRequest, RunStatus, Secret, State, Workspace,
 };
 use connector_tests::harness::{install_connectors, open_host};
 use connector_tests::live::{LiveSource, Person};
@@ -109,11 +108,7 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
                 connector: connector.into(),
                 base_url: Some(base_url),
                 data_centre: None,
-                credential: StoredCredential {
-                    kind: CredentialKind::ApiKey,
-                    secret: Secret::new(key),
-                    refresh: None,
-                },
+                credential: Credential::ApiKey(Secret::new(key)),
                 token_expires_in: None,
                 access: Access::Administrators,
                 accept_privacy_notice: true,

@@ -43,7 +43,7 @@ pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver,
 
 use crate::contract::AuthScheme;
 use crate::fence::Fence;
-use crate::run::Credential;
+use crate::secret::Credential;
 use crate::text;
 use body::{BodyError, HeldBody};
 
@@ -217,9 +217,10 @@ impl Broker {
             .credential
             .map(|c| match c {
                 Credential::ApiKey(key) => credential::authorization(setup.auth, key),
-                Credential::AccessToken(token) => {
-                    credential::authorization(&AuthScheme::Bearer, token)
-                }
+                Credential::OAuth {
+                    access_token: token,
+                    ..
+                } => credential::authorization(&AuthScheme::Bearer, token),
             })
             .transpose()?;
         let policy = setup.policy;

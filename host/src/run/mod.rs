@@ -41,7 +41,7 @@ use crate::broker::{BrokerPolicy, RequestObserver, SharedAccount};
 use crate::fence::Fence;
 use crate::mapping::FieldMapping;
 use crate::plugins::Plugin;
-use crate::secret::Secret;
+use crate::secret::Credential;
 use crate::source::ProfileSource;
 use batches::Batch;
 use call::{Call, Calls};
@@ -64,25 +64,6 @@ pub struct Connection {
     pub data_centre: Option<String>,
     /// The credential; only the broker ever reads it.
     pub credential: Credential,
-}
-
-/// How the connection proves who it is to the vendor.
-#[derive(Debug, Clone)]
-pub enum Credential {
-    /// An API key, applied the way the connector declares (`describe().auth`).
-    ApiKey(Secret),
-    /// An OAuth access token, sent as `Authorization: Bearer`.
-    AccessToken(Secret),
-}
-
-impl Credential {
-    /// The data centre an API key names after its last dash (`<key>-us21`), if any.
-    fn key_suffix(&self) -> Option<String> {
-        match self {
-            Credential::ApiKey(key) => key.expose().rsplit_once('-').map(|(_, dc)| dc.to_string()),
-            Credential::AccessToken(_) => None,
-        }
-    }
 }
 
 /// What to export and how.

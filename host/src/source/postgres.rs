@@ -36,7 +36,7 @@ impl PostgresSource {
     /// `profiles` and `memberships` each name a table or view (`schema.name` allowed) or are a
     /// parenthesised query; `id_column` is the profiles' id.
     pub fn new(url: &str, profiles: &str, memberships: &str, id_column: &str) -> Result<Self> {
-        crate::state::postgres_config(url)?;
+        crate::pg::postgres_config(url)?;
         Ok(PostgresSource {
             url: url.to_string(),
             profiles: relation(profiles).context("the profiles table")?,
@@ -48,9 +48,9 @@ impl PostgresSource {
     /// Checks a `profiles` setting that is a PostgreSQL URL: it must parse, and carry no
     /// password (settings are stored as they are; the password comes from PGPASSWORD).
     pub fn check_url(url: &str) -> Result<()> {
-        let config: tokio_postgres::Config = url.parse().with_context(|| {
-            format!("`{}` is not a PostgreSQL URL", crate::state::redacted(url))
-        })?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .with_context(|| format!("`{}` is not a PostgreSQL URL", crate::pg::redacted(url)))?;
         if config.get_password().is_some() {
             bail!(
                 "settings are stored as they are: give the URL without its password, and the password in PGPASSWORD to the processes that run exports"
@@ -97,7 +97,7 @@ impl PostgresSource {
 /// Whether `error` is the profile database out of reach for a while (a restart, a dropped
 /// connection), worth another try.
 fn out_of_reach(error: &anyhow::Error) -> bool {
-    crate::state::is_transient(error)
+    crate::pg::is_transient(error)
 }
 
 /// Runs `work` until it succeeds, fails for another reason than the database being out of
@@ -118,14 +118,14 @@ async fn patiently<T>(work: impl AsyncFn() -> Result<T>) -> Result<T> {
 }
 
 async fn connect(url: &str) -> Result<Client> {
-    let config = crate::state::postgres_config(url)?;
+    let config = crate::pg::postgres_config(url)?;
     let (client, connection) = config
-        .connect(crate::state::postgres_tls()?)
+        .connect(crate::pg::postgres_tls()?)
         .await
         .with_context(|| {
             format!(
                 "cannot reach the profile database {}",
-                crate::state::redacted(url)
+                crate::pg::redacted(url)
             )
         })?;
     tokio::spawn(async move {

@@ -6,15 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::db::{DbRow, Step, params};
 use super::{Access, Actor, MasterKey, State, now, to_text};
 use crate::failure::{Conflict, NotFound};
-use crate::secret::Secret;
-
-/// How a connection authenticates (the secret itself is sealed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CredentialKind {
-    ApiKey,
-    OAuth,
-}
+use crate::secret::{Credential, CredentialKind, Secret, TokenRefresh};
 
 /// A saved connection, without its credential.
 #[derive(Debug, Clone, Serialize)]
@@ -39,22 +31,7 @@ pub struct ConnectionRecord {
     pub removed_at: Option<String>,
 }
 
-/// A connection's credential, once unsealed.
-pub struct StoredCredential {
-    pub kind: CredentialKind,
-    pub secret: Secret,
-    /// For OAuth: the refresh token and the vendor's token endpoint, when the vendor issues them.
-    pub refresh: Option<TokenRefresh>,
-}
-
-/// What the host needs to renew an expired OAuth access token.
-#[derive(Clone)]
-pub struct TokenRefresh {
-    pub refresh_token: Secret,
-    pub token_url: String,
-}
-
-/// The sealed form of [`StoredCredential`].
+/// The sealed form of a [`Credential`].
 #[derive(Serialize, Deserialize)]
 struct SealedCredential {
     secret: String,
@@ -68,7 +45,7 @@ pub struct NewConnection<'a> {
     pub connector: &'a str,
     pub base_url: Option<&'a str>,
     pub data_centre: Option<&'a str>,
-    pub credential: &'a StoredCredential,
+    pub credential: &'a Credential,
     pub token_expires_at: Option<String>,
     pub access: Access,
     pub checked_at: Option<String>,
@@ -97,9 +74,9 @@ impl State {
                     new.connector,
                     new.base_url,
                     new.data_centre,
-                    to_text(&new.credential.kind),
+                    to_text(&new.credential.kind()),
                     seal_credential(key, new.name, new.credential)?,
-                    key.fingerprint(&new.credential.secret),
+                    key.fingerprint(new.credential.secret()),
                     new.token_expires_at.clone(),
                     to_text(&new.access),
                     &actor.name,
@@ -157,7 +134,7 @@ impl State {
         &self,
         key: &MasterKey,
         connection: &ConnectionRecord,
-    ) -> Result<StoredCredential> {
+    ) -> Result<Credential> {
         let sealed: Option<Vec<u8>> = self
             .db
             .query_one(
@@ -176,15 +153,18 @@ impl State {
             .open(&sealed, &credential_context(&connection.name))
             .with_context(|| format!("connection `{}`", connection.name))?;
         let sealed: SealedCredential = serde_json::from_slice(&plain)?;
-        Ok(StoredCredential {
-            kind: connection.credential_kind,
-            secret: Secret::new(sealed.secret),
-            refresh: match (sealed.refresh_token, sealed.token_url) {
-                (Some(token), Some(url)) => Some(TokenRefresh {
-                    refresh_token: Secret::new(token),
-                    token_url: url,
-                }),
-                _ => None,
+        let secret = Secret::new(sealed.secret);
+        Ok(match connection.credential_kind {
+            CredentialKind::ApiKey => Credential::ApiKey(secret),
+            CredentialKind::OAuth => Credential::OAuth {
+                access_token: secret,
+                refresh: match (sealed.refresh_token, sealed.token_url) {
+                    (Some(token), Some(url)) => Some(TokenRefresh {
+                        refresh_token: Secret::new(token),
+                        token_url: url,
+                    }),
+                    _ => None,
+                },
             },
         })
     }
@@ -194,7 +174,7 @@ impl State {
         &self,
         key: &MasterKey,
         connection: &ConnectionRecord,
-        credential: &StoredCredential,
+        credential: &Credential,
         token_expires_at: Option<String>,
     ) -> Result<()> {
         self.db
@@ -204,7 +184,7 @@ impl State {
                 params![
                     connection.id,
                     seal_credential(key, &connection.name, credential)?,
-                    key.fingerprint(&credential.secret),
+                    key.fingerprint(credential.secret()),
                     token_expires_at,
                     now(),
                 ],
@@ -228,7 +208,7 @@ impl State {
             .collect::<Result<_>>()?;
         for connection in old {
             let fingerprint = match self.credential(key, &connection).await {
-                Ok(credential) => key.fingerprint(&credential.secret),
+                Ok(credential) => key.fingerprint(credential.secret()),
                 Err(_) if connection.removed_at.is_some() => "(erased)".into(),
                 Err(e) => return Err(e),
             };
@@ -333,14 +313,18 @@ fn credential_context(name: &str) -> Vec<u8> {
     format!("cdp connection credential\0{name}").into_bytes()
 }
 
-fn seal_credential(key: &MasterKey, name: &str, credential: &StoredCredential) -> Result<Vec<u8>> {
+fn seal_credential(key: &MasterKey, name: &str, credential: &Credential) -> Result<Vec<u8>> {
+    let refresh = match credential {
+        Credential::OAuth {
+            refresh: Some(refresh),
+            ..
+        } => Some(refresh),
+        _ => None,
+    };
     let plain = serde_json::to_vec(&SealedCredential {
-        secret: credential.secret.expose().to_string(),
-        refresh_token: credential
-            .refresh
-            .as_ref()
-            .map(|r| r.refresh_token.expose().to_string()),
-        token_url: credential.refresh.as_ref().map(|r| r.token_url.clone()),
+        secret: credential.secret().expose().to_string(),
+        refresh_token: refresh.map(|r| r.refresh_token.expose().to_string()),
+        token_url: refresh.map(|r| r.token_url.clone()),
     })?;
     Ok(key.seal(&plain, &credential_context(name)))
 }

@@ -227,36 +227,6 @@ pub(crate) fn lock(
     db.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// Whether `error` is the database being out of reach for a while (a restart, a dropped
-/// connection, a pool with no connection to give) rather than a statement it refused: the
-/// same work may succeed once it is back.
-pub(crate) fn is_transient(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
-            if e.is_closed() {
-                return true;
-            }
-            if let Some(code) = e.code() {
-                let code = code.code();
-                // Connection exceptions, admin shutdown / crash recovery / cannot connect
-                // now, too many connections, serialisation failures.
-                if code.starts_with("08")
-                    || code.starts_with("57P")
-                    || code == "53300"
-                    || code == "40001"
-                    || code == "40P01"
-                {
-                    return true;
-                }
-            }
-        }
-        cause
-            .downcast_ref::<deadpool_postgres::PoolError>()
-            .is_some()
-            || cause.downcast_ref::<std::io::Error>().is_some()
-    })
-}
-
 /// `?N` placeholders as PostgreSQL's `$N` (a `?` not followed by a digit is left alone).
 pub(crate) fn postgres_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());

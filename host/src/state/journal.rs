@@ -9,10 +9,10 @@ use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, pin_mut};
 use rusqlite::params;
 
-use super::db::is_transient;
 use super::runs::NotTheHolder;
 use super::{ExportRecord, State, now, to_text};
 use crate::fence::Fence;
+use crate::pg::is_transient;
 use crate::run::{RunJournal, Settlement, SyncReason, SyncState, Synced};
 
 impl State {
@@ -587,10 +587,7 @@ mod tests {
     use super::*;
     use crate::run::{RunCounts, SettledContact};
     use crate::secret::Secret;
-    use crate::state::{
-        Access, Actor, CredentialKind, MasterKey, NewConnection, NewExport, Role, StoredCredential,
-        Trigger,
-    };
+    use crate::state::{Access, Actor, MasterKey, NewConnection, NewExport, Role, Trigger};
 
     /// A state holding two exports.
     async fn two_exports() -> (tempfile::TempDir, Arc<State>, ExportRecord, ExportRecord) {
@@ -600,11 +597,7 @@ mod tests {
             name: "ops".into(),
             role: Role::Administrator,
         };
-        let credential = StoredCredential {
-            kind: CredentialKind::ApiKey,
-            secret: Secret::new("k".into()),
-            refresh: None,
-        };
+        let credential = crate::secret::Credential::ApiKey(Secret::new("k".into()));
         let connection = state
             .add_connection(
                 &MasterKey::generate(),

@@ -204,7 +204,7 @@ async fn renew(
 ) -> Result<()> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         let (fresh, connection) = config
-            .connect(super::postgres_tls()?)
+            .connect(crate::pg::postgres_tls()?)
             .await
             .context("cannot connect to PostgreSQL")?;
         tokio::spawn(connection);

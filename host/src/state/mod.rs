@@ -28,10 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub use connections::{
-    ConnectionRecord, CredentialKind, NewConnection, StoredCredential, TokenRefresh,
-};
-pub(crate) use db::is_transient;
+use crate::pg::{postgres_config, redacted};
+pub use connections::{ConnectionRecord, NewConnection};
 pub use exports::{ExportLock, ExportRecord, NewExport};
 pub use journal::RunLedger;
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
@@ -39,7 +37,6 @@ pub use people::{
     AuditEntry, MIN_PASSWORD_CHARS, SESSION_HOURS, Session, TOKEN_PREFIX, TokenInfo, User,
     random_token,
 };
-pub use postgres::{postgres_config, postgres_tls, redacted};
 pub use queue::Claim;
 pub use runs::{NotTheHolder, RunAttempt, RunRecord, RunState, Trigger};
 pub use settings::{LEASE_SECONDS_SETTING, lease_term_of};

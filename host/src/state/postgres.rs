@@ -12,6 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
 use super::keeper::{self, Keeper};
 use crate::fence::{self, Fence};
+use crate::pg::{postgres_config, postgres_tls, redacted};
 
 /// Attempts of a run that ended in a failure of its worker (a panic) before no worker takes
 /// it again and it ends failed.
@@ -282,68 +283,6 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// The connection settings of a `postgres://` URL. A password is best not written in it (it
-/// would show in process lists and settings): without one, `PGPASSWORD` gives it, as for
-/// PostgreSQL's own tools.
-pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .with_context(|| format!("`{}` is not a PostgreSQL URL", redacted(url)))?;
-    if config.get_password().is_none()
-        && let Some(password) = std::env::var_os("PGPASSWORD")
-    {
-        config.password(password.as_encoded_bytes());
-    }
-    // A server that went away without a word (a cut network, a machine lost) is noticed in
-    // seconds, not hours: connecting, an unanswered write and an idle connection each have a
-    // deadline, unless the URL sets its own.
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(20));
-    }
-    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-        config.keepalives_idle(Duration::from_secs(10));
-    }
-    if config.get_keepalives_interval().is_none() {
-        config.keepalives_interval(Duration::from_secs(5));
-    }
-    if config.get_keepalives_retries().is_none() {
-        config.keepalives_retries(3);
-    }
-    Ok(config)
-}
-
-/// TLS for connections to PostgreSQL (used as the URL's `sslmode` says: `prefer` by default,
-/// `require` to refuse a server without it): the platform's public roots, plus the CA
-/// certificates in the PEM file `PGSSLROOTCERT` names, for a private CA.
-pub fn postgres_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let extra = match std::env::var_os("PGSSLROOTCERT") {
-        Some(path) => crate::tls::read_bundle(std::path::Path::new(&path), "PGSSLROOTCERT")?,
-        None => vec![],
-    };
-    let config = crate::tls::client_config(&extra);
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// `url` with its password replaced, fit to print.
-pub fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = user.split(':').next().unwrap_or("");
-                    format!("{scheme}://{user}:***@{host}{path}")
-                }
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
 }
 
 const NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use connector_host::state::{CredentialKind, StoredCredential};
 use connector_host::{
     Access, Actor, Connection, ConnectionRequest, ConnectorHost, Credential, Export, ExportRequest,
     FieldMapping, HostOptions, MasterKey, NoProgress, ProfileSource, Role, RunOptions, RunReport,
@@ -153,11 +152,7 @@ impl SimProcess {
             connector: connector.into(),
             base_url: Some(self.info.base_url.clone()),
             data_centre: None,
-            credential: StoredCredential {
-                kind: CredentialKind::ApiKey,
-                secret: Secret::new(self.info.key.clone()),
-                refresh: None,
-            },
+            credential: Credential::ApiKey(Secret::new(self.info.key.clone())),
             token_expires_in: None,
             access: Access::Administrators,
             accept_privacy_notice: true,
