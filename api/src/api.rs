@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use connector_host::state::{ConnectionRecord, ExportRecord, RunRecord, RunState};
 use connector_host::workspace::{ConnectionChanges, ExportChanges};
+use connector_host::workspace::{ConnectionRecord, ExportRecord, RunRecord, RunState};
 use connector_host::{
     Access, ApprovalStatus, ConnectionRequest, Credential, CredentialKind, ExportRequest, Plugin,
     Secret,
@@ -465,13 +465,8 @@ pub async fn connections(
     State(server): State<Arc<Server>>,
     caller: ApiCaller,
 ) -> Answer<Json<Vec<ConnectionView>>> {
-    let list = server.state().connections().await?;
-    Ok(Json(
-        list.into_iter()
-            .filter(|c| c.access.permits(caller.0.actor.role))
-            .map(Into::into)
-            .collect(),
-    ))
+    let list = server.workspace.connections(&caller.0.actor).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
 }
 
 #[utoipa::path(post, path = "/api/v1/connections", tag = "connections", request_body = NewConnection,
@@ -513,7 +508,11 @@ pub async fn connection(
 ) -> Answer<Json<ConnectionView>> {
     let Path(name) = name?;
     Ok(Json(
-        server.connection_for(&caller.0.actor, &name).await?.into(),
+        server
+            .workspace
+            .connection(&caller.0.actor, &name)
+            .await?
+            .into(),
     ))
 }
 
@@ -552,7 +551,7 @@ pub async fn test_connection(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(name) = name?;
-    server.connection_for(&caller.0.actor, &name).await?;
+    server.workspace.connection(&caller.0.actor, &name).await?;
     server
         .workspace
         .test_connection(&caller.0.actor, &name)
@@ -585,14 +584,8 @@ pub async fn exports(
     State(server): State<Arc<Server>>,
     caller: ApiCaller,
 ) -> Answer<Json<Vec<ExportView>>> {
-    let reach = server.reach(&caller.0.actor).await?;
-    let list = server.state().exports().await?;
-    Ok(Json(
-        list.into_iter()
-            .filter(|e| reach.has(e.id))
-            .map(Into::into)
-            .collect(),
-    ))
+    let list = server.workspace.exports(&caller.0.actor).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
 }
 
 #[utoipa::path(post, path = "/api/v1/exports", tag = "exports", request_body = NewExport,
@@ -606,7 +599,8 @@ pub async fn add_export(
 ) -> Answer<(StatusCode, Json<ExportView>)> {
     let Json(body) = body?;
     server
-        .connection_for(&caller.0.actor, &body.connection)
+        .workspace
+        .connection(&caller.0.actor, &body.connection)
         .await?;
     let record = server
         .workspace
@@ -637,7 +631,11 @@ pub async fn export(
 ) -> Answer<Json<ExportView>> {
     let Path(name) = name?;
     Ok(Json(
-        server.export_for(&caller.0.actor, &name).await?.into(),
+        server
+            .workspace
+            .export(&caller.0.actor, &name)
+            .await?
+            .into(),
     ))
 }
 
@@ -653,7 +651,7 @@ pub async fn edit_export(
     body: Result<Json<ExportPatch>, JsonRejection>,
 ) -> Answer<Json<ExportView>> {
     let (Path(name), Json(body)) = (name?, body?);
-    server.export_for(&caller.0.actor, &name).await?;
+    server.workspace.export(&caller.0.actor, &name).await?;
     let empty_is_none = |s: String| (!s.trim().is_empty()).then_some(s);
     let changes = ExportChanges {
         set: body.settings.into_iter().collect(),
@@ -680,7 +678,7 @@ pub async fn remove_export(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(name) = name?;
-    server.export_for(&caller.0.actor, &name).await?;
+    server.workspace.export(&caller.0.actor, &name).await?;
     server
         .workspace
         .remove_export(&caller.0.actor, &name)
@@ -699,7 +697,7 @@ pub async fn dry_run(
     body: Result<Json<RunAsk>, JsonRejection>,
 ) -> Answer<Json<PlanView>> {
     let (Path(name), Json(body)) = (name?, body?);
-    server.export_for(&caller.0.actor, &name).await?;
+    server.workspace.export(&caller.0.actor, &name).await?;
     let plan = server
         .workspace
         .plan_export(&caller.0.actor, &name, body.full)
@@ -721,7 +719,7 @@ pub async fn run_export(
     body: Result<Json<RunAsk>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<Queued>)> {
     let (Path(name), Json(body)) = (name?, body?);
-    server.export_for(&caller.0.actor, &name).await?;
+    server.workspace.export(&caller.0.actor, &name).await?;
     let run_id = server.queue_run(&caller.0.actor, &name, body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -741,14 +739,11 @@ pub async fn runs(
 ) -> Answer<Json<Vec<RunView>>> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000) as usize;
-    let reach = server.reach(&caller.0.actor).await?;
-    let list = server.state().runs(query.export.as_deref(), limit).await?;
-    Ok(Json(
-        list.into_iter()
-            .filter(|r| reach.has(r.export_id))
-            .map(Into::into)
-            .collect(),
-    ))
+    let list = server
+        .workspace
+        .runs(&caller.0.actor, query.export.as_deref(), limit)
+        .await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = i64, Path)),
@@ -760,7 +755,9 @@ pub async fn run(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Json<RunView>> {
     let Path(id) = id?;
-    Ok(Json(server.run_for(&caller.0.actor, id).await?.into()))
+    Ok(Json(
+        server.workspace.run(&caller.0.actor, id).await?.into(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}/rejections", tag = "runs", params(("id" = i64, Path)),
@@ -773,16 +770,19 @@ pub async fn rejections(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Response> {
     let Path(id) = id?;
-    server.run_for(&caller.0.actor, id).await?;
-    rejections_csv(&server, id).await
+    rejections_csv(&server, &caller.0.actor, id).await
 }
 
-/// A run's undelivered contacts as a CSV download.
-pub async fn rejections_csv(server: &Server, id: i64) -> Answer<Response> {
+/// A run's undelivered contacts as a CSV download, if `actor` may see the run.
+pub async fn rejections_csv(
+    server: &Server,
+    actor: &connector_host::Actor,
+    id: i64,
+) -> Answer<Response> {
     let mut out = connector_host::IssueCsv::new(Vec::new())?;
     server
-        .state()
-        .for_each_issue(id, &mut |issue| out.write(&issue))
+        .workspace
+        .for_each_issue(actor, id, &mut |issue| out.write(&issue))
         .await?;
     let bytes = out.into_inner()?;
     Ok((
@@ -808,7 +808,7 @@ pub async fn cancel_run(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<StatusCode> {
     let Path(id) = id?;
-    let run = server.run_for(&caller.0.actor, id).await?;
+    let run = server.workspace.run(&caller.0.actor, id).await?;
     server.cancel_run(&caller.0.actor, &run).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -823,6 +823,7 @@ pub async fn run_events(
     id: Result<Path<i64>, PathRejection>,
 ) -> Answer<Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let Path(id) = id?;
-    server.run_for(&caller.0.actor, id).await?;
-    Ok(Sse::new(crate::events(server, id)).keep_alive(KeepAlive::default()))
+    server.workspace.run(&caller.0.actor, id).await?;
+    let actor = caller.0.actor.clone();
+    Ok(Sse::new(crate::events(server, actor, id)).keep_alive(KeepAlive::default()))
 }

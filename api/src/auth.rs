@@ -229,7 +229,7 @@ pub async fn identify(server: &Server, parts: &Parts) -> Result<Option<Caller>, 
             })
             .map(str::trim)
             .unwrap_or("");
-        return match server.state().token_actor(token).await? {
+        return match server.workspace.token_actor(token).await? {
             Some(actor) => Ok(Some(Caller {
                 actor,
                 via: Via::Token,
@@ -247,7 +247,7 @@ pub async fn identify(server: &Server, parts: &Parts) -> Result<Option<Caller>, 
     let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    Ok(server.state().session(&id).await?.map(|s| Caller {
+    Ok(server.workspace.session(&id).await?.map(|s| Caller {
         actor: s.actor,
         via: Via::Session { id, csrf: s.csrf },
     }))

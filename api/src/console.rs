@@ -12,7 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use connector_host::{Access, OAuthConnection, Role, Secret};
+use connector_host::failure::Missing;
+use connector_host::{Access, OAuthConnection, Operation, Secret};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::api::{ConnectorView, RunView};
@@ -95,11 +96,19 @@ fn csrf(caller: &Caller) -> Markup {
 fn refused(caller: Option<&Caller>, problem: Problem) -> Response {
     let status = problem.status();
     let retry = problem.retry_after;
+    // What the form lacked, in the console's own words.
+    let detail = match problem.missing.as_deref() {
+        Some(missing @ Missing::PrivacyNotice { .. }) => {
+            format!("{missing}: tick the box that accepts it.")
+        }
+        Some(missing) => format!("{missing}; ask the server's operator."),
+        None => problem.detail.clone(),
+    };
     let body = page(
         caller,
         problem.title.as_str(),
         html! {
-            p.error role="alert" { (problem.detail) }
+            p.error role="alert" { (detail) }
             p { a href="javascript:history.back()" { "Back" } }
         },
     );
@@ -154,7 +163,7 @@ fn secure(server: &Server) -> &'static str {
 }
 
 async fn sign_in_page(State(server): State<Arc<Server>>) -> Response {
-    let token = connector_host::state::random_token();
+    let token = connector_host::workspace::random_token();
     let mut response = page(
         None,
         "Sign in",
@@ -209,7 +218,7 @@ async fn sign_in(
     }
     let password = Secret::new(field(&form, "password").to_string());
     match server
-        .state()
+        .workspace
         .sign_in(field(&form, "name"), &password)
         .await
     {
@@ -220,7 +229,7 @@ async fn sign_in(
             let cookie = format!(
                 "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
                 id.expose(),
-                connector_host::state::SESSION_HOURS * 3600
+                connector_host::workspace::SESSION_HOURS * 3600
             );
             let mut response = Redirect::to("/exports").into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -247,7 +256,7 @@ async fn sign_out(
 ) -> Response {
     form_action(&caller, &form, async {
         if let Via::Session { id, .. } = &caller.via {
-            server.state().sign_out(id).await?;
+            server.workspace.sign_out(id).await?;
         }
         let mut response = Redirect::to("/sign-in").into_response();
         response.headers_mut().insert(
@@ -269,14 +278,10 @@ async fn connections(
     ConsoleCaller(caller): ConsoleCaller,
 ) -> Response {
     let work = async {
-        let list = server.state().connections().await?;
-        let apps = server.state().oauth_apps().await?;
-        let admin = caller.actor.role == Role::Administrator;
+        let visible = server.workspace.connections(&caller.actor).await?;
+        let apps = server.workspace.oauth_apps().await?;
+        let admin = caller.actor.may(Operation::ManageConnections);
         let connectors = server.workspace.connectors().await?;
-        let visible: Vec<_> = list
-            .iter()
-            .filter(|c| c.access.permits(caller.actor.role))
-            .collect();
         Ok::<_, Problem>(page(
             Some(&caller),
             "Connections",
@@ -523,7 +528,7 @@ async fn connectors(
 ) -> Response {
     let work = async {
         let list = server.workspace.connectors().await?;
-        let admin = caller.actor.role == Role::Administrator;
+        let admin = caller.actor.may(Operation::ApproveConnectors);
         Ok::<_, Problem>(page(
             Some(&caller),
             "Connectors",
@@ -585,21 +590,8 @@ async fn exports(
     ConsoleCaller(caller): ConsoleCaller,
 ) -> Response {
     let work = async {
-        let reach = server.reach(&caller.actor).await?;
-        let list: Vec<_> = server
-            .state()
-            .exports()
-            .await?
-            .into_iter()
-            .filter(|e| reach.has(e.id))
-            .collect();
-        let connections: Vec<_> = server
-            .state()
-            .connections()
-            .await?
-            .into_iter()
-            .filter(|c| c.access.permits(caller.actor.role))
-            .collect();
+        let list = server.workspace.exports(&caller.actor).await?;
+        let connections = server.workspace.connections(&caller.actor).await?;
         let connectors = server.workspace.connectors().await?;
         Ok::<_, Problem>(page(
             Some(&caller),
@@ -711,8 +703,11 @@ async fn export(
     Path(name): Path<String>,
 ) -> Response {
     let work = async {
-        let export = server.export_for(&caller.actor, &name).await?;
-        let runs = server.state().runs(Some(&name), 20).await?;
+        let export = server.workspace.export(&caller.actor, &name).await?;
+        let runs = server
+            .workspace
+            .runs(&caller.actor, Some(&name), 20)
+            .await?;
         Ok(page(
             Some(&caller),
             &format!("Export {name}"),
@@ -783,13 +778,11 @@ fn count(r: &RunView, key: &str) -> u64 {
 
 async fn runs(State(server): State<Arc<Server>>, ConsoleCaller(caller): ConsoleCaller) -> Response {
     let work = async {
-        let reach = server.reach(&caller.actor).await?;
         let list: Vec<RunView> = server
-            .state()
-            .runs(None, 100)
+            .workspace
+            .runs(&caller.actor, None, 100)
             .await?
             .into_iter()
-            .filter(|r| reach.has(r.export_id))
             .map(Into::into)
             .collect();
         Ok::<_, Problem>(page(Some(&caller), "Runs", runs_table(&list)).into_response())
@@ -803,7 +796,7 @@ async fn run(
     Path(id): Path<i64>,
 ) -> Response {
     let work = async {
-        let run = RunView::from(server.run_for(&caller.actor, id).await?);
+        let run = RunView::from(server.workspace.run(&caller.actor, id).await?);
         let going = matches!(run.status.as_str(), "queued" | "running" | "waiting");
         Ok::<_, Problem>(page(
             Some(&caller),
@@ -855,9 +848,6 @@ async fn rejections(
     ConsoleCaller(caller): ConsoleCaller,
     Path(id): Path<i64>,
 ) -> Response {
-    let work = async {
-        server.run_for(&caller.actor, id).await?;
-        crate::api::rejections_csv(&server, id).await
-    };
+    let work = async { crate::api::rejections_csv(&server, &caller.actor, id).await };
     work.await.unwrap_or_else(|p| refused(Some(&caller), p))
 }

@@ -14,7 +14,7 @@ mod console;
 pub mod live;
 pub mod problem;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use connector_host::state::{ConnectionRecord, ExportRecord, RunRecord, RunState, Trigger};
-use connector_host::{Actor, OAuthConnection, RunRequest, Secret, ServeOptions, State, Workspace};
+use connector_host::workspace::{RunRecord, RunState, Trigger};
+use connector_host::{Actor, OAuthConnection, RunRequest, Secret, ServeOptions, Workspace};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -46,25 +46,6 @@ pub struct Server {
     trusted_proxies: Vec<ipnet::IpNet>,
     pending: Mutex<HashMap<String, PendingOAuth>>,
     wake: Arc<tokio::sync::Notify>,
-}
-
-/// What a caller may see.
-enum Reach {
-    All,
-    Exports(HashSet<i64>),
-}
-
-impl Reach {
-    fn has(&self, export_id: i64) -> bool {
-        match self {
-            Reach::All => true,
-            Reach::Exports(ids) => ids.contains(&export_id),
-        }
-    }
-}
-
-fn not_found(detail: String) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, detail)
 }
 
 /// An "Authenticate with <vendor>" under way, by its `state`, bound to the console session
@@ -119,10 +100,6 @@ impl Server {
         }
     }
 
-    fn state(&self) -> &State {
-        self.workspace.state()
-    }
-
     /// The redirect URI to register with vendors.
     pub fn redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.public_url)
@@ -156,60 +133,10 @@ impl Server {
                 ),
             ));
         }
-        self.state()
-            .record(actor, "run.cancel", &run.id.to_string(), &run.export)
+        self.workspace
+            .record_change(actor, "run.cancel", &run.id.to_string(), &run.export)
             .await?;
         Ok(())
-    }
-
-    /// What `actor` may see: everything for administrators (runs of removed exports
-    /// included), else the exports of connections opened to their role.
-    async fn reach(&self, actor: &Actor) -> Result<Reach> {
-        if actor.role == connector_host::Role::Administrator {
-            return Ok(Reach::All);
-        }
-        let connections = self.state().connections().await?;
-        let open: HashSet<i64> = connections
-            .iter()
-            .filter(|c| c.access.permits(actor.role))
-            .map(|c| c.id)
-            .collect();
-        let exports = self.state().exports().await?;
-        Ok(Reach::Exports(
-            exports
-                .into_iter()
-                .filter(|e| open.contains(&e.connection_id))
-                .map(|e| e.id)
-                .collect(),
-        ))
-    }
-
-    /// The connection `name`, if `actor` may use it; otherwise not found, as if it did not
-    /// exist (a contributor learns nothing of connections closed to them).
-    async fn connection_for(&self, actor: &Actor, name: &str) -> Result<ConnectionRecord, Problem> {
-        let record = self.state().connection(name).await?;
-        if !record.access.permits(actor.role) {
-            return Err(not_found(format!("there is no connection named `{name}`")));
-        }
-        Ok(record)
-    }
-
-    /// The export `name`, if `actor` may use its connection.
-    async fn export_for(&self, actor: &Actor, name: &str) -> Result<ExportRecord, Problem> {
-        let export = self.state().export(name).await?;
-        if !self.reach(actor).await?.has(export.id) {
-            return Err(not_found(format!("there is no export named `{name}`")));
-        }
-        Ok(export)
-    }
-
-    /// Run `id`, if `actor` may see its export.
-    async fn run_for(&self, actor: &Actor, id: i64) -> Result<RunRecord, Problem> {
-        let run = self.state().run(id).await?;
-        if !self.reach(actor).await?.has(run.export_id) {
-            return Err(not_found(format!("there is no run {id}")));
-        }
-        Ok(run)
     }
 
     fn keep_pending(&self, state: String, pending: PendingOAuth) {
@@ -239,42 +166,46 @@ fn session_key(session: &str) -> String {
 /// it runs in this process, its state otherwise), then `end` with the run.
 fn events(
     server: Arc<Server>,
+    actor: Actor,
     id: i64,
 ) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> {
-    futures_util::stream::unfold(Some(server), move |server| async move {
-        let server = server?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let run = match server.state().run(id).await {
-            Ok(run) => run,
-            Err(e) => {
-                let event = Event::default().event("error").data(format!("{e:#}"));
-                return Some((Ok(event), None));
+    futures_util::stream::unfold(Some(server), move |server| {
+        let actor = actor.clone();
+        async move {
+            let server = server?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let run = match server.workspace.run(&actor, id).await {
+                Ok(run) => run,
+                Err(e) => {
+                    let event = Event::default().event("error").data(format!("{e:#}"));
+                    return Some((Ok(event), None));
+                }
+            };
+            let ended = !matches!(
+                run.status,
+                RunState::Running | RunState::Queued | RunState::Waiting
+            );
+            if ended {
+                let data = serde_json::to_string(&api::RunView::from(run)).unwrap_or_default();
+                return Some((Ok(Event::default().event("end").data(data)), None));
             }
-        };
-        let ended = !matches!(
-            run.status,
-            RunState::Running | RunState::Queued | RunState::Waiting
-        );
-        if ended {
-            let data = serde_json::to_string(&api::RunView::from(run)).unwrap_or_default();
-            return Some((Ok(Event::default().event("end").data(data)), None));
+            let snapshot = server
+                .live
+                .follow(id)
+                .map(|rx| *rx.borrow())
+                .unwrap_or_default();
+            let data = serde_json::json!({
+                "status": api::run_status(run.status),
+                "done": snapshot.done,
+                "total": snapshot.total.or(run.segment_size),
+                "leavers": snapshot.leavers,
+                "leavers_done": snapshot.leavers_done,
+            });
+            Some((
+                Ok(Event::default().event("progress").data(data.to_string())),
+                Some(server),
+            ))
         }
-        let snapshot = server
-            .live
-            .follow(id)
-            .map(|rx| *rx.borrow())
-            .unwrap_or_default();
-        let data = serde_json::json!({
-            "status": api::run_status(run.status),
-            "done": snapshot.done,
-            "total": snapshot.total.or(run.segment_size),
-            "leavers": snapshot.leavers,
-            "leavers_done": snapshot.leavers_done,
-        });
-        Some((
-            Ok(Event::default().event("progress").data(data.to_string())),
-            Some(server),
-        ))
     })
 }
 
@@ -418,7 +349,7 @@ async fn healthz() -> &'static str {
     responses((status = 200, content_type = "text/plain", body = String, description = "The state answers"),
         (status = 503, body = Problem)))]
 async fn readyz(AxumState(server): AxumState<Arc<Server>>) -> Result<&'static str, Problem> {
-    server.state().settings().await.map_err(|e| {
+    server.workspace.settings().await.map_err(|e| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the state does not answer: {e:#}"),

@@ -4,7 +4,9 @@
 use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use connector_host::failure::{self, AlreadyRunning, Conflict, Forbidden, NotFound, Unavailable};
+use connector_host::failure::{
+    self, AlreadyRunning, Closed, Conflict, Forbidden, Missing, NotFound, Unavailable,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -23,6 +25,9 @@ pub struct Problem {
     /// Seconds to wait before trying again (429 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// What the request lacked, for a front end to word in its own terms (the console).
+    #[serde(skip)]
+    pub missing: Option<Box<Missing>>,
 }
 
 impl Problem {
@@ -33,6 +38,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
+            missing: None,
         }
     }
 
@@ -50,6 +56,19 @@ impl Problem {
 
 impl From<anyhow::Error> for Problem {
     fn from(e: anyhow::Error) -> Problem {
+        // What is closed to the caller is answered as if it did not exist.
+        if let Some(closed) = e.chain().find_map(|c| c.downcast_ref::<Closed>()) {
+            return Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no {}", closed.subject),
+            );
+        }
+        if let Some(missing) = e.chain().find_map(|c| c.downcast_ref::<Missing>()) {
+            return Problem {
+                missing: Some(Box::new(missing.clone())),
+                ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, words(missing))
+            };
+        }
         let status = if failure::is::<NotFound>(&e) {
             StatusCode::NOT_FOUND
         } else if failure::is::<Forbidden>(&e) {
@@ -66,6 +85,30 @@ impl From<anyhow::Error> for Problem {
             status,
             connector_host::text::clean(&format!("{e:#}"), 4_000),
         )
+    }
+}
+
+/// What is missing, in the API's terms: the request's members, the server's setup.
+fn words(missing: &Missing) -> String {
+    match missing {
+        Missing::PrivacyNotice { .. } => {
+            format!("{missing}; send \"accept_privacy_notice\": true")
+        }
+        Missing::IrreversibleConsent { .. } => {
+            format!("{missing}; send \"confirm_irreversible\": true")
+        }
+        Missing::ExportsRemoved {
+            connection,
+            exports,
+        } => {
+            let (which, those, them) = Missing::exports_words(exports);
+            format!(
+                "connection `{connection}` is used by {which}; remove {those} first, or ask with `?with_exports=true` to remove {them} too"
+            )
+        }
+        Missing::MasterKey | Missing::ProfileSource | Missing::OAuthApp { .. } => {
+            format!("{missing}; the server's operator sets it up")
+        }
     }
 }
 

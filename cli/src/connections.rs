@@ -228,8 +228,7 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             );
         }
         ConnectionCommand::List { json } => {
-            let state = session.state().await?;
-            let connections = state.connections().await?;
+            let connections = session.bare().await?.connections(&actor).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&connections)?);
                 return Ok(ExitCode::SUCCESS);
@@ -264,8 +263,8 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
             }
         }
         ConnectionCommand::Show { name, json } => {
-            let state = session.state().await?;
-            let c = state.connection(name).await?;
+            let workspace = session.bare().await?;
+            let c = workspace.connection(&actor, name).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
                 return Ok(ExitCode::SUCCESS);
@@ -297,8 +296,8 @@ pub async fn run(session: &Session<'_>, command: &ConnectionCommand) -> Result<E
                 "  last checked      {}",
                 c.checked_at.as_deref().unwrap_or("never")
             );
-            let exports: Vec<String> = state
-                .exports()
+            let exports: Vec<String> = workspace
+                .exports(&actor)
                 .await?
                 .into_iter()
                 .filter(|e| e.connection_id == c.id)

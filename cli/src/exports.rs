@@ -2,13 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
 use connector_host::run::SyncState;
-use connector_host::state::LEASE_SECONDS_SETTING;
-use connector_host::state::Trigger;
-use connector_host::workspace::ExportChanges;
-use connector_host::workspace::{DEFAULT_MAX_PROFILES, MAX_BAD_ROWS_SETTING, MAX_PROFILES_SETTING};
+use connector_host::workspace::{ExportChanges, MAX_BAD_ROWS_SETTING, Trigger};
 use connector_host::{ExportRequest, RunRequest, Schedule};
 
 use connector_host::ConsoleProgress;
@@ -242,10 +239,8 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 next_run(&record.schedule)
             );
             if let (Some(action), Some(_)) = (&record.leave_action, leave_action) {
-                let departed = session
-                    .state()
-                    .await?
-                    .sync_counts(&record)
+                let departed = workspace
+                    .sync_counts(&actor, &record.name)
                     .await?
                     .into_iter()
                     .find(|(state, _)| *state == SyncState::Departed)
@@ -259,18 +254,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             warn_about_source(&workspace);
         }
         ExportCommand::List { json } => {
-            let state = session.state().await?;
-            let mut listed = vec![];
-            for e in state.exports().await? {
-                let last = state
-                    .runs(Some(&e.name), 1)
-                    .await?
-                    .into_iter()
-                    .next()
-                    // A removed export of the same name had its own runs.
-                    .filter(|r| r.export_id == e.id);
-                listed.push((e, last));
-            }
+            let listed = session.bare().await?.exports_with_last_run(&actor).await?;
             if *json {
                 let values: Vec<serde_json::Value> = listed
                     .iter()
@@ -316,20 +300,20 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             }
         }
         ExportCommand::Show { name, json } => {
-            let state = session.state().await?;
-            let e = state.export(name).await?;
+            let workspace = session.bare().await?;
+            let e = workspace.export(&actor, name).await?;
+            // A removed export of the same name had its own runs.
+            let runs: Vec<_> = workspace
+                .runs(&actor, Some(name), 5)
+                .await?
+                .into_iter()
+                .filter(|r| r.export_id == e.id)
+                .collect();
+            let sync_counts = workspace.sync_counts(&actor, name).await?;
             if *json {
-                let runs: Vec<_> = state
-                    .runs(Some(name), 5)
-                    .await?
-                    .into_iter()
-                    .filter(|r| r.export_id == e.id)
-                    .collect();
-                let synced: serde_json::Map<String, serde_json::Value> = state
-                    .sync_counts(&e)
-                    .await?
-                    .into_iter()
-                    .map(|(state, n)| (state.to_string(), n.into()))
+                let synced: serde_json::Map<String, serde_json::Value> = sync_counts
+                    .iter()
+                    .map(|(state, n)| (state.to_string(), (*n).into()))
                     .collect();
                 let value = serde_json::json!({
                     "export": e,
@@ -353,9 +337,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                     .as_deref()
                     .unwrap_or("none (leavers are only reported)")
             );
-            let synced: Vec<String> = state
-                .sync_counts(&e)
-                .await?
+            let synced: Vec<String> = sync_counts
                 .into_iter()
                 .map(|(state, n)| format!("{n} {state}"))
                 .collect();
@@ -371,12 +353,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                 None => println!("  schedule     none (on demand)"),
             }
             println!("  created      {} by {}", e.created_at, e.created_by);
-            for r in state
-                .runs(Some(name), 5)
-                .await?
-                .into_iter()
-                .filter(|r| r.export_id == e.id)
-            {
+            for r in runs {
                 println!(
                     "  run #{:<6} {:<11} {}  sent {}, unchanged {}, rejected {}, left {}",
                     r.id,
@@ -488,119 +465,37 @@ fn warn_about_source(workspace: &connector_host::Workspace) {
 }
 
 pub async fn settings(session: &Session<'_>, command: &SettingsCommand) -> Result<ExitCode> {
-    let state = session.state().await?;
+    let workspace = session.bare().await?;
     match command {
         SettingsCommand::Show { json } => {
-            let settings = state.settings().await?;
-            let get = |key: &str| {
-                settings
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
-            };
-            // Each setting with its value in effect (the default when unset), or none.
-            let shown = [
-                ("profiles", get("profiles"), None),
-                ("memberships", get("memberships"), None),
-                ("profiles-table", get("profiles-table"), None),
-                ("memberships-table", get("memberships-table"), None),
-                ("id-column", get("id-column"), Some("id".to_string())),
-                (
-                    MAX_PROFILES_SETTING,
-                    get(MAX_PROFILES_SETTING),
-                    Some(DEFAULT_MAX_PROFILES.to_string()),
-                ),
-                (MAX_BAD_ROWS_SETTING, get(MAX_BAD_ROWS_SETTING), None),
-                (
-                    LEASE_SECONDS_SETTING,
-                    get(LEASE_SECONDS_SETTING),
-                    Some(state.lease_term().await?.as_secs_f64().to_string()),
-                ),
-            ];
+            let settings = workspace.settings().await?;
             if *json {
-                let object: serde_json::Map<String, serde_json::Value> = shown
-                    .into_iter()
-                    .map(|(key, value, default)| (key.to_string(), value.or(default).into()))
+                let object: serde_json::Map<String, serde_json::Value> = settings
+                    .iter()
+                    .map(|s| (s.key.to_string(), s.in_effect().into()))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&object)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for (key, value, default) in shown {
-                let unset = match key {
+            for setting in &settings {
+                let unset = match setting.key {
                     MAX_BAD_ROWS_SETTING => "no limit",
                     _ => "(not set)",
                 };
-                let value = value.or(default).unwrap_or_else(|| unset.to_string());
-                println!("{key:<13} {value}");
+                println!(
+                    "{:<13} {}",
+                    setting.key,
+                    setting.in_effect().unwrap_or(unset)
+                );
             }
         }
         SettingsCommand::Set { key, value } => {
-            if session.actor().role != connector_host::Role::Administrator {
-                bail!("only administrators may change settings");
+            let changed = workspace.set_setting(&session.actor(), key, value).await?;
+            if let Some(warning) = changed.warning {
+                eprintln!("warning: {warning}");
             }
-            let value = match key.as_str() {
-                "profiles"
-                    if value.starts_with("postgres://") || value.starts_with("postgresql://") =>
-                {
-                    connector_host::PostgresSource::check_url(value)?;
-                    value.to_string()
-                }
-                "profiles-table" | "memberships-table" => {
-                    // Checked as a name or a query now, rather than at the first run.
-                    connector_host::PostgresSource::check_relation(value).context(key.clone())?;
-                    value.trim().to_string()
-                }
-                "profiles" | "memberships" => std::fs::canonicalize(value)
-                    .with_context(|| format!("{key}: cannot find {value}"))?
-                    .to_string_lossy()
-                    .into_owned(),
-                "id-column" if !value.trim().is_empty() => value.trim().to_string(),
-                MAX_PROFILES_SETTING => match value.parse::<u64>() {
-                    Ok(n) if n > 0 => n.to_string(),
-                    _ => bail!("max-profiles must be a positive whole number, not `{value}`"),
-                },
-                MAX_BAD_ROWS_SETTING => match value.parse::<u64>() {
-                    Ok(n) => n.to_string(),
-                    _ => bail!("max-bad-rows must be a whole number, not `{value}`"),
-                },
-                LEASE_SECONDS_SETTING => {
-                    connector_host::state::lease_term_of(value)?;
-                    value.trim().to_string()
-                }
-                _ => bail!(
-                    "unknown setting `{key}`; settings are profiles, memberships, profiles-table, memberships-table, id-column, max-profiles, max-bad-rows, lease-seconds"
-                ),
-            };
-            let before = state.setting(key).await?;
-            state.set_setting(key, &value).await?;
-            // A profile source that cannot be read as set now says so here, not at the next
-            // run: an id column the profiles lack is refused; a new file or table is kept
-            // with a warning (its id column may be set next).
-            if let Err(e) = check_source(&state).await {
-                if key != "id-column" {
-                    eprintln!(
-                        "warning: {}",
-                        connector_host::text::clean(&format!("{e:#}"), 2_000)
-                    );
-                } else {
-                    match before {
-                        Some(before) => state.set_setting(key, &before).await?,
-                        None => state.remove_setting(key).await?,
-                    }
-                    return Err(e.context(format!("{key} was not changed")));
-                }
-            }
-            println!("{key} = {value}");
+            println!("{key} = {}", changed.value);
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Reads the profile source's columns as the settings describe it (when they describe one),
-/// and checks its id column is among them.
-async fn check_source(state: &connector_host::State) -> Result<()> {
-    let Some(source) = crate::profile_source(state).await? else {
-        return Ok(());
-    };
-    tokio::task::spawn_blocking(move || source.columns().map(drop)).await?
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use connector_host::state::RunRecord;
+use connector_host::workspace::RunRecord;
 
 use crate::Session;
 use crate::output::{IssueCsv, print_table};
@@ -49,10 +49,13 @@ enum RunsCommand {
 }
 
 pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
-    let state = session.state().await?;
+    let workspace = session.bare().await?;
+    let actor = session.actor();
     match &args.command {
         None => {
-            let runs = state.runs(args.export.as_deref(), args.limit).await?;
+            let runs = workspace
+                .runs(&actor, args.export.as_deref(), args.limit)
+                .await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
                 return Ok(ExitCode::SUCCESS);
@@ -101,7 +104,7 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
             );
         }
         Some(RunsCommand::Show { id, json }) => {
-            let run = state.run(*id).await?;
+            let run = workspace.run(&actor, *id).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&run)?);
             } else {
@@ -109,29 +112,27 @@ pub async fn run(session: &Session<'_>, args: &RunsArgs) -> Result<ExitCode> {
             }
         }
         // An unknown run is an error before anything is written.
-        Some(RunsCommand::Rejections { id, .. }) if state.run(*id).await.is_err() => {
-            state.run(*id).await?;
-        }
         Some(RunsCommand::Rejections { id, csv, output }) => match (output, csv) {
+            _ if let Err(e) = workspace.run(&actor, *id).await => return Err(e),
             (Some(path), _) => {
                 let mut out = IssueCsv::create(path)?;
-                state
-                    .for_each_issue(*id, &mut |issue| out.write(&issue))
+                workspace
+                    .for_each_issue(&actor, *id, &mut |issue| out.write(&issue))
                     .await?;
                 let n = out.finish()?;
                 eprintln!("wrote {n} contacts to {}", path.display());
             }
             (None, true) => {
                 let mut out = IssueCsv::new(std::io::stdout())?;
-                state
-                    .for_each_issue(*id, &mut |issue| out.write(&issue))
+                workspace
+                    .for_each_issue(&actor, *id, &mut |issue| out.write(&issue))
                     .await?;
                 out.finish()?;
             }
             (None, false) => {
                 let mut rows = Vec::new();
-                state
-                    .for_each_issue(*id, &mut |i| {
+                workspace
+                    .for_each_issue(&actor, *id, &mut |i| {
                         rows.push(vec![
                             i.profile_id,
                             i.email,

@@ -11,6 +11,7 @@ mod output;
 mod people;
 mod plugins;
 mod run_once;
+mod words;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use connector_host::{
-    Actor, ConnectorHost, FileSource, HostOptions, Limits, MasterKey, PostgresSource,
-    ProfileSource, Role, ServeOptions, State, Workspace,
+    Actor, ConnectorHost, HostOptions, Limits, MasterKey, Role, ServeOptions, Workspace,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -91,11 +91,11 @@ struct Cli {
     #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// The role you act in: administrator or contributor.
-    #[arg(long = "as", global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_ROLE", default_value = "administrator", value_parser = parse_role)]
-    role: Role,
+    #[arg(long = "as", value_name = "ROLE", global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_ROLE", default_value = "administrator", value_parser = parse_role)]
+    acting_role: Role,
     /// Your name, recorded with what you do [default: $USER].
-    #[arg(long, global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_USER")]
-    user: Option<String>,
+    #[arg(long = "user", value_name = "NAME", global = true, help_heading = GLOBAL, env = "CONNECTOR_HOST_USER")]
+    acting_user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,7 +214,7 @@ fn main() -> ExitCode {
             // Errors may quote connectors and files: printed cleaned, on one line.
             eprintln!(
                 "error: {}",
-                connector_host::text::clean(&format!("{e:#}"), 8_000)
+                connector_host::text::clean(&words::error(&e), 8_000)
             );
             exit::of_error(&e)
         }
@@ -335,16 +335,17 @@ impl Session<'_> {
         Actor {
             name: self
                 .cli
-                .user
+                .acting_user
                 .clone()
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "operator".into()),
-            role: self.cli.role,
+            role: self.cli.acting_role,
         }
     }
 
-    /// The saved state, read-only use: no key, no profile source.
-    pub async fn state(&self) -> Result<Arc<State>> {
+    /// The workspace as saved, for reading and for what needs neither the master key, the
+    /// profile source nor the connectors.
+    pub async fn bare(&self) -> Result<Workspace> {
         let location = match &self.cli.state {
             Some(location) => location.clone(),
             None => default_state_dir()
@@ -352,11 +353,7 @@ impl Session<'_> {
                 .display()
                 .to_string(),
         };
-        let mut state = State::connect(&location).await?;
-        if let Some(worker) = &self.cli.worker {
-            state = state.with_worker(worker);
-        }
-        Ok(Arc::new(state))
+        Workspace::open(&location, self.cli.worker.as_deref()).await
     }
 
     /// How connectors are loaded and limited.
@@ -371,7 +368,7 @@ impl Session<'_> {
         }
         let dir = default_plugin_dir().context("no plugin directory: give --plugins")?;
         if !dir.is_dir() {
-            connector_host::state::create_private_dir(&dir)?;
+            connector_host::workspace::create_private_dir(&dir)?;
         }
         Ok(dir)
     }
@@ -397,12 +394,7 @@ impl Session<'_> {
     /// The workspace, with the master key when `with_key` and the profile source when the
     /// settings name one, without the connectors.
     pub async fn workspace(&self, with_key: bool) -> Result<Workspace> {
-        let state = self.state().await?;
-        let source = profile_source(&state).await?;
-        let mut workspace = Workspace::new(state);
-        if let Some(source) = source {
-            workspace = workspace.with_source(source);
-        }
+        let mut workspace = self.bare().await?.with_settings_source().await?;
         if with_key {
             workspace = workspace.with_master_key(self.master_key()?).await?;
         }
@@ -410,12 +402,12 @@ impl Session<'_> {
     }
 
     fn master_key(&self) -> Result<MasterKey> {
-        if let Some(text) = std::env::var(connector_host::state::MASTER_KEY_ENV)
+        if let Some(text) = std::env::var(connector_host::workspace::MASTER_KEY_ENV)
             .ok()
             .filter(|t| !t.trim().is_empty())
         {
             return MasterKey::from_text(&text)
-                .with_context(|| format!("in {}", connector_host::state::MASTER_KEY_ENV));
+                .with_context(|| format!("in {}", connector_host::workspace::MASTER_KEY_ENV));
         }
         let path = self.cli.master_key_file.clone().or_else(default_key_file);
         match path {
@@ -424,40 +416,10 @@ impl Session<'_> {
             }
             _ => anyhow::bail!(
                 "no master key: set {} or --master-key-file, or create one with `connector-host key generate`",
-                connector_host::state::MASTER_KEY_ENV
+                connector_host::workspace::MASTER_KEY_ENV
             ),
         }
     }
-}
-
-/// The profile source the settings name, if they name one: files, or a PostgreSQL database.
-pub(crate) async fn profile_source(state: &State) -> Result<Option<Arc<dyn ProfileSource>>> {
-    let id_column = state
-        .setting("id-column")
-        .await?
-        .unwrap_or_else(|| "id".into());
-    let Some(profiles) = state.setting("profiles").await? else {
-        return Ok(None);
-    };
-    if profiles.starts_with("postgres://") || profiles.starts_with("postgresql://") {
-        let table = |key: &'static str, default: &'static str| async move {
-            anyhow::Ok(state.setting(key).await?.unwrap_or_else(|| default.into()))
-        };
-        return Ok(Some(Arc::new(PostgresSource::new(
-            &profiles,
-            &table("profiles-table", "profiles").await?,
-            &table("memberships-table", "memberships").await?,
-            &id_column,
-        )?)));
-    }
-    let Some(memberships) = state.setting("memberships").await? else {
-        return Ok(None);
-    };
-    Ok(Some(Arc::new(FileSource::new(
-        profiles,
-        memberships,
-        &id_column,
-    )?)))
 }
 
 /// A token cancelled at the first SIGINT or SIGTERM; a second one quits at once.

@@ -95,7 +95,7 @@ pub async fn run(session: &Session<'_>, command: &OAuthAppCommand) -> Result<Exi
             );
         }
         OAuthAppCommand::List => {
-            let apps = session.state().await?.oauth_apps().await?;
+            let apps = session.bare().await?.oauth_apps().await?;
             let rows = apps
                 .iter()
                 .map(|a| {

@@ -65,7 +65,8 @@ pub enum TokensCommand {
 }
 
 pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<ExitCode> {
-    let state = session.state().await?;
+    let workspace = session.bare().await?;
+    let actor = session.actor();
     match command {
         UsersCommand::Add {
             name,
@@ -76,8 +77,8 @@ pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<Exit
                 .as_deref()
                 .map(|var| read_secret(var, "the user's password"))
                 .transpose()?;
-            let user = state
-                .add_user(&Role::operator(), name, *role, password.as_ref())
+            let user = workspace
+                .add_user(&actor, name, *role, password.as_ref())
                 .await?;
             println!(
                 "added {} `{}`{}",
@@ -91,7 +92,7 @@ pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<Exit
             );
         }
         UsersCommand::List { json } => {
-            let users = state.users().await?;
+            let users = workspace.users(&actor).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
@@ -111,7 +112,7 @@ pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<Exit
             }
         }
         UsersCommand::Remove { name } => {
-            state.remove_user(&Role::operator(), name).await?;
+            workspace.remove_user(&actor, name).await?;
             println!("removed user `{name}`");
         }
     }
@@ -119,15 +120,16 @@ pub async fn users(session: &Session<'_>, command: &UsersCommand) -> Result<Exit
 }
 
 pub async fn tokens(session: &Session<'_>, command: &TokensCommand) -> Result<ExitCode> {
-    let state = session.state().await?;
+    let workspace = session.bare().await?;
+    let actor = session.actor();
     match command {
         TokensCommand::Create { user, label } => {
-            let token = state.create_token(&Role::operator(), user, label).await?;
+            let token = workspace.create_token(&actor, user, label).await?;
             eprintln!("a token for `{user}`; it is shown this once, keep it in a secret store:");
             println!("{}", token.expose());
         }
         TokensCommand::List { json } => {
-            let tokens = state.tokens().await?;
+            let tokens = workspace.tokens(&actor).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
             } else {
@@ -147,7 +149,7 @@ pub async fn tokens(session: &Session<'_>, command: &TokensCommand) -> Result<Ex
             }
         }
         TokensCommand::Revoke { id } => {
-            state.revoke_token(&Role::operator(), id).await?;
+            workspace.revoke_token(&actor, id).await?;
             println!("revoked token {id}");
         }
     }
@@ -156,7 +158,11 @@ pub async fn tokens(session: &Session<'_>, command: &TokensCommand) -> Result<Ex
 
 /// `audit`: the latest changes, newest first.
 pub async fn audit(session: &Session<'_>, limit: u64, json: bool) -> Result<ExitCode> {
-    let entries = session.state().await?.audit_log(limit).await?;
+    let entries = session
+        .bare()
+        .await?
+        .audit_log(&session.actor(), limit)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);

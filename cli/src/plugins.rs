@@ -157,7 +157,7 @@ pub async fn run(session: &Session<'_>, args: &PluginsArgs) -> Result<ExitCode> 
 async fn install(session: &Session<'_>, force: bool) -> Result<ExitCode> {
     let dir = session.plugin_dir()?;
     if !dir.is_dir() {
-        connector_host::state::create_private_dir(&dir)?;
+        connector_host::workspace::create_private_dir(&dir)?;
     }
     for (file, bytes) in BUNDLED {
         let path = dir.join(file);

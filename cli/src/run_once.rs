@@ -85,7 +85,7 @@ pub async fn run_once(session: &Session<'_>, args: &RunArgs) -> Result<ExitCode>
     let host = session.host().await?;
     let plugins = host.plugins();
     let plugin = plugins.require(&args.connector)?;
-    let approval = session.state().await?.approval(&args.connector).await?;
+    let approval = session.bare().await?.approval(&args.connector).await?;
     connector_host::approval::require(plugin, approval.as_ref())?;
     let secret = read_secret(&args.secret_env, "the vendor API key")?;
     let settings = parse_settings(&args.settings)?;

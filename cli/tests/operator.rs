@@ -610,7 +610,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
 
     use connector_host::{
         Access, Actor, ConnectionRequest, Credential, ExportRequest, MasterKey, NoProgress, Role,
-        RunRequest, Secret, State, Workspace,
+        RunRequest, Secret, Workspace,
     };
     use connector_tests::harness::open_host;
     use connector_tests::sample::GeneratedSource;
@@ -620,12 +620,12 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
     install_connectors(&dir.path().join("plugins")).unwrap();
     let host = Arc::new(open_host(&dir.path().join("plugins")).await);
     // The embedder places the state where it likes and brings its own profile source.
-    let state = Arc::new(State::open(&dir.path().join("platform/exports.db")).unwrap());
     let source = GeneratedSource {
         seed: 65,
         count: 1_000_001,
     };
-    let workspace = Workspace::new(state.clone())
+    let workspace = Workspace::open_file(&dir.path().join("platform/exports.db"))
+        .unwrap()
         .with_host(host)
         .with_master_key(MasterKey::generate())
         .await
@@ -685,9 +685,9 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
     );
     assert_eq!(imports(&sim), 0);
     assert!(sim.subscribers(&list).is_empty());
-    let runs = state.runs(Some("all"), 10).await.unwrap();
+    let runs = workspace.runs(&admin, Some("all"), 10).await.unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].status, connector_host::state::RunState::Failed);
+    assert_eq!(runs[0].status, connector_host::workspace::RunState::Failed);
     assert!(
         runs[0]
             .error

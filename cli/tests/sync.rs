@@ -210,8 +210,9 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     let show = op.ok(&["runs", "show", &run_id(&out)]);
     assert_eq!(field(&show, "status"), "succeeded");
     assert!(field(&show, "attempts").starts_with("2 "), "{show}");
-    // The run's requests are both attempts' own: the killed one's, noted every second while it
-    // ran, lack at most its last second's (25 at 40 ms each, one at a time) and the one cut off.
+    // The run's requests are both attempts' own: each counted before it left, so the killed
+    // attempt's count misses none the vendor received, and holds at most the few in flight
+    // at the kill that never arrived.
     let vendor_saw = (sim.requests().len() - requests_before) as u64;
     let counted: u64 = field(&show, "requests")
         .split_whitespace()
@@ -219,8 +220,9 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
         .unwrap()
         .parse()
         .unwrap();
+    println!("requests over both attempts: counted {counted}, the vendor received {vendor_saw}");
     assert!(
-        counted <= vendor_saw && counted + 30 >= vendor_saw,
+        counted >= vendor_saw && counted <= vendor_saw + 20,
         "the run counts {counted} requests, the vendor saw {vendor_saw}: {show}"
     );
     // Every leaver counted as the run's own work, none blamed on the vendor: those the killed
@@ -373,7 +375,10 @@ async fn operators_preview_runs_and_choose_what_happens_to_leavers() {
         ),
         "{err}"
     );
-    assert!(err.contains("confirm it (--confirm-irreversible)"), "{err}");
+    assert!(
+        err.contains("confirm it with --confirm-irreversible"),
+        "{err}"
+    );
     let err = text(&run(add(&["--leave-action", "archive"])).stderr);
     assert!(err.contains("connector `campaign-monitor` has no leave action `archive` (it has: unsubscribe, delete)"), "{err}");
     assert!(op.ok(&["export", "list"]).contains("no exports"));

@@ -138,7 +138,8 @@ pub fn clock() -> u64 {
 }
 
 /// [`clock`] nanoseconds `after` from now.
-pub fn clock_after(after: Duration) -> u64 {
+#[cfg(test)]
+fn clock_after(after: Duration) -> u64 {
     clock().saturating_add(after.as_nanos() as u64)
 }
 

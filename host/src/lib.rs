@@ -23,26 +23,27 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 pub mod approval;
 pub mod broker;
 pub mod contract;
 pub mod email;
 pub mod failure;
-pub mod fence;
-pub mod mapping;
+mod fence;
+mod mapping;
 pub mod oauth;
 mod pg;
 pub mod plugins;
 #[cfg(feature = "console-progress")]
-pub mod progress;
+mod progress;
 pub mod run;
 pub mod sandbox;
-pub mod schedule;
-pub mod secret;
-pub mod source;
-pub mod state;
+mod schedule;
+mod secret;
+mod source;
+pub(crate) mod state;
 pub mod text;
-pub mod tls;
+mod tls;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+pub use access::{Access, Actor, Operation, Role};
 pub use approval::{Approval, ApprovalStatus};
 pub use broker::{
     BrokerPolicy, NetworkOptions, RequestObserver, RequestRecord, Resolve, StaticResolver,
@@ -70,7 +72,7 @@ pub use secret::{Credential, CredentialKind, Secret, TokenRefresh};
 pub use source::{
     FileSource, PostgresSource, Profile, ProfileSource, ProfileStream, Row, SkipReason, SkippedRow,
 };
-pub use state::{Access, Actor, MasterKey, Role, State};
+pub use state::MasterKey;
 pub use workspace::{
     ConnectionRequest, ExportRequest, OAuthConnection, RunOutcome, RunRequest, RunWatch,
     ServeOptions, Workspace,

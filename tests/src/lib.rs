@@ -10,7 +10,8 @@ pub mod cut;
 pub mod harness;
 pub mod hostile;
 pub mod live;
-pub mod postgres;
 pub mod sample;
+/// A real PostgreSQL server a test process, a database a test.
+pub use test_postgres as postgres;
 /// The vendor simulators live in their own crate (the kit), with no dependency on the host.
 pub use vendor_sim as sim;

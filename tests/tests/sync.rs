@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use connector_host::{
     Access, Actor, BrokerPolicy, ConnectionRequest, Credential, ExportRequest, MasterKey,
-    NoProgress, Role, RunOptions, RunReport, RunRequest, RunStatus, Secret, State, Workspace,
+    NoProgress, Role, RunOptions, RunReport, RunRequest, RunStatus, Secret, Workspace,
 };
 use connector_tests::harness::{install_connectors, open_host};
 use connector_tests::live::{LiveSource, Person};
@@ -49,9 +49,9 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
     install_connectors(plugins.path()).unwrap();
     let host = Arc::new(open_host(plugins.path()).await);
     let state_dir = tempfile::tempdir().unwrap();
-    let state = Arc::new(State::open(&state_dir.path().join("state.db")).unwrap());
     let source = Arc::new(LiveSource::default());
-    let workspace = Workspace::new(state)
+    let workspace = Workspace::open_file(&state_dir.path().join("state.db"))
+        .unwrap()
         .with_host(host)
         .with_master_key(MasterKey::generate())
         .await
@@ -667,7 +667,7 @@ async fn a_vendor_outage_fails_a_run_and_the_next_continues_it_sending_nothing_t
         "a contact the vendor acknowledged was sent again"
     );
     assert_eq!(imports(), 5);
-    let record = w.workspace.state().run(outcome.run_id).await.unwrap();
+    let record = w.workspace.run(&w.admin, outcome.run_id).await.unwrap();
     assert_eq!((record.attempts, record.counts.created), (2, 5_000));
 }
 

@@ -4,7 +4,7 @@
 //! 1,000 a call), joins first and last name into the subscriber name, sends the list's own custom
 //! fields an export maps (clearing those a contact has no value for), always sends
 //! `Resubscribe: false` so people who left stay out, and turns the vendor's partial-failure answer
-//! (HTTP 400, Code 210, `ResultData`) into per-contact outcomes. Contract: shared/vendors/campaign-monitor.md.
+//! (HTTP 400, Code 210, `ResultData`) into per-contact outcomes. Contract: docs/vendors/campaign-monitor.md.
 //!
 //! Leave actions. Campaign Monitor has two subscriber-level ways to stop mailing someone, and
 //! under this product's rule of never resubscribing (`Resubscribe: false`) neither can be undone:
@@ -30,7 +30,7 @@ pub struct CampaignMonitor;
 /// Largest import Campaign Monitor accepts (more gives error 209).
 const MAX_BATCH: u32 = 1000;
 /// The longest custom-field value Campaign Monitor stores ("Value max 250 chars", see
-/// shared/vendors/campaign-monitor.md, sources S4 and S10).
+/// docs/vendors/campaign-monitor.md, sources S4 and S10).
 const MAX_CUSTOM_FIELD_VALUE: u32 = 250;
 /// The longest first or last name sent (they are joined into `Name`). UNCONFIRMED: Campaign
 /// Monitor publishes no limit for `Name`; this uses its one published value limit.

@@ -1,4 +1,4 @@
-//! Mailchimp Marketing API 3.0 export connector. Contract: shared/vendors/mailchimp.md.
+//! Mailchimp Marketing API 3.0 export connector. Contract: docs/vendors/mailchimp.md.
 //!
 //! Sends contacts with batch subscribe (`POST /lists/{audience}`, at most 500 members a call).
 //! Mailchimp's batch has no `status_if_new`, and a status sent for an existing member changes it

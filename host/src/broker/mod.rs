@@ -20,6 +20,7 @@ mod credential;
 pub mod destination;
 mod limits;
 mod retry;
+mod tally;
 pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ use crate::fence::Fence;
 use crate::secret::Credential;
 use crate::text;
 use body::{BodyError, HeldBody};
+pub use tally::{Tally, TallyWrite};
 
 type WasiBody = wasmtime_wasi_http::WasiBody;
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -182,6 +184,8 @@ pub struct Broker {
     account: Option<SharedAccount>,
     /// The lock of the run: no attempt starts once it no longer surely holds.
     fence: Option<Fence>,
+    /// The run's durable count of requests: none leaves before it is counted.
+    tally: Option<Arc<Tally>>,
     /// Requests in flight at once: this run's limit, and the account's.
     in_flight: usize,
     retries: retry::Retries,
@@ -235,6 +239,7 @@ impl Broker {
             ),
             account: None,
             fence: None,
+            tally: None,
             in_flight: policy.in_flight(setup.vendor),
             retries: retry::Retries::new(
                 policy.max_attempts,
@@ -261,6 +266,12 @@ impl Broker {
     /// renewed in time: another worker may hold the run).
     pub fn with_fence(mut self, fence: Option<Fence>) -> Broker {
         self.fence = fence;
+        self
+    }
+
+    /// Sends each request only once `tally` has recorded a count that includes it.
+    pub fn with_tally(mut self, tally: Option<Arc<Tally>>) -> Broker {
+        self.tally = tally;
         self
     }
 
@@ -435,7 +446,10 @@ impl Broker {
                     );
                     return Err(HttpError::HttpRequestDenied);
                 }
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let requests = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(tally) = &self.tally {
+                    tally.cover(requests, self.stats.retries()).await;
+                }
                 self.attempt(parts, request_body.clone(), &waits).await
             };
             if matches!(&attempt, Ok(a) if a.status() == http::StatusCode::TOO_MANY_REQUESTS) {

@@ -235,9 +235,6 @@ impl ConnectorHost {
             .unwrap_or_default();
         // The lock lapses at its deadline even if whoever renews it is late.
         let watchdog = options.fence.clone().map(|f| tokio::spawn(f.watch()));
-        let figures = options.journal.clone().map(|journal| {
-            recorder::note_figures_every_second(journal, prepared.broker.stats(), started)
-        });
         let mut run = Run {
             lost: lost.clone(),
             report: RunReport::new(
@@ -378,8 +375,8 @@ impl ConnectorHost {
         run.report.requests = stats.requests();
         run.report.retries = stats.retries();
         run.report.refusals = stats.refusals();
-        for task in [watchdog, figures].into_iter().flatten() {
-            task.abort();
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
         }
         if lost.is_cancelled() {
             // Whatever failed after the lock was lost failed because of it.

@@ -142,6 +142,17 @@ impl ConnectorHost {
             .with_observer(options.observer.clone())
             .with_account(options.account.clone())
             .with_fence(options.fence.clone())
+            .with_tally(options.journal.clone().map(|journal| {
+                let started = std::time::Instant::now();
+                crate::broker::Tally::start(Arc::new(move |requests, retries| {
+                    journal.note_figures(&super::Figures {
+                        requests,
+                        retries,
+                        batches: 0,
+                        duration: started.elapsed(),
+                    })
+                }))
+            }))
             .with_connection_label(format!(
                 "{} at {}",
                 info.id,

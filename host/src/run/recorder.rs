@@ -107,36 +107,3 @@ impl Recorder {
         Some(recorded)
     }
 }
-
-/// Notes the attempt's figures in the journal every second until aborted, so that a worker
-/// killed between pieces leaves nearly all its requests counted in its run.
-pub(super) fn note_figures_every_second(
-    journal: Arc<dyn RunJournal>,
-    stats: Arc<HttpStats>,
-    started: Instant,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut noted = 0;
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            let requests = stats.requests();
-            if requests == noted {
-                continue;
-            }
-            let figures = Figures {
-                requests,
-                retries: stats.retries(),
-                batches: 0,
-                duration: started.elapsed(),
-            };
-            let journal = journal.clone();
-            match tokio::task::spawn_blocking(move || journal.note_figures(&figures)).await {
-                Ok(Ok(())) => noted = requests,
-                Ok(Err(e)) => tracing::debug!("noting the run's figures failed: {e:#}"),
-                Err(_) => return,
-            }
-        }
-    })
-}

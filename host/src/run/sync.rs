@@ -168,9 +168,9 @@ pub trait RunJournal: Send + Sync {
     /// the run.
     fn settle(&self, settlement: &Settlement<'_>) -> Result<()>;
 
-    /// Records the attempt's requests, retries and time so far (every second while it runs,
-    /// between settled pieces), so that an attempt cut short still counts all but its last
-    /// second's requests in its run's figures. An error is only logged.
+    /// Records the attempt's requests, retries and time so far, before each request leaves
+    /// (requests sent together share one call), so that an attempt cut short counts every
+    /// request the vendor may have received. An error is logged and the request goes on.
     fn note_figures(&self, _figures: &super::report::Figures) -> Result<()> {
         Ok(())
     }

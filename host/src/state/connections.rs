@@ -129,6 +129,24 @@ impl State {
             .collect()
     }
 
+    /// A connection by id with its credential unsealed, in one read.
+    pub async fn connection_with_credential(
+        &self,
+        key: &MasterKey,
+        id: i64,
+    ) -> Result<(ConnectionRecord, Credential)> {
+        let row = self
+            .db
+            .query_one(
+                &format!("{CONNECTION_AND_CREDENTIAL} WHERE id = ?1"),
+                params![id],
+            )
+            .await?;
+        let record = connection_row(&row)?;
+        let credential = unseal(key, &record, row.get(15)?)?;
+        Ok((record, credential))
+    }
+
     /// Unseals a connection's credential.
     pub async fn credential(
         &self,
@@ -143,30 +161,7 @@ impl State {
             )
             .await?
             .get(0)?;
-        let sealed = sealed.with_context(|| {
-            format!(
-                "connection `{}` was removed; its credential was erased",
-                connection.name
-            )
-        })?;
-        let plain = key
-            .open(&sealed, &credential_context(&connection.name))
-            .with_context(|| format!("connection `{}`", connection.name))?;
-        let sealed: SealedCredential = serde_json::from_slice(&plain)?;
-        let secret = Secret::new(sealed.secret);
-        Ok(match connection.credential_kind {
-            CredentialKind::ApiKey => Credential::ApiKey(secret),
-            CredentialKind::OAuth => Credential::OAuth {
-                access_token: secret,
-                refresh: match (sealed.refresh_token, sealed.token_url) {
-                    (Some(token), Some(url)) => Some(TokenRefresh {
-                        refresh_token: Secret::new(token),
-                        token_url: url,
-                    }),
-                    _ => None,
-                },
-            },
-        })
+        unseal(key, connection, sealed)
     }
 
     /// Replaces a connection's credential (after an OAuth refresh).
@@ -283,9 +278,21 @@ impl State {
     }
 }
 
-const CONNECTION_COLUMNS: &str = "SELECT id, name, connector, base_url, data_centre,
-    credential_kind, fingerprint, token_expires_at, access, privacy_accepted_by,
-    privacy_accepted_at, created_by, created_at, checked_at, removed_at FROM connections";
+/// The columns of a [`ConnectionRecord`], in `connection_row`'s order.
+macro_rules! connection_fields {
+    () => {
+        "id, name, connector, base_url, data_centre, credential_kind, fingerprint,
+        token_expires_at, access, privacy_accepted_by, privacy_accepted_at, created_by,
+        created_at, checked_at, removed_at"
+    };
+}
+const CONNECTION_COLUMNS: &str = concat!("SELECT ", connection_fields!(), " FROM connections");
+/// With the sealed credential last.
+const CONNECTION_AND_CREDENTIAL: &str = concat!(
+    "SELECT ",
+    connection_fields!(),
+    ", credential FROM connections"
+);
 
 fn connection_row(r: &DbRow) -> Result<ConnectionRecord> {
     Ok(ConnectionRecord {
@@ -327,4 +334,36 @@ fn seal_credential(key: &MasterKey, name: &str, credential: &Credential) -> Resu
         token_url: refresh.map(|r| r.token_url.clone()),
     })?;
     Ok(key.seal(&plain, &credential_context(name)))
+}
+
+/// A connection's sealed credential, opened with `key`.
+fn unseal(
+    key: &MasterKey,
+    connection: &ConnectionRecord,
+    sealed: Option<Vec<u8>>,
+) -> Result<Credential> {
+    let sealed = sealed.with_context(|| {
+        format!(
+            "connection `{}` was removed; its credential was erased",
+            connection.name
+        )
+    })?;
+    let plain = key
+        .open(&sealed, &credential_context(&connection.name))
+        .with_context(|| format!("connection `{}`", connection.name))?;
+    let sealed: SealedCredential = serde_json::from_slice(&plain)?;
+    let secret = Secret::new(sealed.secret);
+    Ok(match connection.credential_kind {
+        CredentialKind::ApiKey => Credential::ApiKey(secret),
+        CredentialKind::OAuth => Credential::OAuth {
+            access_token: secret,
+            refresh: match (sealed.refresh_token, sealed.token_url) {
+                (Some(token), Some(url)) => Some(TokenRefresh {
+                    refresh_token: Secret::new(token),
+                    token_url: url,
+                }),
+                _ => None,
+            },
+        },
+    })
 }

@@ -12,6 +12,20 @@ use bytes::BytesMut;
 use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
+/// Calls to the store by this process (each statement, batch or engine-specific use), for
+/// measuring what an operation costs ([`crate::Workspace::store_calls`]).
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`CALLS`] so far.
+pub(crate) fn calls() -> u64 {
+    CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts one call to the store made past [`Db`]'s own methods (an engine's own work).
+pub(crate) fn count() {
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The engines.
 pub(crate) enum Db {
     /// One connection, shared by the process (SQLite allows one writer at a time anyway).
@@ -68,6 +82,7 @@ pub(crate) use params;
 impl Db {
     /// Runs a statement; how many rows it changed.
     pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64> {
+        count();
         match self {
             Db::Sqlite(db) => {
                 let db = lock(db);
@@ -84,6 +99,7 @@ impl Db {
 
     /// Runs a query; every row of its result.
     pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<DbRow>> {
+        count();
         let mut rows = vec![];
         self.query_each(sql, params, &mut |row| {
             rows.push(row);
@@ -113,6 +129,7 @@ impl Db {
         params: Vec<Value>,
         each: &mut (dyn FnMut(DbRow) -> Result<()> + Send),
     ) -> Result<()> {
+        count();
         match self {
             Db::Sqlite(db) => {
                 let db = lock(db);
@@ -141,6 +158,7 @@ impl Db {
     /// Runs statements in one transaction; the rows each returned (empty for one returning
     /// none), or `None` when a required step touched no row and so nothing was changed.
     pub async fn batch(&self, steps: &[Step<'_>]) -> Result<Option<Vec<Vec<DbRow>>>> {
+        count();
         match self {
             Db::Sqlite(db) => {
                 let mut db = lock(db);

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::db::{Db, DbRow, Step, params};
 use super::postgres::{self, Lease};
-use super::{Actor, State, now, sqlite};
+use super::{Access, Actor, State, now, sqlite};
 use crate::failure::{Conflict, NotFound};
 use crate::fence::Fence;
 
@@ -19,6 +19,9 @@ pub struct ExportRecord {
     pub name: String,
     pub connection_id: i64,
     pub connection: String,
+    /// Who may use the export's connection (and so the export).
+    #[serde(skip)]
+    pub connection_access: Access,
     pub connector: String,
     pub settings: Vec<(String, String)>,
     /// `field=column` pairs.
@@ -82,6 +85,7 @@ impl ExportLock {
     /// Lets the export's next run start at once (a lease is given up rather than left to
     /// expire).
     pub async fn release(self) {
+        super::db::count();
         match self.held {
             Held::File(file) => drop(file),
             Held::Lease(lease) => lease.release().await,
@@ -208,6 +212,7 @@ impl State {
 
     /// Takes the run lock of an export; `None` when a run is already under way.
     pub async fn lock_export(&self, export: &ExportRecord) -> Result<Option<ExportLock>> {
+        super::db::count();
         match &self.db {
             Db::Sqlite(_) => {
                 let path = self.path().context("a SQLite state has a file")?;
@@ -251,7 +256,7 @@ impl State {
 
 const EXPORT_COLUMNS: &str = "SELECT e.id, e.name, e.connection_id, c.name, c.connector,
     e.settings, e.mapping, e.segments, e.schedule, e.created_by, e.created_at, e.removed_at,
-    e.leave_action
+    e.leave_action, c.access
     FROM exports e JOIN connections c ON c.id = e.connection_id";
 
 fn export_row(r: &DbRow) -> Result<ExportRecord> {
@@ -269,5 +274,6 @@ fn export_row(r: &DbRow) -> Result<ExportRecord> {
         created_at: r.get(10)?,
         removed_at: r.get(11)?,
         leave_action: r.get(12)?,
+        connection_access: r.name(13)?,
     })
 }

@@ -151,6 +151,7 @@ impl RunLedger {
 
 impl RunJournal for RunLedger {
     fn size_hint(&self) -> u64 {
+        super::db::count();
         match self.state.db.postgres() {
             None => self.sqlite_size_hint(),
             Some(pool) => self
@@ -161,6 +162,7 @@ impl RunJournal for RunLedger {
     }
 
     fn synced(&self, each: &mut dyn FnMut(Synced<'_>) -> Result<()>) -> Result<()> {
+        super::db::count();
         match self.state.db.postgres() {
             None => self.sqlite_synced(each),
             Some(pool) => self.runtime.block_on(self.pg_synced(pool, each)),
@@ -197,6 +199,7 @@ impl RunJournal for RunLedger {
         let mut wait = std::time::Duration::from_millis(100);
         let mut failing_since = None;
         loop {
+            super::db::count();
             let settled = match self.state.db.postgres() {
                 None => self.sqlite_settle(run_id, token, settlement),
                 Some(pool) => self.runtime.block_on(pg_settle(
@@ -294,7 +297,11 @@ impl RunLedger {
         }
         let f = &settlement.figures;
         tx.execute(
-            "UPDATE run_attempts SET requests = ?2, retries = ?3, batches = ?4, seconds = ?5
+            // Never below what the request tally wrote (its count may be a moment newer).
+            "UPDATE run_attempts SET
+                 requests = CASE WHEN requests > ?2 THEN requests ELSE ?2 END,
+                 retries = CASE WHEN retries > ?3 THEN retries ELSE ?3 END,
+                 batches = ?4, seconds = ?5
              WHERE run_id = ?1 AND attempt = (SELECT attempts FROM runs WHERE id = ?1)",
             params![
                 run_id,
@@ -519,7 +526,10 @@ async fn pg_settle(
     }
     let f = &settlement.figures;
     tx.execute(
-        "UPDATE run_attempts SET requests = $2, retries = $3, batches = $4, seconds = $5
+        "UPDATE run_attempts SET
+             requests = CASE WHEN requests > $2 THEN requests ELSE $2 END,
+             retries = CASE WHEN retries > $3 THEN retries ELSE $3 END,
+             batches = $4, seconds = $5
          WHERE run_id = $1 AND attempt = (SELECT attempts FROM runs WHERE id = $1)",
         &[
             &run_id,

@@ -13,32 +13,35 @@ pub(crate) mod db;
 mod exports;
 mod journal;
 mod keeper;
+mod legacy;
 mod master_key;
 mod oauth_apps;
 mod people;
 mod postgres;
 mod queue;
 mod runs;
+mod schema;
 mod settings;
 mod sqlite;
 mod sync;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::access::{Access, Actor, Role};
 use crate::pg::{postgres_config, redacted};
 pub use connections::{ConnectionRecord, NewConnection};
 pub use exports::{ExportLock, ExportRecord, NewExport};
-pub use journal::RunLedger;
+
 pub use master_key::{MASTER_KEY_ENV, MasterKey};
 pub use people::{
     AuditEntry, MIN_PASSWORD_CHARS, SESSION_HOURS, Session, TOKEN_PREFIX, TokenInfo, User,
     random_token,
 };
 pub use queue::Claim;
-pub use runs::{NotTheHolder, RunAttempt, RunRecord, RunState, Trigger};
+pub use runs::{RunAttempt, RunRecord, RunState, Trigger};
 pub use settings::{LEASE_SECONDS_SETTING, lease_term_of};
 pub use sync::SyncBasis;
 
@@ -64,59 +67,6 @@ enum Location {
     Sqlite(PathBuf),
     /// The URL with its password hidden.
     Postgres(String),
-}
-
-/// Who acts: a name for the record, and a role for permissions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub name: String,
-    pub role: Role,
-}
-
-/// The two roles of the platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Manages connections and may use every connection.
-    Administrator,
-    /// Builds and runs exports over the connections opened to contributors.
-    Contributor,
-}
-
-/// Who may attach a connection to an export and run it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    /// Administrators only (the default).
-    Administrators,
-    /// Administrators and contributors.
-    Contributors,
-}
-
-impl Role {
-    /// The role's name, as stored and shown.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Administrator => "administrator",
-            Role::Contributor => "contributor",
-        }
-    }
-
-    /// The actor standing for this machine's operator: whoever holds the state and the master
-    /// key (the CLI's commands on people, which need no sign-in).
-    pub fn operator() -> Actor {
-        Actor {
-            name: "operator".into(),
-            role: Role::Administrator,
-        }
-    }
-}
-
-impl Access {
-    /// Whether someone with `role` may use a connection with this access.
-    pub fn permits(self, role: Role) -> bool {
-        role == Role::Administrator || self == Access::Contributors
-    }
 }
 
 /// The current time, as stored (RFC 3339, UTC).
@@ -290,14 +240,5 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create the directory {}", dir.display()))
 }
 
-/// Refuses anyone but an administrator `to` do something.
-pub fn require_administrator(actor: &Actor, to: &str) -> Result<()> {
-    if actor.role != Role::Administrator {
-        return Err(crate::failure::Forbidden(format!(
-            "{} acts as a contributor; only administrators may {to}",
-            actor.name
-        ))
-        .into());
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::db::{DbRow, Step, params};
-use super::{Actor, ExportRecord, State, SyncBasis, now, to_text};
+use super::{Access, Actor, ExportRecord, State, SyncBasis, now, to_text};
 use crate::failure::NotFound;
 use crate::fence::Fence;
 use crate::run::{RunCounts, RunIssue, RunMode, RunReport};
@@ -105,6 +105,11 @@ pub struct RunRecord {
     pub id: i64,
     pub export_id: i64,
     pub export: String,
+    /// The export's connection, and who may use it (and so see the run).
+    #[serde(skip)]
+    pub connection: String,
+    #[serde(skip)]
+    pub connection_access: Access,
     pub connector: String,
     pub trigger: String,
     pub started_by: String,
@@ -421,13 +426,27 @@ impl State {
         Ok(run)
     }
 
-    /// The latest runs, newest first, of one export (by name, removed ones included) or all.
-    pub async fn runs(&self, export: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+    /// The latest runs, newest first, of one export (by name, removed ones included) or all,
+    /// over connections with one of the `open` accesses.
+    pub async fn runs(
+        &self,
+        export: Option<&str>,
+        open: &[Access],
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
+        if open.is_empty() {
+            return Ok(vec![]);
+        }
+        // The enum's own names, not input: safe to write into the statement.
+        let open: Vec<String> = open.iter().map(|a| format!("'{}'", to_text(a))).collect();
+        let among = format!(" AND c.access IN ({})", open.join(", "));
         let rows = match export {
             Some(name) => {
                 self.db
                     .query(
-                        &format!("{RUN_COLUMNS} WHERE e.name = ?1 ORDER BY r.id DESC LIMIT ?2"),
+                        &format!(
+                            "{RUN_COLUMNS} WHERE e.name = ?1{among} ORDER BY r.id DESC LIMIT ?2"
+                        ),
                         params![name, limit as i64],
                     )
                     .await?
@@ -435,7 +454,7 @@ impl State {
             None => {
                 self.db
                     .query(
-                        &format!("{RUN_COLUMNS} ORDER BY r.id DESC LIMIT ?1"),
+                        &format!("{RUN_COLUMNS} WHERE 1 = 1{among} ORDER BY r.id DESC LIMIT ?1"),
                         params![limit as i64],
                     )
                     .await?
@@ -456,6 +475,24 @@ impl State {
                 return Err(NotFound(format!("there is no export named `{name}`")).into());
             }
         }
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            runs.push(self.with_liveness(run_row(row)?).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Each export's latest run (removed exports' included).
+    pub async fn latest_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = self
+            .db
+            .query(
+                &format!(
+                    "{RUN_COLUMNS} WHERE r.id IN (SELECT MAX(id) FROM runs GROUP BY export_id)"
+                ),
+                vec![],
+            )
+            .await?;
         let mut runs = Vec::with_capacity(rows.len());
         for row in &rows {
             runs.push(self.with_liveness(run_row(row)?).await?);
@@ -513,7 +550,7 @@ const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trig
     CASE WHEN f.requests > 0 THEN f.requests ELSE r.requests END,
     CASE WHEN f.requests > 0 THEN f.retries ELSE r.retries END,
     CASE WHEN f.seconds > 0 THEN f.seconds ELSE r.seconds END,
-    r.refusals, r.segment_size, r.worker, f.batches
+    r.refusals, r.segment_size, r.worker, f.batches, c.access, c.name
     FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id
     LEFT JOIN (SELECT run_id, CAST(SUM(requests) AS BIGINT) AS requests,
             CAST(SUM(retries) AS BIGINT) AS retries, CAST(SUM(batches) AS BIGINT) AS batches,
@@ -552,6 +589,8 @@ fn run_row(r: &DbRow) -> Result<RunRecord> {
         seconds: r.get(16)?,
         refusals: r.json(17)?,
         worker: r.get(19)?,
+        connection_access: r.name(21)?,
+        connection: r.get(22)?,
         attempt_log: vec![],
     })
 }

@@ -6,251 +6,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::create_private_dir;
-
-/// The schema, one migration per version (`PRAGMA user_version` counts those applied). Add
-/// new versions at the end; never edit a released one.
-const MIGRATIONS: &[&str] = &[
-    // 1: connections, exports, runs, undelivered contacts, checkpoints.
-    r#"
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE connections (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        connector TEXT NOT NULL,
-        base_url TEXT,
-        data_centre TEXT,
-        credential_kind TEXT NOT NULL,
-        credential BLOB,
-        fingerprint TEXT NOT NULL,
-        token_expires_at TEXT,
-        access TEXT NOT NULL,
-        privacy_accepted_by TEXT NOT NULL,
-        privacy_accepted_at TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        checked_at TEXT,
-        removed_by TEXT,
-        removed_at TEXT
-    );
-    CREATE UNIQUE INDEX connections_by_name ON connections(name) WHERE removed_at IS NULL;
-    CREATE TABLE exports (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        connection_id INTEGER NOT NULL REFERENCES connections(id),
-        settings TEXT NOT NULL,
-        mapping TEXT NOT NULL,
-        segments TEXT NOT NULL,
-        schedule TEXT,
-        created_by TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        removed_by TEXT,
-        removed_at TEXT
-    );
-    CREATE UNIQUE INDEX exports_by_name ON exports(name) WHERE removed_at IS NULL;
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
-        export_id INTEGER NOT NULL REFERENCES exports(id),
-        trigger TEXT NOT NULL,
-        started_by TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        attempts INTEGER NOT NULL DEFAULT 1,
-        profiles INTEGER NOT NULL DEFAULT 0,
-        sent INTEGER NOT NULL DEFAULT 0,
-        created INTEGER NOT NULL DEFAULT 0,
-        updated INTEGER NOT NULL DEFAULT 0,
-        suppressed INTEGER NOT NULL DEFAULT 0,
-        rejected INTEGER NOT NULL DEFAULT 0,
-        duplicates INTEGER NOT NULL DEFAULT 0,
-        batches INTEGER NOT NULL DEFAULT 0,
-        resumed_batches INTEGER NOT NULL DEFAULT 0,
-        requests INTEGER NOT NULL DEFAULT 0,
-        retries INTEGER NOT NULL DEFAULT 0,
-        seconds REAL NOT NULL DEFAULT 0
-    );
-    CREATE INDEX runs_by_export ON runs(export_id, id);
-    CREATE TABLE run_batches (
-        run_id INTEGER NOT NULL REFERENCES runs(id),
-        batch INTEGER NOT NULL,
-        digest BLOB NOT NULL,
-        profiles INTEGER NOT NULL,
-        sent INTEGER NOT NULL,
-        created INTEGER NOT NULL,
-        updated INTEGER NOT NULL,
-        suppressed INTEGER NOT NULL,
-        rejected INTEGER NOT NULL,
-        duplicates INTEGER NOT NULL,
-        PRIMARY KEY (run_id, batch)
-    );
-    CREATE TABLE run_issues (
-        run_id INTEGER NOT NULL REFERENCES runs(id),
-        batch INTEGER NOT NULL,
-        profile_id TEXT NOT NULL,
-        email TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        code TEXT NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX run_issues_by_run ON run_issues(run_id, batch);
-    "#,
-    // 2: administrators' approvals of connectors; what the host refused each run.
-    r#"
-    CREATE TABLE connector_approvals (
-        connector TEXT PRIMARY KEY,
-        digest TEXT NOT NULL,
-        hosts TEXT NOT NULL,
-        default_base_url TEXT NOT NULL,
-        version TEXT NOT NULL,
-        approved_by TEXT NOT NULL,
-        approved_at TEXT NOT NULL
-    );
-    ALTER TABLE runs ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]';
-    "#,
-    // 3: each export's sync state; a run's counts as one record; issues by stage; leave actions.
-    r#"
-    CREATE TABLE sync_contacts (
-        export_id INTEGER NOT NULL,
-        email TEXT NOT NULL,
-        digest INTEGER NOT NULL,
-        state INTEGER NOT NULL,
-        run_id INTEGER NOT NULL,
-        PRIMARY KEY (export_id, email)
-    ) WITHOUT ROWID;
-    CREATE TABLE sync_reasons (
-        export_id INTEGER NOT NULL,
-        email TEXT NOT NULL,
-        code TEXT NOT NULL,
-        message TEXT NOT NULL,
-        since TEXT NOT NULL,
-        PRIMARY KEY (export_id, email)
-    ) WITHOUT ROWID;
-    CREATE TABLE sync_basis (
-        export_id INTEGER PRIMARY KEY,
-        basis TEXT NOT NULL,
-        run_id INTEGER NOT NULL
-    );
-    ALTER TABLE exports ADD COLUMN leave_action TEXT;
-    ALTER TABLE runs ADD COLUMN counts TEXT;
-    ALTER TABLE runs ADD COLUMN mode TEXT;
-    ALTER TABLE runs ADD COLUMN leave_action TEXT;
-    UPDATE runs SET counts = json_object('profiles', profiles, 'created', created,
-        'updated', updated, 'suppressed', suppressed, 'rejected', rejected,
-        'duplicates', duplicates, 'batches', batches)
-        WHERE profiles > 0;
-    ALTER TABLE run_issues ADD COLUMN stage TEXT NOT NULL DEFAULT 'sent';
-    ALTER TABLE run_issues ADD COLUMN since TEXT;
-    UPDATE run_issues SET stage = 'skipped', kind = 'invalid' WHERE code = 'missing-email';
-    UPDATE run_issues SET stage = 'skipped' WHERE kind = 'duplicate';
-    DROP TABLE run_batches;
-    "#,
-    // 4: settled contacts are appended to a log (cheap, in order) and folded into
-    // sync_contacts in key order once the log grows past an eighth of it.
-    r#"
-    CREATE TABLE sync_log (
-        seq INTEGER PRIMARY KEY,
-        export_id INTEGER NOT NULL,
-        email TEXT NOT NULL,
-        digest INTEGER NOT NULL,
-        state INTEGER NOT NULL,
-        run_id INTEGER NOT NULL
-    );
-    "#,
-    // 5: the segment's size as the source knew it before reading.
-    r#"
-    ALTER TABLE runs ADD COLUMN segment_size INTEGER;
-    "#,
-    // 6: the run queue: queued runs (a full sync asked for or not), the worker of each
-    // attempt, and each schedule's fires (one run per fire, whoever fires it).
-    r#"
-    ALTER TABLE runs ADD COLUMN worker TEXT;
-    ALTER TABLE runs ADD COLUMN full_sync INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE run_attempts (
-        run_id INTEGER NOT NULL REFERENCES runs(id),
-        attempt INTEGER NOT NULL,
-        worker TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        PRIMARY KEY (run_id, attempt)
-    );
-    INSERT INTO run_attempts (run_id, attempt, worker, started_at)
-        SELECT id, 1, 'unknown', started_at FROM runs WHERE counts IS NOT NULL;
-    CREATE TABLE schedule_fires (
-        export_id INTEGER NOT NULL,
-        fire_at TEXT NOT NULL,
-        run_id INTEGER NOT NULL,
-        PRIMARY KEY (export_id, fire_at)
-    );
-    CREATE INDEX runs_by_status ON runs(status, id);
-    -- At most one queued run an export: asking again gives that one.
-    CREATE UNIQUE INDEX runs_queued ON runs(export_id) WHERE status = 'queued';
-    "#,
-    // 7: people (users, API tokens, console sessions), the audit log of changes, and the
-    // platform's OAuth applications with the vendors.
-    r#"
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        password_hash TEXT,
-        created_by TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE api_tokens (
-        token_hash TEXT PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        user_name TEXT NOT NULL REFERENCES users(name),
-        label TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        last_used_at TEXT
-    );
-    CREATE TABLE sessions (
-        token_hash TEXT PRIMARY KEY,
-        user_name TEXT NOT NULL REFERENCES users(name),
-        csrf TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        expires_at TEXT NOT NULL
-    );
-    CREATE TABLE audit_log (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        role TEXT NOT NULL,
-        action TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        detail TEXT NOT NULL
-    );
-    CREATE TABLE oauth_apps (
-        connector TEXT PRIMARY KEY,
-        app TEXT NOT NULL,
-        client_secret BLOB NOT NULL,
-        updated_by TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    "#,
-    // 8: fencing: the generation of the lock an attempt holds, which every write of the run
-    // carries; attempts that ended in a failure of the worker (a panic), counted.
-    r#"
-    ALTER TABLE runs ADD COLUMN lease_token TEXT;
-    ALTER TABLE runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
-    "#,
-    // 9: who each contact of a sync state is (a hash of the profile id it was sent for;
-    // 0 for contacts settled before), so that a person still in the segment under an unusable
-    // or new address is not taken for a leaver.
-    r#"
-    ALTER TABLE sync_contacts ADD COLUMN person INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE sync_log ADD COLUMN person INTEGER NOT NULL DEFAULT 0;
-    -- What each attempt cost, recorded as it goes: a run's figures are its attempts' sums.
-    ALTER TABLE run_attempts ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE run_attempts ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE run_attempts ADD COLUMN batches INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE run_attempts ADD COLUMN seconds REAL NOT NULL DEFAULT 0;
-    "#,
-];
+use super::schema::{self, Engine};
 
 /// Opens (creating if needed) the database at `path`, its schema brought up to date.
 pub(super) fn open(path: &Path) -> Result<rusqlite::Connection> {
@@ -283,29 +42,20 @@ fn migrate(db: &rusqlite::Connection, path: &Path) -> Result<()> {
     // state at once apply each migration once.
     loop {
         db.execute_batch("BEGIN IMMEDIATE")?;
-        let version: usize = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let Some(sql) = MIGRATIONS.get(version) else {
+        let version: u32 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let next = schema::steps(Engine::Sqlite, version)
+            .with_context(|| format!("the state database {}", path.display()));
+        let Some((to, sql)) = next.as_ref().map(|s| s.first()).unwrap_or(None) else {
             db.execute_batch("COMMIT")?;
-            if version > MIGRATIONS.len() {
-                bail!(
-                    "the state database {} has schema version {version}, newer than this connector-host knows ({}); use a newer connector-host",
-                    path.display(),
-                    MIGRATIONS.len()
-                );
-            }
-            return Ok(());
+            return next.map(drop);
         };
-        let applied = db.execute_batch(&format!("{sql}; PRAGMA user_version = {};", version + 1));
+        let applied = db.execute_batch(&format!("{sql}; PRAGMA user_version = {to};"));
         match applied {
             Ok(()) => db.execute_batch("COMMIT")?,
             Err(e) => {
                 db.execute_batch("ROLLBACK")?;
                 return Err(e).with_context(|| {
-                    format!(
-                        "migrating {} to schema version {}",
-                        path.display(),
-                        version + 1
-                    )
+                    format!("migrating {} to schema version {to}", path.display())
                 });
             }
         }

@@ -96,7 +96,10 @@ impl State {
     /// How many contacts the export's sync state holds, by state.
     pub async fn sync_counts(&self, export: &ExportRecord) -> Result<Vec<(SyncState, u64)>> {
         let by_code = match &self.db {
-            Db::Sqlite(_) => journal::sqlite_counts(self, export.id)?,
+            Db::Sqlite(_) => {
+                super::db::count();
+                journal::sqlite_counts(self, export.id)?
+            }
             Db::Postgres(_) => {
                 let mut by_code = [0u64; 256];
                 for row in self

@@ -1,5 +1,5 @@
 //! A local Campaign Monitor (createsend API v3.3) that behaves like the real one as described in
-//! shared/vendors/campaign-monitor.md: Basic auth with the API key, list lookup and custom
+//! docs/vendors/campaign-monitor.md: Basic auth with the API key, list lookup and custom
 //! fields, bulk import with its limits, consent rules, custom-field values (bracketed or bare
 //! keys, `Clear`), partial failures in the `Code 210` shape and no resubscription; single add,
 //! unsubscribe (`POST /subscribers/{list}/unsubscribe.json`) and delete (`DELETE

@@ -1,5 +1,5 @@
 //! A local Mailchimp Marketing API 3.0 that behaves like the real one as described in
-//! shared/vendors/mailchimp.md: API-key Basic auth and OAuth bearer tokens, the data-centre check,
+//! docs/vendors/mailchimp.md: API-key Basic auth and OAuth bearer tokens, the data-centre check,
 //! audience lookup and merge fields, batch subscribe with its 500-member limit and per-member
 //! errors, member status rules (no resubscribing unsubscribed, cleaned or deleted contacts, but
 //! `pending` accepted for an unsubscribed member, who is then mailed an opt-in request: section
@@ -956,7 +956,7 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
             continue;
         }
         // A status is needed to create a member; an update without one keeps the member's own
-        // (shared/vendors/mailchimp.md marks the batch's per-item requirement UNCONFIRMED).
+        // (docs/vendors/mailchimp.md marks the batch's per-item requirement UNCONFIRMED).
         let status = match m.get("status").and_then(Value::as_str) {
             None => None,
             Some(text) => match Status::parse(text) {
@@ -990,7 +990,7 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
             .get(&hash)
             .filter(|m| m.status != Status::Archived);
         // A create-only call names an existing member as such before judging its status (the
-        // order is UNCONFIRMED in shared/vendors/mailchimp.md; this is the plausible one).
+        // order is UNCONFIRMED in docs/vendors/mailchimp.md; this is the plausible one).
         if existing.is_some() && !update_existing {
             errors.push(member_error(&email, format!("{email} is already a list member, do you want to update? please provide update_existing:true in the request body"), "ERROR_CONTACT_EXISTS"));
             continue;

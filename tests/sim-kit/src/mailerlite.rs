@@ -1,5 +1,5 @@
 //! A local MailerLite (connect API) that behaves like the real one as described in
-//! shared/vendors/mailerlite.md: Bearer tokens, subscribers upserted by email (`201` when new,
+//! docs/vendors/mailerlite.md: Bearer tokens, subscribers upserted by email (`201` when new,
 //! `200` when updated, non-destructive: a status is changed only when one is sent, fields and
 //! groups only those given), groups and their members, the account's fields, and batches of up
 //! to 50 requests answered in order. Errors are `{"message": ...}` with `errors` by field on a

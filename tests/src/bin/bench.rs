@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use connector_host::{
     Access, Actor, Connection, ConnectionRequest, ConnectorHost, Credential, Export, ExportRequest,
     FieldMapping, HostOptions, MasterKey, NoProgress, ProfileSource, Role, RunOptions, RunReport,
-    RunRequest, Secret, State, Workspace,
+    RunRequest, Secret, Workspace,
 };
 use connector_tests::artifacts;
 use connector_tests::sample::{self, GeneratedSource};
@@ -604,23 +604,15 @@ async fn serve_worker(
         )
         .await?,
     );
-    let state = std::sync::Arc::new(State::connect(state).await?.with_worker(name));
-    let profiles = state.setting("profiles").await?.context("no profiles")?;
-    let memberships = state
-        .setting("memberships")
-        .await?
-        .context("no memberships")?;
     let key = MasterKey::from_file(key_file)?;
     let workspace = std::sync::Arc::new(
-        Workspace::new(state)
+        Workspace::open(state, Some(name))
+            .await?
             .with_host(host)
             .with_master_key(key)
             .await?
-            .with_source(std::sync::Arc::new(connector_host::FileSource::new(
-                profiles,
-                memberships,
-                "id",
-            )?)),
+            .with_settings_source()
+            .await?,
     );
     let options = connector_host::ServeOptions {
         poll: Duration::from_millis(100),
@@ -726,14 +718,8 @@ impl Bench {
         MasterKey::create_file(&key_file)?;
         for workers in [1usize, 2, 4] {
             let url = connector_tests::postgres::database().await;
-            let state = std::sync::Arc::new(State::connect(&url).await?.with_worker("bench"));
-            state
-                .set_setting("profiles", &files.profiles.display().to_string())
-                .await?;
-            state
-                .set_setting("memberships", &files.memberships.display().to_string())
-                .await?;
-            let workspace = Workspace::new(state.clone())
+            let workspace = Workspace::open(&url, Some("bench"))
+                .await?
                 .with_host(self.host.clone())
                 .with_master_key(MasterKey::from_file(&key_file)?)
                 .await?
@@ -742,6 +728,14 @@ impl Bench {
                     &files.memberships,
                     "id",
                 )?));
+            for (key, file) in [
+                ("profiles", &files.profiles),
+                ("memberships", &files.memberships),
+            ] {
+                workspace
+                    .set_setting(&admin, key, &file.display().to_string())
+                    .await?;
+            }
             workspace
                 .approve_connector(&admin, "mailchimp", None)
                 .await?;
@@ -790,13 +784,13 @@ impl Bench {
                 );
             }
             let runs = loop {
-                let runs = state.runs(None, 100).await?;
+                let runs = workspace.runs(&admin, None, 100).await?;
                 if runs.len() == exports
                     && runs.iter().all(|r| {
                         matches!(
                             r.status,
-                            connector_host::state::RunState::Succeeded
-                                | connector_host::state::RunState::Failed
+                            connector_host::workspace::RunState::Succeeded
+                                | connector_host::workspace::RunState::Failed
                         )
                     })
                 {
@@ -1079,7 +1073,7 @@ impl Bench {
             self.args.profiles
         );
         println!(
-            "   {:<18} {:<10} {:>7} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>7}",
+            "   {:<18} {:<10} {:>7} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>8} {:>7} {:>7}",
             "vendor",
             "run",
             "wall s",
@@ -1090,7 +1084,8 @@ impl Bench {
             "+peak",
             "sync MB",
             "history",
-            "file MB"
+            "file MB",
+            "store"
         );
         for (connector, leave_action) in
             [("campaign-monitor", "unsubscribe"), ("mailchimp", "untag")]
@@ -1106,7 +1101,7 @@ impl Bench {
             for (name, run) in ["first", "unchanged", "delta", "full"].iter().zip(&runs) {
                 let s = &run.state;
                 println!(
-                    "   {:<18} {:<10} {:>7.2} {:>9} {:>7} {:>6} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1}",
+                    "   {:<18} {:<10} {:>7.2} {:>9} {:>7} {:>6} {:>8.1} {:>7.1} {:>7.1} {:>8.1} {:>7.1} {:>7}",
                     connector,
                     name,
                     run.wall.as_secs_f64(),
@@ -1117,7 +1112,8 @@ impl Bench {
                     run.peak_rss_mb - run.rss_before_mb,
                     s.sync_mb,
                     s.history_mb,
-                    s.file_mb
+                    s.file_mb,
+                    run.store_calls
                 );
             }
             println!(
@@ -1178,6 +1174,8 @@ struct SyncRun {
     rss_before_mb: f64,
     peak_rss_mb: f64,
     state: StateSizes,
+    /// Calls to the store the run made (statements, leases, settled pieces).
+    store_calls: u64,
 }
 
 /// Where the state database's bytes are, in MB.
@@ -1226,7 +1224,7 @@ async fn sync_runs(
         base: source.clone(),
         later: false.into(),
     });
-    let workspace = Workspace::new(std::sync::Arc::new(State::open(&db)?))
+    let workspace = Workspace::open_file(&db)?
         .with_host(host)
         .with_master_key(MasterKey::generate())
         .await?
@@ -1275,9 +1273,11 @@ async fn sync_runs(
             full,
             ..RunRequest::default()
         };
+        let calls_before = Workspace::store_calls();
         let outcome = workspace
             .run_export(&admin, "bench", how, &NoProgress, None)
             .await?;
+        let store_calls = Workspace::store_calls() - calls_before;
         let wall = started.elapsed();
         if !outcome.report.succeeded() {
             bail!("{}", outcome.report.summary());
@@ -1288,6 +1288,7 @@ async fn sync_runs(
             wall,
             rss_before_mb,
             peak_rss_mb: peak_rss_mb(),
+            store_calls,
         });
     }
     Ok(runs)

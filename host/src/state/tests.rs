@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connector_host::run::{RunJournal, SettledContact, Settlement, SyncState};
-use connector_host::state::{ExportRecord, NewConnection, NewExport, RunState, Trigger};
-use connector_host::{
+use crate::run::{RunJournal, SettledContact, Settlement, SyncState};
+use crate::state::{ExportRecord, NewConnection, NewExport, RunState, State, Trigger};
+use crate::{
     Access, Actor, Approval, Credential, IssueKind, MasterKey, Role, RunCounts, RunIssue, Secret,
-    Stage, State,
+    Stage,
 };
 
 fn admin() -> Actor {
@@ -46,7 +46,7 @@ impl Engine {
     }
 
     async fn postgres() -> Engine {
-        Engine::Postgres(connector_tests::postgres::database().await)
+        Engine::Postgres(test_postgres::database().await)
     }
 
     /// A handle on the state, as a process named `worker` opens it.
@@ -445,7 +445,7 @@ async fn runs(engine: Engine) {
     .unwrap_err();
     assert!(
         refused
-            .downcast_ref::<connector_host::state::NotTheHolder>()
+            .downcast_ref::<super::runs::NotTheHolder>()
             .is_some(),
         "{refused:#}"
     );
@@ -473,10 +473,22 @@ async fn runs(engine: Engine) {
     );
     second.release().await;
     assert_eq!(other.unfinished_run(&daily).await.unwrap(), None);
-    let listed = state.runs(Some("daily"), 10).await.unwrap();
+    let listed = state
+        .runs(
+            Some("daily"),
+            &[Access::Administrators, Access::Contributors],
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, RunState::Succeeded);
-    assert!(state.runs(Some("nope"), 10).await.is_err());
+    assert!(
+        state
+            .runs(Some("nope"), &[Access::Administrators], 10)
+            .await
+            .is_err()
+    );
 }
 
 on_both_engines!(runs, runs_on_sqlite, runs_on_postgres);
@@ -687,7 +699,7 @@ async fn an_expired_lease_lets_another_worker_take_the_run_over() {
 /// Workers starting together on a new database: the schema is made once, by one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_starting_at_once_migrate_a_new_database_once() {
-    let url = connector_tests::postgres::database().await;
+    let url = test_postgres::database().await;
     let opened = futures_util::future::join_all((0..6).map(|_| State::connect(&url))).await;
     let states: Vec<State> = opened.into_iter().map(|s| s.unwrap()).collect();
     let key = MasterKey::generate();
@@ -702,7 +714,7 @@ async fn workers_starting_at_once_migrate_a_new_database_once() {
 /// worker claimed the run) learns it at its next renewal, and its run is told to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
-    let url = connector_tests::postgres::database().await;
+    let url = test_postgres::database().await;
     let state = Arc::new(State::connect(&url).await.unwrap().with_worker("w1"));
     state.set_setting("lease-seconds", "2").await.unwrap();
     let key = MasterKey::generate();
@@ -736,11 +748,133 @@ async fn a_worker_whose_lease_was_taken_over_is_told_to_stop() {
 /// name; the default (`prefer`) uses TLS where the server has it and plain TCP otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_requiring_tls_refuses_a_server_without_it() {
-    let url = connector_tests::postgres::database().await;
+    let url = test_postgres::database().await;
     let Err(err) = State::connect(&format!("{url}?sslmode=require")).await else {
         panic!("connected without TLS although the URL requires it");
     };
     let err = format!("{err:#}");
     assert!(err.contains("cannot connect to PostgreSQL at"), "{err}");
     assert!(!err.contains("password"), "{err}");
+}
+
+/// The tables and columns of a SQLite database, by table.
+fn sqlite_columns(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    tables
+        .into_iter()
+        .map(|table| {
+            let mut columns: Vec<String> = db
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                // A table's own row id is there whether named or not.
+                .filter(|c: &String| c != "rowid")
+                .collect();
+            columns.sort();
+            (table, columns)
+        })
+        .collect()
+}
+
+/// The tables and columns of a PostgreSQL database, by table.
+async fn postgres_columns(url: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut tables = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for row in client
+        .query(
+            "SELECT table_name, column_name FROM information_schema.columns
+             WHERE table_schema = 'public' ORDER BY table_name, column_name",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        tables.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    tables
+}
+
+/// Every table and column of a new state's schema is in `upgraded` (which may keep columns
+/// its engine no longer uses).
+fn holds_the_schema(
+    new: &std::collections::BTreeMap<String, Vec<String>>,
+    upgraded: &std::collections::BTreeMap<String, Vec<String>>,
+) {
+    for (table, columns) in new {
+        let have = upgraded
+            .get(table)
+            .unwrap_or_else(|| panic!("an upgraded state lacks the table {table}"));
+        for column in columns {
+            assert!(
+                have.contains(column),
+                "an upgraded state lacks {table}.{column}"
+            );
+        }
+    }
+}
+
+/// A SQLite state made at every version of its engine's history before the schema was one
+/// opens, and holds every table and column a new state has.
+#[test]
+fn a_sqlite_state_of_every_earlier_version_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new.db");
+    State::open(&new).unwrap();
+    let new = sqlite_columns(&new);
+    for version in 1..=super::legacy::SQLITE.len() {
+        let path = dir.path().join(format!("v{version}.db"));
+        {
+            let db = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::legacy::SQLITE[..version] {
+                db.execute_batch(sql).unwrap();
+            }
+            db.pragma_update(None, "user_version", version).unwrap();
+        }
+        State::open(&path).unwrap();
+        holds_the_schema(&new, &sqlite_columns(&path));
+    }
+}
+
+/// The same on PostgreSQL, whose history had its own numbering (1 to 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_state_of_every_earlier_version_is_brought_up_to_date() {
+    let fresh = test_postgres::database().await;
+    State::connect(&fresh).await.unwrap();
+    let new = postgres_columns(&fresh).await;
+    for version in 1..=super::legacy::POSTGRES.len() {
+        let url = test_postgres::database().await;
+        {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            for sql in &super::legacy::POSTGRES[..version] {
+                client.batch_execute(sql).await.unwrap();
+            }
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE schema_version (version BIGINT NOT NULL);
+                     INSERT INTO schema_version VALUES ({version})"
+                ))
+                .await
+                .unwrap();
+        }
+        let state = State::connect(&url).await.unwrap();
+        let key = MasterKey::generate();
+        state.check_master_key(&key).await.unwrap();
+        connection(&state, &key, "acme", "k-us7").await;
+        holds_the_schema(&new, &postgres_columns(&url).await);
+    }
 }
