@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use connector_host::workspace::{ConnectionChanges, ExportChanges};
 use connector_host::workspace::{ConnectionRecord, ExportRecord, RunRecord, RunState};
 use connector_host::{
-    Access, ApprovalStatus, ConnectionRequest, Credential, CredentialKind, ExportRequest, Plugin,
-    Secret,
+    Access, ApprovalStatus, ConnectionRequest, Credential, CredentialKind, ExportRequest,
+    FieldMapping, Plugin, Secret,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -222,12 +222,7 @@ impl From<ExportRecord> for ExportView {
             connection: e.connection,
             connector: e.connector,
             settings: e.settings.into_iter().collect(),
-            mapping: e
-                .mapping
-                .iter()
-                .filter_map(|m| m.split_once('='))
-                .map(|(f, c)| (f.to_string(), c.to_string()))
-                .collect(),
+            mapping: e.mapping.0.into_iter().collect(),
             segments: e.segments,
             schedule: e.schedule,
             leave_action: e.leave_action,
@@ -397,8 +392,9 @@ pub struct RemoveQuery {
     pub with_exports: bool,
 }
 
-fn mapping_pairs(mapping: &BTreeMap<String, String>) -> Vec<String> {
-    mapping.iter().map(|(f, c)| format!("{f}={c}")).collect()
+/// A mapping as the library takes it: each field to its column, checked.
+fn mapping_of(mapping: &BTreeMap<String, String>) -> anyhow::Result<FieldMapping> {
+    FieldMapping::from_columns(mapping)
 }
 
 #[utoipa::path(get, path = "/api/v1/me", tag = "people",
@@ -610,7 +606,7 @@ pub async fn add_export(
                 name: body.name,
                 connection: body.connection,
                 settings: body.settings.into_iter().collect(),
-                mapping: mapping_pairs(&body.mapping),
+                mapping: mapping_of(&body.mapping)?,
                 segments: body.segments,
                 schedule: body.schedule.filter(|s| !s.trim().is_empty()),
                 leave_action: body.leave_action.filter(|s| !s.trim().is_empty()),
@@ -656,7 +652,7 @@ pub async fn edit_export(
     let changes = ExportChanges {
         set: body.settings.into_iter().collect(),
         unset: body.unset,
-        mapping: body.mapping.as_ref().map(mapping_pairs),
+        mapping: body.mapping.as_ref().map(mapping_of).transpose()?,
         segments: body.segments,
         schedule: body.schedule.map(empty_is_none),
         leave_action: body.leave_action.map(empty_is_none),

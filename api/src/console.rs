@@ -101,6 +101,9 @@ fn refused(caller: Option<&Caller>, problem: Problem) -> Response {
         Some(missing @ Missing::PrivacyNotice { .. }) => {
             format!("{missing}: tick the box that accepts it.")
         }
+        Some(missing @ Missing::Approval { .. }) => {
+            format!("{missing} on the Connectors page.")
+        }
         Some(missing) => format!("{missing}; ask the server's operator."),
         None => problem.detail.clone(),
     };
@@ -674,7 +677,7 @@ async fn add_export(
                     name: name.clone(),
                     connection: field(&form, "connection").into(),
                     settings,
-                    mapping: lines(field(&form, "mapping")),
+                    mapping: connector_host::FieldMapping::parse(&lines(field(&form, "mapping")))?,
                     segments: field(&form, "segments")
                         .split(',')
                         .map(str::trim)
@@ -715,7 +718,7 @@ async fn export(
                 dl {
                     dt { "Connection" } dd { (export.connection) " (" (export.connector) ")" }
                     dt { "Settings" } dd { @for (k, v) in &export.settings { (k) " = " (v) br; } }
-                    dt { "Data matching" } dd { (export.mapping.join(", ")) }
+                    dt { "Data matching" } dd { (export.mapping) }
                     dt { "Segments" } dd { (export.segments.join(", ")) }
                     dt { "Schedule" } dd { (export.schedule.as_deref().unwrap_or("on demand")) }
                     dt { "Leavers" } dd { (export.leave_action.as_deref().unwrap_or("counted only")) }

@@ -106,6 +106,9 @@ fn words(missing: &Missing) -> String {
                 "connection `{connection}` is used by {which}; remove {those} first, or ask with `?with_exports=true` to remove {them} too"
             )
         }
+        Missing::Approval { connector, .. } => format!(
+            "{missing} (GET /api/v1/connectors shows what it asks for; POST /api/v1/connectors/{connector}/approve approves it)"
+        ),
         Missing::MasterKey | Missing::ProfileSource | Missing::OAuthApp { .. } => {
             format!("{missing}; the server's operator sets it up")
         }

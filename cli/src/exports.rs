@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use connector_host::run::SyncState;
 use connector_host::workspace::{ExportChanges, MAX_BAD_ROWS_SETTING, Trigger};
-use connector_host::{ExportRequest, RunRequest, Schedule};
+use connector_host::{ExportRequest, FieldMapping, RunRequest, Schedule};
 
 use connector_host::ConsoleProgress;
 
@@ -177,7 +177,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
                         name: name.clone(),
                         connection: connection.clone(),
                         settings: parse_settings(settings)?,
-                        mapping: mappings.clone(),
+                        mapping: FieldMapping::parse(mappings)?,
                         segments: segments.clone(),
                         schedule: schedule.clone(),
                         leave_action: leave_action.clone(),
@@ -213,7 +213,9 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             let changes = ExportChanges {
                 set: parse_settings(settings)?,
                 unset: unset.clone(),
-                mapping: (!mappings.is_empty()).then(|| mappings.clone()),
+                mapping: (!mappings.is_empty())
+                    .then(|| FieldMapping::parse(mappings))
+                    .transpose()?,
                 segments: (!segments.is_empty()).then(|| segments.clone()),
                 schedule: match (schedule, no_schedule) {
                     (Some(text), _) => Some(Some(text.clone())),
@@ -232,7 +234,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             println!(
                 "changed export `{}`: mapping {}; segments {}; leave action {}; schedule {} (next run {})",
                 record.name,
-                record.mapping.join(", "),
+                record.mapping,
                 record.segments.join(", "),
                 record.leave_action.as_deref().unwrap_or("none"),
                 record.schedule.as_deref().unwrap_or("none"),
@@ -329,7 +331,7 @@ pub async fn run(session: &Session<'_>, command: &ExportCommand) -> Result<ExitC
             for (k, v) in &e.settings {
                 println!("  setting      {k} = {v}");
             }
-            println!("  mapping      {}", e.mapping.join(", "));
+            println!("  mapping      {}", e.mapping);
             println!("  segments     {}", e.segments.join(", "));
             println!(
                 "  leave action {}",

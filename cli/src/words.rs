@@ -39,6 +39,9 @@ fn missing_words(missing: &Missing) -> String {
                 "connection `{connection}` is used by {which}; remove {those} first, or give --with-exports to remove {them} too"
             )
         }
+        Missing::Approval { connector, .. } => format!(
+            "{missing} (`connector-host plugins` shows what it asks for; `connector-host plugins approve {connector}` approves it)"
+        ),
         Missing::OAuthApp { connector } => format!(
             "no OAuth application is set for connector `{connector}`: an administrator sets one with `connector-host oauth-app set {connector}`"
         ),

@@ -609,8 +609,8 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
     use std::sync::Arc;
 
     use connector_host::{
-        Access, Actor, ConnectionRequest, Credential, ExportRequest, MasterKey, NoProgress, Role,
-        RunRequest, Secret, Workspace,
+        Access, Actor, ConnectionRequest, Credential, ExportRequest, FieldMapping, MasterKey,
+        NoProgress, Role, RunRequest, Secret, Workspace,
     };
     use connector_tests::harness::open_host;
     use connector_tests::sample::GeneratedSource;
@@ -663,7 +663,7 @@ async fn an_embedder_run_over_a_million_profiles_is_refused_before_sending() {
                 name: "all".into(),
                 connection: "acme".into(),
                 settings: vec![("list-id".into(), list.clone())],
-                mapping: vec!["email=email".into()],
+                mapping: FieldMapping::parse(&["email=email"]).unwrap(),
                 segments: vec!["everyone".into()],
                 schedule: None,
                 leave_action: None,

@@ -109,7 +109,7 @@ async fn connectors_are_used_only_as_an_administrator_approved_them() {
 
     // Nobody can use it, and only an administrator can approve it.
     let err = op.fails(&connection_add("shady", "hostile", &sim.base_url()));
-    assert!(err.contains("connector `hostile` has not been approved: an administrator must review what it asks for (`connector-host plugins`) and approve it (`connector-host plugins approve hostile`)"), "{err}");
+    assert!(err.contains("connector `hostile` has not been approved: an administrator must review what it asks for and approve it (`connector-host plugins` shows what it asks for; `connector-host plugins approve hostile` approves it)"), "{err}");
     assert!(op.ok(&["connection", "list"]).contains("no connections"));
     let err = op.fails(&["--as", "contributor", "plugins", "approve", "hostile"]);
     assert!(

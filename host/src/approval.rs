@@ -3,9 +3,10 @@
 //! content or hosts changed since, cannot be used by connections or exports until an
 //! administrator approves it (again).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 
+use crate::failure::Missing;
 use crate::plugins::Plugin;
 
 /// What an administrator approved.
@@ -82,17 +83,23 @@ pub fn require(plugin: &Plugin, approval: Option<&Approval>) -> Result<()> {
     let id = &plugin.info.id;
     match ApprovalStatus::of(plugin, approval) {
         ApprovalStatus::Approved => Ok(()),
-        ApprovalStatus::NotApproved => bail!(
-            "connector `{id}` has not been approved: an administrator must review what it asks for (`connector-host plugins`) and approve it (`connector-host plugins approve {id}`)"
-        ),
+        ApprovalStatus::NotApproved => Err(Missing::Approval {
+            connector: id.clone(),
+            changed: None,
+        }
+        .into()),
         ApprovalStatus::Changed(changes) => {
             let approval = approval.expect("changed implies approved once");
-            bail!(
-                "connector `{id}` changed since {} approved it at {}: {}; an administrator must review it and approve it again (`connector-host plugins approve {id}`)",
-                approval.approved_by,
-                approval.approved_at,
-                changes.join("; ")
-            )
+            Err(Missing::Approval {
+                connector: id.clone(),
+                changed: Some(format!(
+                    "changed since {} approved it at {}: {}",
+                    approval.approved_by,
+                    approval.approved_at,
+                    changes.join("; ")
+                )),
+            }
+            .into())
         }
     }
 }

@@ -79,6 +79,12 @@ pub enum Missing {
     },
     /// The OAuth application of a connector, which an administrator sets.
     OAuthApp { connector: String },
+    /// An administrator's approval of the connector as its file is now (`changed`: how it
+    /// differs from what was approved, when it was).
+    Approval {
+        connector: String,
+        changed: Option<String>,
+    },
 }
 
 impl Missing {
@@ -127,6 +133,20 @@ impl fmt::Display for Missing {
             Missing::OAuthApp { connector } => write!(
                 f,
                 "no OAuth application is set for connector `{connector}`: an administrator must set one"
+            ),
+            Missing::Approval {
+                connector,
+                changed: None,
+            } => write!(
+                f,
+                "connector `{connector}` has not been approved: an administrator must review what it asks for and approve it"
+            ),
+            Missing::Approval {
+                connector,
+                changed: Some(how),
+            } => write!(
+                f,
+                "connector `{connector}` {how}; an administrator must review it and approve it again"
             ),
         }
     }

@@ -6,29 +6,50 @@ use anyhow::{Result, bail};
 use crate::contract::{ConnectorInfo, Contact};
 use crate::source::Profile;
 
-/// Contact field key → profile column, as the export configures it.
+/// Contact field key → profile column, as the export configures it: typed from where it is
+/// given (a flag, a JSON object, a form) to the run. Stored and shown as `field=column` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct FieldMapping(pub Vec<(String, String)>);
 
 impl FieldMapping {
     /// Parses `field=column` pairs, e.g. `["email=email_address", "first-name=given_name"]`.
     pub fn parse<S: AsRef<str>>(pairs: &[S]) -> Result<FieldMapping> {
-        let mut mapping = Vec::new();
+        let mut split = Vec::with_capacity(pairs.len());
         for pair in pairs {
             let pair = pair.as_ref();
             let Some((field, column)) = pair.split_once('=') else {
                 bail!("mapping `{pair}` must look like FIELD=COLUMN, e.g. email=email_address");
             };
-            let (field, column) = (field.trim(), column.trim());
+            split.push((field, column));
+        }
+        FieldMapping::from_columns(split)
+    }
+
+    /// The mapping of each contact field to its column, checked: no blank name, no field
+    /// mapped twice.
+    pub fn from_columns<F: AsRef<str>, C: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (F, C)>,
+    ) -> Result<FieldMapping> {
+        let mut mapping: Vec<(String, String)> = Vec::new();
+        for (field, column) in pairs {
+            let (field, column) = (field.as_ref().trim(), column.as_ref().trim());
             if field.is_empty() || column.is_empty() {
-                bail!("mapping `{pair}` must look like FIELD=COLUMN, e.g. email=email_address");
+                bail!(
+                    "mapping `{field}={column}` must name a contact field and a profile column, e.g. email=email_address"
+                );
             }
-            if mapping.iter().any(|(f, _): &(String, String)| f == field) {
+            if mapping.iter().any(|(f, _)| f == field) {
                 bail!("contact field `{field}` is mapped twice");
             }
             mapping.push((field.to_string(), column.to_string()));
         }
         Ok(FieldMapping(mapping))
+    }
+
+    /// `field=column` pairs, in order.
+    pub fn pairs(&self) -> Vec<String> {
+        self.0.iter().map(|(f, c)| format!("{f}={c}")).collect()
     }
 
     /// The contact fields mapped, `email` first, as the contract's `export-config.fields` says.
@@ -174,5 +195,24 @@ impl ResolvedMapping {
                 )
             })
         })
+    }
+}
+
+impl TryFrom<Vec<String>> for FieldMapping {
+    type Error = anyhow::Error;
+    fn try_from(pairs: Vec<String>) -> Result<FieldMapping> {
+        FieldMapping::parse(&pairs)
+    }
+}
+
+impl From<FieldMapping> for Vec<String> {
+    fn from(mapping: FieldMapping) -> Vec<String> {
+        mapping.pairs()
+    }
+}
+
+impl std::fmt::Display for FieldMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.pairs().join(", "))
     }
 }

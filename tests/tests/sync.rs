@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_host::{
-    Access, Actor, BrokerPolicy, ConnectionRequest, Credential, ExportRequest, MasterKey,
-    NoProgress, Role, RunOptions, RunReport, RunRequest, RunStatus, Secret, Workspace,
+    Access, Actor, BrokerPolicy, ConnectionRequest, Credential, ExportRequest, FieldMapping,
+    MasterKey, NoProgress, Role, RunOptions, RunReport, RunRequest, RunStatus, Secret, Workspace,
 };
 use connector_tests::harness::{install_connectors, open_host};
 use connector_tests::live::{LiveSource, Person};
@@ -124,12 +124,13 @@ async fn world(mailchimp: bool, leave_action: Option<&str>, options: RunOptions)
                 name: "sync".into(),
                 connection: "acme".into(),
                 settings,
-                mapping: vec![
-                    "email=email".into(),
-                    "first-name=first_name".into(),
-                    "last-name=last_name".into(),
-                    plan.into(),
-                ],
+                mapping: FieldMapping::parse(&[
+                    "email=email",
+                    "first-name=first_name",
+                    "last-name=last_name",
+                    plan,
+                ])
+                .unwrap(),
                 segments: vec!["members".into()],
                 schedule: None,
                 leave_action: leave_action.map(String::from),

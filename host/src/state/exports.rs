@@ -11,6 +11,7 @@ use super::postgres::{self, Lease};
 use super::{Access, Actor, State, now, sqlite};
 use crate::failure::{Conflict, NotFound};
 use crate::fence::Fence;
+use crate::mapping::FieldMapping;
 
 /// A saved export.
 #[derive(Debug, Clone, Serialize)]
@@ -25,7 +26,7 @@ pub struct ExportRecord {
     pub connector: String,
     pub settings: Vec<(String, String)>,
     /// `field=column` pairs.
-    pub mapping: Vec<String>,
+    pub mapping: FieldMapping,
     pub segments: Vec<String>,
     /// A cron expression (UTC), when the export runs on a schedule.
     pub schedule: Option<String>,
@@ -41,7 +42,7 @@ pub struct NewExport<'a> {
     pub name: &'a str,
     pub connection_id: i64,
     pub settings: &'a [(String, String)],
-    pub mapping: &'a [String],
+    pub mapping: &'a FieldMapping,
     pub segments: &'a [String],
     pub schedule: Option<&'a str>,
     pub leave_action: Option<&'a str>,

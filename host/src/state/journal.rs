@@ -632,7 +632,7 @@ mod tests {
                         name,
                         connection_id: connection.id,
                         settings: &[],
-                        mapping: &["email=email".into()],
+                        mapping: &crate::FieldMapping::parse(&["email=email"]).unwrap(),
                         segments: &["all".into()],
                         schedule: None,
                         leave_action: None,

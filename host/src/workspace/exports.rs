@@ -19,8 +19,8 @@ pub struct ExportChanges {
     pub set: Vec<(String, String)>,
     /// Settings to remove.
     pub unset: Vec<String>,
-    /// The whole mapping, `field=column` pairs.
-    pub mapping: Option<Vec<String>>,
+    /// The whole mapping.
+    pub mapping: Option<FieldMapping>,
     /// The whole list of segments.
     pub segments: Option<Vec<String>>,
     /// `Some(None)` removes the schedule.
@@ -36,8 +36,8 @@ pub struct ExportRequest {
     pub name: String,
     pub connection: String,
     pub settings: Vec<(String, String)>,
-    /// `field=column` pairs.
-    pub mapping: Vec<String>,
+    /// Which profile column feeds which contact field.
+    pub mapping: FieldMapping,
     pub segments: Vec<String>,
     /// A cron expression (UTC).
     pub schedule: Option<String>,
@@ -143,7 +143,7 @@ impl Workspace {
         }
         let export = Export {
             settings: request.settings.clone(),
-            mapping: FieldMapping::parse(&request.mapping).with_context(not_done)?,
+            mapping: request.mapping.clone(),
             segments: request.segments.clone(),
             leave_action: request.leave_action.clone(),
         };
@@ -183,11 +183,11 @@ impl Workspace {
 }
 
 /// A saved export as the library runs it.
-pub(super) fn saved(export: &ExportRecord) -> Result<Export> {
-    Ok(Export {
+pub(super) fn saved(export: &ExportRecord) -> Export {
+    Export {
         settings: export.settings.clone(),
-        mapping: FieldMapping::parse(&export.mapping)?,
+        mapping: export.mapping.clone(),
         segments: export.segments.clone(),
         leave_action: export.leave_action.clone(),
-    })
+    }
 }

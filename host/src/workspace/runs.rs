@@ -352,7 +352,7 @@ impl Workspace {
             .run_export_with(
                 plugin,
                 &connection,
-                &saved(export)?,
+                &saved(export),
                 source,
                 &options,
                 progress,
@@ -377,7 +377,7 @@ impl Workspace {
         };
         let mut plan = self
             .host()?
-            .plan_export_with(plugin, &saved(&export)?, self.source()?, &options)
+            .plan_export_with(plugin, &saved(&export), self.source()?, &options)
             .await?;
         plan.continues_run = continues;
         Ok(plan)
@@ -394,7 +394,7 @@ impl Workspace {
         let basis = SyncBasis {
             connector: plugin.info.id.clone(),
             connector_version: plugin.info.version.clone(),
-            mapping: export.mapping.clone(),
+            mapping: export.mapping.pairs(),
             settings: export.settings.clone(),
         };
         if asked {

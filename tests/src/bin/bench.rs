@@ -752,7 +752,8 @@ impl Bench {
                             name: format!("export-{e:02}"),
                             connection: format!("account-{}", e % 2),
                             settings: vec![("audience-id".into(), sims[e % 2].info.list.clone())],
-                            mapping: vec!["email=email".into(), "first-name=first_name".into()],
+                            mapping: FieldMapping::parse(&["email=email", "first-name=first_name"])
+                                .unwrap(),
                             segments: vec!["everyone".into()],
                             schedule: None,
                             leave_action: None,
@@ -1249,11 +1250,12 @@ async fn sync_runs(
                 name: "bench".into(),
                 connection: "bench".into(),
                 settings,
-                mapping: vec![
-                    "email=email".into(),
-                    "first-name=first_name".into(),
-                    "last-name=last_name".into(),
-                ],
+                mapping: FieldMapping::parse(&[
+                    "email=email",
+                    "first-name=first_name",
+                    "last-name=last_name",
+                ])
+                .unwrap(),
                 segments: export.segments,
                 schedule: None,
                 leave_action: Some(leave_action.into()),
