@@ -30,6 +30,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "CONTRACT_V0_1",
     ),
     (
+        "contract-v0-2-connector",
+        "contract_v0_2_connector.wasm",
+        "CONTRACT_V0_2",
+    ),
+    (
         "contract-future-connector",
         "contract_future_connector.wasm",
         "CONTRACT_FUTURE",

@@ -41,6 +41,12 @@ pub struct ConnectorView {
     pub contact_fields: Vec<FieldView>,
     /// What it can do to contacts who left an export's segments.
     pub leave_actions: Vec<FieldView>,
+    /// How the host sends the connection's credential to the vendor, in words.
+    pub credential: String,
+    /// The vendor's limits it declares, in words (requests at once, rate windows).
+    pub limits: Vec<String>,
+    /// What erasing a person at the vendor does, when the connector can.
+    pub erasure: Option<String>,
 }
 
 /// A setting, contact field or leave action a connector declares.
@@ -94,8 +100,21 @@ impl ConnectorView {
                     required: false,
                 })
                 .collect(),
+            credential: info.auth.describe(),
+            limits: limits_of(info),
+            erasure: info.erasure.clone(),
         }
     }
+}
+
+/// A connector's declared limits, in words.
+pub fn limits_of(info: &connector_host::contract::ConnectorInfo) -> Vec<String> {
+    let mut limits = vec![match info.max_concurrent_requests {
+        0 => "no published limit of requests at once".to_string(),
+        n => format!("{n} requests at once"),
+    }];
+    limits.extend(info.rate_windows.iter().map(|w| w.describe()));
+    limits
 }
 
 /// Who may use a connection.

@@ -537,7 +537,7 @@ async fn connectors(
             "Connectors",
             html! {
                 table {
-                    thead { tr { th { "Connector" } th { "Version" } th { "Hosts" } th { "SHA-256" } th { "Approval" } } }
+                    thead { tr { th { "Connector" } th { "Version" } th { "Hosts" } th { "Credential" } th { "Limits" } th { "SHA-256" } th { "Approval" } } }
                     tbody {
                         @for (plugin, status) in &list {
                             @let view = ConnectorView::of(plugin, status);
@@ -545,6 +545,8 @@ async fn connectors(
                                 td { (view.display_name) " (" (view.id) ")" }
                                 td { (view.version) }
                                 td { (view.hosts.join(", ")) }
+                                td { "sent as " (view.credential) }
+                                td { (view.limits.join("; ")) }
                                 td { code.digest { (view.sha256) } }
                                 td {
                                     (view.approval)

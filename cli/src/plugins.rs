@@ -215,7 +215,14 @@ fn plugin_json(plugin: &Plugin, status: &ApprovalStatus) -> serde_json::Value {
         "default_base_url": info.default_base_url,
         "max_batch_size": info.max_batch_size,
         "max_concurrent_requests": info.max_concurrent_requests,
-        "max_requests_per_second": info.max_requests_per_second,
+        "credential": info.auth.describe(),
+        "rate_windows": info.rate_windows.iter().map(|w| json!({
+            "requests": w.requests, "seconds": w.seconds,
+            "method": w.applies_to.as_ref().and_then(|c| c.method.clone()),
+            "path_prefix": w.applies_to.as_ref().map(|c| c.path_prefix.clone()),
+            "words": w.describe(),
+        })).collect::<Vec<_>>(),
+        "erasure": info.erasure,
         "settings": info.config_fields.iter().map(|f| json!({
             "key": f.key, "label": f.label, "help": f.help, "required": f.required,
         })).collect::<Vec<_>>(),
@@ -227,6 +234,7 @@ fn plugin_json(plugin: &Plugin, status: &ApprovalStatus) -> serde_json::Value {
         "custom_field_max_length": (info.custom_field_max_length > 0).then_some(info.custom_field_max_length),
         "leave_actions": info.leave_actions.iter().map(|a| json!({
             "id": a.id, "label": a.label, "help": a.help, "reversible": a.reversible,
+            "batch_size": (a.batch_size > 0).then_some(a.batch_size),
         })).collect::<Vec<_>>(),
     })
 }
@@ -267,7 +275,17 @@ fn print_plugin(plugin: &Plugin, status: &ApprovalStatus) {
     println!("  sha256:    {}", plugin.digest);
     println!("  hosts:     {}", info.hosts.join(", "));
     println!("  base URL:  {}", info.default_base_url);
+    println!("  credential: sent as {}", info.auth.describe());
     println!("  batch:     up to {} contacts", info.max_batch_size);
+    let mut limits = vec![match info.max_concurrent_requests {
+        0 => "no published limit of requests at once".to_string(),
+        n => format!("{n} requests at once"),
+    }];
+    limits.extend(info.rate_windows.iter().map(|w| w.describe()));
+    println!("  limits:    {} (per account)", limits.join("; "));
+    if let Some(erasure) = &info.erasure {
+        println!("  erasure:   {erasure}");
+    }
     for f in &info.config_fields {
         println!(
             "  setting:   {}{} ({}): {}",

@@ -64,7 +64,7 @@ async fn operator_lists_plugins_and_runs_an_export_from_the_command_line() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        stdout.contains("campaign-monitor 0.1.0 (Campaign Monitor), contract 0.2.0"),
+        stdout.contains("campaign-monitor 0.1.0 (Campaign Monitor), contract 0.3.0"),
         "{stdout}"
     );
     assert!(stdout.contains("setting:   list-id (required)"), "{stdout}");

@@ -95,7 +95,7 @@ async fn connectors_are_used_only_as_an_administrator_approved_them() {
     let listing = op.ok(&["plugins"]);
     assert!(
         listing.contains(
-            "hostile 0.1.0 (Hostile test connector), contract 0.2.0\n  approval:  NOT APPROVED"
+            "hostile 0.1.0 (Hostile test connector), contract 0.3.0\n  approval:  NOT APPROVED"
         ),
         "{listing}"
     );

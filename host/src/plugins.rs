@@ -14,7 +14,7 @@ use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
 use crate::broker::{Broker, check_declared_host, check_default_base_url};
-use crate::contract::{self, ConnectorInfo, ConnectorPre};
+use crate::contract::{self, AuthScheme, ConnectorInfo, ConnectorPre};
 use crate::sandbox::Sandbox;
 use crate::text::{self, MAX_LABEL_CHARS, MAX_MESSAGE_CHARS};
 
@@ -538,6 +538,55 @@ fn check_info(mut info: ConnectorInfo) -> Result<ConnectorInfo> {
         }
         action.label = text::clean(&action.label, MAX_LABEL_CHARS);
         action.help = text::clean(&action.help, MAX_MESSAGE_CHARS);
+        if action.batch_size > info.max_batch_size {
+            bail!(
+                "connector `{id}`'s leave action `{}` takes {} leavers a call, more than its max batch size of {}",
+                action.id,
+                action.batch_size,
+                info.max_batch_size
+            );
+        }
+    }
+    if let AuthScheme::Header(header) = &info.auth
+        && let Err(why) = crate::broker::check_credential_header(&header.name, &header.prefix)
+    {
+        bail!("connector `{id}` declares a credential header that cannot be used: {why}");
+    }
+    if info.rate_windows.len() > 20 {
+        bail!(
+            "connector `{id}` declares {} rate windows; at most 20 are allowed",
+            info.rate_windows.len()
+        );
+    }
+    for window in &mut info.rate_windows {
+        if window.requests == 0 || window.seconds == 0 || window.seconds > 31 * 24 * 3600 {
+            bail!(
+                "connector `{id}` declares a rate window of {} requests in {} s; both must be positive, and the window at most 31 days",
+                window.requests,
+                window.seconds
+            );
+        }
+        if let Some(class) = &mut window.applies_to {
+            if let Some(method) = &class.method
+                && http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).is_err()
+            {
+                bail!(
+                    "connector `{id}` declares a rate window for the method `{}`, which is not an HTTP method",
+                    text::clean(method, MAX_LABEL_CHARS)
+                );
+            }
+            if !(class.path_prefix.is_empty() || class.path_prefix.starts_with('/'))
+                || class.path_prefix.chars().any(char::is_control)
+            {
+                bail!(
+                    "connector `{id}` declares a rate window for the path `{}`; a path starts with /",
+                    text::clean(&class.path_prefix, MAX_LABEL_CHARS)
+                );
+            }
+        }
+    }
+    if let Some(erasure) = &mut info.erasure {
+        *erasure = text::clean(erasure, MAX_MESSAGE_CHARS);
     }
     Ok(info)
 }

@@ -53,6 +53,14 @@ fn connection(w: &World, token: &str) -> Connection {
     }
 }
 
+/// Runs against the simulator without MailerLite's real windows (5 imports a minute would make
+/// this test take minutes; `contract.rs` proves windows are kept).
+fn unpaced() -> RunOptions {
+    let mut options = RunOptions::default();
+    options.broker.max_requests_per_second = Some(1_000.0);
+    options
+}
+
 fn export(group: &str) -> Export {
     Export {
         settings: vec![("group-id".into(), group.into())],
@@ -86,7 +94,7 @@ async fn the_javascript_connector_exports_the_segment_and_never_resubscribes() {
             &connection(&w, TOKEN),
             &export(&w.group),
             &source,
-            &RunOptions::default(),
+            &unpaced(),
             &NoProgress,
         )
         .await
@@ -150,7 +158,7 @@ async fn a_wrong_token_or_an_unknown_group_fails_before_anything_is_sent() {
             &connection(&w, "wrong-token"),
             &export(&w.group),
             &source,
-            &RunOptions::default(),
+            &unpaced(),
             &NoProgress,
         )
         .await;
@@ -165,7 +173,7 @@ async fn a_wrong_token_or_an_unknown_group_fails_before_anything_is_sent() {
             &connection(&w, TOKEN),
             &export("999"),
             &source,
-            &RunOptions::default(),
+            &unpaced(),
             &NoProgress,
         )
         .await;

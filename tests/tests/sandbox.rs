@@ -333,7 +333,7 @@ async fn components_outside_the_contract_are_refused_at_load_with_the_reason() {
     );
     assert_eq!(
         reason("future.wasm"),
-        "built for cdp:connector@0.3.0, which this host does not support; it supports cdp:connector@0.1.x and cdp:connector@0.2.x"
+        "built for cdp:connector@0.4.0, which this host does not support; it supports cdp:connector@0.1.x, cdp:connector@0.2.x and cdp:connector@0.3.x"
     );
 
     // Every component that compiled is in the cache; a second start loads from it.

@@ -75,12 +75,16 @@ impl Connector for CampaignMonitor {
                 "Unsubscribes the contact from the list. Irreversible: Campaign Monitor re-activates unsubscribed people only when they subscribe again themselves.",
                 false,
             )
+            // One person a request at the vendor: one a call, so that each is recorded the
+            // moment Campaign Monitor acknowledged it.
+            .leave_batch_size(1)
             .leave_action(
                 "delete",
                 "Delete",
                 "Moves the contact to the list's deleted state. Irreversible: a deleted contact cannot be added back by an export.",
                 false,
             )
+            .leave_batch_size(1)
             // Campaign Monitor publishes no concurrency or rate limit for imports (it throttles
             // with 429, which the host's broker rides out).
             .max_batch_size(MAX_BATCH)

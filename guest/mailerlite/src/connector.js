@@ -55,18 +55,26 @@ export const exportDestination = {
           label: 'Remove from the group',
           help: "Removes the contact from the export's group; they stay in the account. Reversible: the next run adds them back when they rejoin.",
           reversible: true,
+          batchSize: 0,
         },
         {
           id: 'unsubscribe',
           label: 'Unsubscribe',
           help: 'Unsubscribes the contact from the account. Irreversible: MailerLite lets only the person subscribe again.',
           reversible: false,
+          batchSize: 0,
         },
       ],
       maxBatchSize: MAX_BATCH,
       maxConcurrentRequests: 0,
-      // 120 requests a minute per account.
-      maxRequestsPerSecond: 2,
+      rateWindows: [
+        // 120 requests a minute per account (docs/vendors/mailerlite.md, section 1).
+        { requests: 120, seconds: 60, appliesTo: undefined },
+        // A batch of only upserts is an import, 5 a minute besides (section 4); every batch
+        // is counted as one, which holds the limit whatever a batch holds.
+        { requests: 5, seconds: 60, appliesTo: { method: 'POST', pathPrefix: '/batch' } },
+      ],
+      erasure: undefined,
     };
   },
 
@@ -112,6 +120,10 @@ export const exportDestination = {
       else throw vendorError(answer.code, answer.body);
     });
     return report;
+  },
+
+  eraseContacts() {
+    throw error('invalid-config', 'the MailerLite connector cannot erase people yet', undefined, false);
   },
 
   applyLeaveAction(config, action, contacts) {

@@ -71,6 +71,20 @@ pub trait Connector {
         )))
     }
 
+    /// Erases people at the vendor with its own erasure (a data-protection request). Only
+    /// connectors that declare an erasure ([`crate::Description::erasure`]) implement it; the
+    /// contacts carry only their email.
+    fn erase_contacts(
+        export: &Export<Self::Settings>,
+        contacts: &[Contact],
+    ) -> Result<BatchReport, ConnectorError> {
+        let _ = (export, contacts);
+        Err(ConnectorError::invalid_config(format!(
+            "{} cannot erase people at its vendor",
+            Self::NAME
+        )))
+    }
+
     /// A vendor's error answer as a [`ConnectorError`]; the default is
     /// [`Response::error`]. Override it for vendors whose bodies carry their own codes.
     fn vendor_error(response: &Response) -> ConnectorError {
@@ -235,6 +249,21 @@ impl<T: Connector> Guest for Exported<T> {
         Self::batch(&info, &contacts, || {
             T::apply_leave_action(&export, &action, &contacts)
         })
+    }
+
+    fn erase_contacts(
+        config: ExportConfig,
+        contacts: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        let info = T::describe();
+        if info.erasure.is_none() {
+            return Err(ConnectorError::invalid_config(format!(
+                "{} cannot erase people at its vendor",
+                T::NAME
+            )));
+        }
+        let export = Self::export(config, &info)?;
+        Self::batch(&info, &contacts, || T::erase_contacts(&export, &contacts))
     }
 }
 

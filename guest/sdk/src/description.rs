@@ -1,6 +1,9 @@
 //! [`Description`]: what `describe` returns, built a line a fact instead of a struct literal.
 
-use crate::{AuthScheme, ConfigField, ConnectorInfo, ContactField, LeaveAction, MAX_EMAIL_LENGTH};
+use crate::{
+    AuthScheme, ConfigField, ConnectorInfo, ContactField, LeaveAction, MAX_EMAIL_LENGTH,
+    RateWindow, RequestClass,
+};
 
 /// Builds a [`ConnectorInfo`]. It starts with the required `email` field, bearer
 /// authentication, batches of one, and no settings, leave actions or vendor limits.
@@ -36,7 +39,8 @@ impl Description {
             leave_actions: vec![],
             max_batch_size: 1,
             max_concurrent_requests: 0,
-            max_requests_per_second: 0,
+            rate_windows: vec![],
+            erasure: None,
         })
     }
 
@@ -119,6 +123,22 @@ impl Description {
         self
     }
 
+    /// The leave action declared last takes at most `size` leavers a call (1: the host records
+    /// each leaver as soon as the vendor acknowledged it; the default is the max batch size).
+    pub fn leave_batch_size(mut self, size: u32) -> Description {
+        if let Some(action) = self.0.leave_actions.last_mut() {
+            action.batch_size = size;
+        }
+        self
+    }
+
+    /// The connector can erase people at the vendor with its `erase_contacts`: what that does,
+    /// in a sentence (e.g. "permanently deletes the member and their data").
+    pub fn erasure(mut self, what: &str) -> Description {
+        self.0.erasure = Some(what.into());
+        self
+    }
+
     /// The most contacts one call takes.
     pub fn max_batch_size(mut self, size: u32) -> Description {
         self.0.max_batch_size = size;
@@ -131,9 +151,42 @@ impl Description {
         self
     }
 
-    /// Requests a second the vendor allows per account (0: no published rate).
-    pub fn max_requests_per_second(mut self, requests: u32) -> Description {
-        self.0.max_requests_per_second = requests;
+    /// Requests a second the vendor allows per account: a one-second rate window (0: none).
+    pub fn max_requests_per_second(self, requests: u32) -> Description {
+        match requests {
+            0 => self,
+            n => self.rate_window(n, 1),
+        }
+    }
+
+    /// The vendor allows at most `requests` in any `seconds`, per account, counting all
+    /// requests.
+    pub fn rate_window(mut self, requests: u32, seconds: u32) -> Description {
+        self.0.rate_windows.push(RateWindow {
+            requests,
+            seconds,
+            applies_to: None,
+        });
+        self
+    }
+
+    /// As [`Self::rate_window`], counting only requests with `method` (any when `None`) whose
+    /// path, after the base URL's own, starts with `path_prefix`.
+    pub fn rate_window_for(
+        mut self,
+        requests: u32,
+        seconds: u32,
+        method: Option<&str>,
+        path_prefix: &str,
+    ) -> Description {
+        self.0.rate_windows.push(RateWindow {
+            requests,
+            seconds,
+            applies_to: Some(RequestClass {
+                method: method.map(String::from),
+                path_prefix: path_prefix.into(),
+            }),
+        });
         self
     }
 

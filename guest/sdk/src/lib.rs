@@ -53,14 +53,26 @@ pub mod raw {
 
 pub use bindings::exports::cdp::connector::export_destination::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
-    ContactIssue, ErrorKind, ExportConfig, IssueKind, LeaveAction,
+    ContactIssue, ErrorKind, ExportConfig, HeaderAuth, IssueKind, LeaveAction, RateWindow,
+    RequestClass,
 };
 pub use connector::{Connector, Export, Exported, NoSettings};
 pub use description::Description;
 pub use report::ReportBuilder;
 
 /// The contract version this SDK implements.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.3.0";
+
+impl AuthScheme {
+    /// The secret in the header `name`, after `prefix` (e.g. `api-key` with no prefix, or
+    /// `Authorization` with `Klaviyo-API-Key `).
+    pub fn header(name: &str, prefix: &str) -> AuthScheme {
+        AuthScheme::Header(HeaderAuth {
+            name: name.into(),
+            prefix: prefix.into(),
+        })
+    }
+}
 
 impl Contact {
     /// A contact with only an email address.
@@ -147,6 +159,7 @@ impl LeaveAction {
             label: label.into(),
             help: help.into(),
             reversible,
+            batch_size: 0,
         }
     }
 }

@@ -256,3 +256,11 @@ pub fn apply_leave_action<T: Connector>(
 ) -> Result<BatchReport, ConnectorError> {
     <Exported<T> as Guest>::apply_leave_action(config, action.into(), contacts)
 }
+
+/// `erase-contacts`, as the host calls it.
+pub fn erase_contacts<T: Connector>(
+    config: ExportConfig,
+    contacts: Vec<Contact>,
+) -> Result<BatchReport, ConnectorError> {
+    <Exported<T> as Guest>::erase_contacts(config, contacts)
+}

@@ -13,51 +13,193 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 /// more explicitly.
 pub const MAX_DECLARED_IN_FLIGHT: usize = 64;
 
-/// Caps requests in flight and paces them.
+/// A vendor's rate limit as the broker paces it: at most `requests` in any `period`, counting
+/// the requests `class` matches (all of them when none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub requests: u32,
+    pub period: Duration,
+    pub class: Option<RequestClass>,
+}
+
+/// Which requests a window counts: a method (any when none) and the start of the path after
+/// the base URL's own path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestClass {
+    pub method: Option<http::Method>,
+    pub path_prefix: String,
+}
+
+/// The share of a window's rate the broker uses: requests are spaced 2% further apart than the
+/// vendor's own figure, so that clocks and queues on the way never tip a window over.
+const MARGIN: f64 = 1.02;
+
+impl Window {
+    /// The least time between two requests of the window.
+    fn interval(&self) -> Duration {
+        self.period
+            .mul_f64(MARGIN / f64::from(self.requests.max(1)))
+    }
+
+    fn counts(&self, method: &http::Method, path: &str) -> bool {
+        self.class.as_ref().is_none_or(|class| {
+            class.method.as_ref().is_none_or(|m| m == method)
+                && path.starts_with(class.path_prefix.as_str())
+        })
+    }
+}
+
+/// Caps requests in flight and paces them to the vendor's windows.
 pub struct Limits {
     slots: Semaphore,
-    pacer: Option<Mutex<Pacer>>,
+    /// The path of the connection's base URL: windows' classes match what follows it.
+    base_path: String,
+    windows: Vec<Arc<Paced>>,
+}
+
+/// One window with its next free send time.
+struct Paced {
+    window: Window,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Paced {
+    fn new(window: Window) -> Arc<Paced> {
+        Arc::new(Paced {
+            window,
+            next: Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// The time the next request may go out, reserving it.
+    fn reserve(&self) -> tokio::time::Instant {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let at = (*next).max(tokio::time::Instant::now());
+        *next = at + self.window.interval();
+        at
+    }
+
+    /// Nothing goes out before `until` (the vendor said to wait).
+    fn hold(&self, until: tokio::time::Instant) {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        *next = (*next).max(until);
+    }
 }
 
 impl Limits {
-    /// At most `in_flight` requests at once and, when given, `per_second` a second.
-    pub fn new(in_flight: usize, per_second: Option<f64>) -> Limits {
+    /// At most `in_flight` requests at once, paced to each of `windows` (a connection whose
+    /// base URL has the path `base_path`).
+    pub fn new(in_flight: usize, windows: Vec<Window>, base_path: &str) -> Limits {
         Limits {
             slots: Semaphore::new(in_flight.max(1)),
-            pacer: per_second.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
-                Mutex::new(Pacer {
-                    interval: Duration::from_secs_f64(1.0 / r),
-                    next: tokio::time::Instant::now(),
-                })
-            }),
+            base_path: base_path.trim_end_matches('/').to_string(),
+            windows: windows
+                .into_iter()
+                .filter(|w| w.requests > 0 && !w.period.is_zero())
+                .map(Paced::new)
+                .collect(),
         }
     }
 
-    /// Waits for a slot and for the pace; the slot is held until the permit is dropped (the
-    /// vendor counts a request until it has answered).
-    pub async fn admit(&self) -> tokio::sync::SemaphorePermit<'_> {
+    /// Shares these limits' windows with every run of this process against `account`: the
+    /// vendor counts the account's requests, whichever run sends them.
+    pub fn share(&mut self, account: &str) {
+        type Accounts = Mutex<std::collections::HashMap<(String, Window), Arc<Paced>>>;
+        static ACCOUNTS: std::sync::OnceLock<Accounts> = std::sync::OnceLock::new();
+        let mut accounts = ACCOUNTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for paced in &mut self.windows {
+            *paced = accounts
+                .entry((account.to_string(), paced.window.clone()))
+                .or_insert_with(|| paced.clone())
+                .clone();
+        }
+    }
+
+    /// Waits for a slot and for every window counting a `method` request to `path`; the slot is
+    /// held until the permit is dropped (the vendor counts a request until it has answered).
+    pub async fn admit(
+        &self,
+        method: &http::Method,
+        path: &str,
+    ) -> tokio::sync::SemaphorePermit<'_> {
         let slot = self.slots.acquire().await.expect("never closed");
-        if let Some(pacer) = &self.pacer {
-            let at = pacer.lock().unwrap().reserve();
+        let path = path.strip_prefix(self.base_path.as_str()).unwrap_or(path);
+        let at = self
+            .windows
+            .iter()
+            .filter(|p| p.window.counts(method, path))
+            .map(|p| p.reserve())
+            .max();
+        if let Some(at) = at {
             tokio::time::sleep_until(at).await;
         }
         slot
     }
-}
 
-/// Hands out send times at most one per `interval`, so requests never exceed a rate.
-struct Pacer {
-    interval: Duration,
-    next: tokio::time::Instant,
-}
-
-impl Pacer {
-    /// The time the next request may go out, reserving it.
-    fn reserve(&mut self) -> tokio::time::Instant {
-        let at = self.next.max(tokio::time::Instant::now());
-        self.next = at + self.interval;
-        at
+    /// Holds every window until the vendor's `Retry-After` or rate headers say requests may
+    /// go again (a throttled answer, or one saying none are left in the window).
+    pub fn note_answer(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        if let Some(wait) = rate_wait(status, headers) {
+            let until = tokio::time::Instant::now() + wait;
+            for paced in &self.windows {
+                paced.hold(until);
+            }
+        }
     }
+}
+
+/// How long the vendor asks to wait: `Retry-After` on a 429 or 503, or the reset of a window
+/// its rate headers say is spent (`X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`, and the
+/// spellings vendors use for them). At most 15 minutes.
+pub fn rate_wait(status: http::StatusCode, headers: &http::HeaderMap) -> Option<Duration> {
+    let number = |names: &[&str]| {
+        names.iter().find_map(|name| {
+            headers
+                .get(*name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let wait = if matches!(status.as_u16(), 429 | 503) {
+        super::retry::retry_after(headers)
+    } else {
+        None
+    };
+    let wait = wait.or_else(|| {
+        let remaining = number(&[
+            "x-ratelimit-remaining",
+            "ratelimit-remaining",
+            "x-rate-limit-remaining",
+            "x-sib-ratelimit-remaining",
+        ])?;
+        if remaining > 0.0 {
+            return None;
+        }
+        let reset = number(&[
+            "x-ratelimit-reset",
+            "ratelimit-reset",
+            "x-rate-limit-reset",
+            "x-sib-ratelimit-reset",
+        ])?;
+        // Seconds from now, or a Unix time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        let seconds = if reset > 1_000_000_000.0 {
+            reset - now
+        } else {
+            reset
+        };
+        (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+    })?;
+    Some(wait.min(Duration::from_secs(15 * 60)))
 }
 
 /// Bytes of bodies a run may hold in the host at once, shared by its requests and answers.
@@ -120,25 +262,109 @@ mod tests {
         assert_eq!(b.as_ref().map(|p| p.num_permits()), Some(50));
     }
 
+    fn window(requests: u32, seconds: u64, class: Option<(&str, &str)>) -> Window {
+        Window {
+            requests,
+            period: Duration::from_secs(seconds),
+            class: class.map(|(method, prefix)| RequestClass {
+                method: Some(method.parse().unwrap()),
+                path_prefix: prefix.into(),
+            }),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_are_paced_and_capped() {
-        let limits = Arc::new(Limits::new(2, Some(10.0)));
+        let limits = Arc::new(Limits::new(2, vec![window(10, 1, None)], ""));
+        let get = http::Method::GET;
         let start = tokio::time::Instant::now();
         let mut times = vec![];
         for _ in 0..5 {
-            let _slot = limits.admit().await;
+            let _slot = limits.admit(&get, "/x").await;
             times.push(start.elapsed());
         }
-        // One every 100 ms.
-        assert_eq!(times[4], Duration::from_millis(400));
-        let first = limits.admit().await;
-        let second = limits.admit().await;
-        let third = tokio::time::timeout(Duration::from_secs(5), limits.admit()).await;
+        // One every 102 ms (10 a second, 2% apart more).
+        assert_eq!(times[4], Duration::from_millis(408));
+        let first = limits.admit(&get, "/x").await;
+        let second = limits.admit(&get, "/x").await;
+        let third = tokio::time::timeout(Duration::from_secs(5), limits.admit(&get, "/x")).await;
         assert!(
             third.is_err(),
             "a third request went out with two in flight"
         );
         drop((first, second));
+    }
+
+    /// Windows as vendors state them: never more than a window's requests in any span of its
+    /// length, a class counting only its requests, shared by every run on an account.
+    #[tokio::test(start_paused = true)]
+    async fn every_window_holds_in_any_span_and_classes_count_their_own() {
+        let windows = vec![
+            window(120, 60, None),
+            window(5, 60, Some(("POST", "/batch"))),
+        ];
+        let run = |account: &str| {
+            let mut limits = Limits::new(16, windows.clone(), "/api");
+            limits.share(account);
+            Arc::new(limits)
+        };
+        let (a, b) = (run("acme"), run("acme"));
+        let start = tokio::time::Instant::now();
+        let mut sent: Vec<(Duration, bool)> = vec![];
+        for i in 0..40 {
+            let (limits, post) = if i % 2 == 0 {
+                (&a, i % 4 == 0)
+            } else {
+                (&b, false)
+            };
+            let (method, path) = match post {
+                true => (http::Method::POST, "/api/batch"),
+                false => (http::Method::GET, "/api/subscribers/x"),
+            };
+            let _slot = limits.admit(&method, path).await;
+            sent.push((start.elapsed(), post));
+        }
+        let most_in = |span: Duration, only_posts: bool| {
+            sent.iter()
+                .map(|(t, _)| {
+                    sent.iter()
+                        .filter(|(u, p)| *u >= *t && *u < *t + span && (!only_posts || *p))
+                        .count()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        assert!(most_in(Duration::from_secs(60), true) <= 5);
+        assert!(most_in(Duration::from_secs(60), false) <= 120);
+        // Ten batches over two runs of one account: the tenth waited out almost two windows.
+        let tenth_post = sent.iter().filter(|(_, p)| *p).nth(9).unwrap().0;
+        assert!(tenth_post >= Duration::from_secs(108), "{tenth_post:?}");
+
+        // Another account has windows of its own.
+        let other = run("other");
+        let before = tokio::time::Instant::now();
+        let _slot = other.admit(&http::Method::POST, "/api/batch").await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vendor_saying_wait_holds_every_window() {
+        let limits = Limits::new(4, vec![window(100, 1, None)], "");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("retry-after", "7".parse().unwrap());
+        limits.note_answer(http::StatusCode::TOO_MANY_REQUESTS, &headers);
+        let start = tokio::time::Instant::now();
+        let _slot = limits.admit(&http::Method::GET, "/x").await;
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+        let mut spent = http::HeaderMap::new();
+        spent.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        spent.insert("x-ratelimit-reset", "3".parse().unwrap());
+        assert_eq!(
+            rate_wait(http::StatusCode::OK, &spent),
+            Some(Duration::from_secs(3))
+        );
+        spent.insert("x-ratelimit-remaining", "4".parse().unwrap());
+        assert_eq!(rate_wait(http::StatusCode::OK, &spent), None);
     }
 }
 

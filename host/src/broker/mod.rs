@@ -35,10 +35,11 @@ use tracing::Instrument;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 pub use address::{DialPolicy, Resolve, SystemResolver};
+pub use credential::check_header as check_credential_header;
 pub use destination::{AllowList, check_declared_host, check_default_base_url, is_loopback_name};
 pub use limits::{
     AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, MAX_DECLARED_IN_FLIGHT, ProcessSlots,
-    SharedAccount,
+    RequestClass, SharedAccount, Window, rate_wait,
 };
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
 
@@ -77,7 +78,8 @@ pub struct BrokerPolicy {
     /// limit (at most [`MAX_DECLARED_IN_FLIGHT`]), or [`DEFAULT_MAX_IN_FLIGHT`] when it
     /// declares none.
     pub max_concurrent_requests: Option<usize>,
-    /// Requests per second per connection; `None` takes the connector's declared vendor rate.
+    /// Requests per second per connection, in place of the vendor's windows the connector
+    /// declares; `None` takes those.
     pub max_requests_per_second: Option<f64>,
 }
 
@@ -100,7 +102,7 @@ impl Default for BrokerPolicy {
 
 impl BrokerPolicy {
     /// Requests in flight allowed for a vendor declaring `vendor`.
-    pub fn in_flight(&self, vendor: VendorLimits) -> usize {
+    pub fn in_flight(&self, vendor: &VendorLimits) -> usize {
         self.max_concurrent_requests
             .unwrap_or(match vendor.max_concurrent_requests {
                 0 => DEFAULT_MAX_IN_FLIGHT,
@@ -109,18 +111,48 @@ impl BrokerPolicy {
             .max(1)
     }
 
-    fn per_second(&self, vendor: VendorLimits) -> Option<f64> {
-        self.max_requests_per_second
-            .or((vendor.max_requests_per_second > 0)
-                .then_some(vendor.max_requests_per_second as f64))
+    /// The windows a vendor declaring `vendor` is paced to: the operator's rate in place of
+    /// them, when one is set.
+    pub fn windows(&self, vendor: &VendorLimits) -> Vec<Window> {
+        match self.max_requests_per_second {
+            Some(rate) if rate.is_finite() && rate > 0.0 => vec![Window {
+                requests: 1,
+                period: Duration::from_secs_f64(1.0 / rate),
+                class: None,
+            }],
+            _ => vendor.windows.clone(),
+        }
     }
 }
 
-/// What the connector declares about its vendor's limits (0: none published).
-#[derive(Debug, Clone, Copy, Default)]
+/// What the connector declares about its vendor's limits (0 and none: none published).
+#[derive(Debug, Clone, Default)]
 pub struct VendorLimits {
     pub max_concurrent_requests: u32,
-    pub max_requests_per_second: u32,
+    pub windows: Vec<Window>,
+}
+
+impl VendorLimits {
+    /// The limits a connector's description declares.
+    pub fn declared(info: &crate::contract::ConnectorInfo) -> VendorLimits {
+        VendorLimits {
+            max_concurrent_requests: info.max_concurrent_requests,
+            windows: info
+                .rate_windows
+                .iter()
+                .map(|w| Window {
+                    requests: w.requests,
+                    period: Duration::from_secs(u64::from(w.seconds)),
+                    class: w.applies_to.as_ref().map(|c| limits::RequestClass {
+                        method: c.method.as_deref().and_then(|m| {
+                            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()
+                        }),
+                        path_prefix: c.path_prefix.clone(),
+                    }),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a run's requests did, for the run report.
@@ -177,7 +209,8 @@ pub struct Broker {
     /// Names the connection in traces (never its credential).
     connection: String,
     allowed: AllowList,
-    authorization: Option<HeaderValue>,
+    /// The credential's header, as the connector's scheme names it, and its value.
+    authorization: Option<(header::HeaderName, HeaderValue)>,
     policy: BrokerPolicy,
     limits: limits::Limits,
     /// The vendor account's slots, shared with other runs (and workers) using the account.
@@ -203,12 +236,14 @@ pub struct BrokerSetup<'a> {
     pub credential: Option<&'a Credential>,
     pub vendor: VendorLimits,
     pub policy: BrokerPolicy,
+    /// The path of the connection's base URL (windows' classes match what follows it).
+    pub base_path: &'a str,
 }
 
 impl Broker {
     /// A broker sending over the host's network, with connections kept alive for reuse.
     pub fn over_network(setup: BrokerSetup, network: &Network) -> Result<Broker> {
-        let keep_alive = setup.policy.in_flight(setup.vendor);
+        let keep_alive = setup.policy.in_flight(&setup.vendor);
         let transport = network.transport(setup.allowed.dial_policy().clone(), keep_alive);
         Broker::with_transport(setup, Arc::new(transport))
     }
@@ -228,19 +263,17 @@ impl Broker {
             })
             .transpose()?;
         let policy = setup.policy;
+        let in_flight = policy.in_flight(&setup.vendor);
         Ok(Broker {
             connector: setup.connector.to_string(),
             connection: String::new(),
             allowed: setup.allowed,
             authorization,
-            limits: limits::Limits::new(
-                policy.in_flight(setup.vendor),
-                policy.per_second(setup.vendor),
-            ),
+            limits: limits::Limits::new(in_flight, policy.windows(&setup.vendor), setup.base_path),
             account: None,
             fence: None,
             tally: None,
-            in_flight: policy.in_flight(setup.vendor),
+            in_flight,
             retries: retry::Retries::new(
                 policy.max_attempts,
                 policy.base_backoff,
@@ -258,6 +291,9 @@ impl Broker {
     /// Counts this broker's requests against a vendor account shared with other runs and
     /// workers: each attempt also holds one of the account's slots.
     pub fn with_account(mut self, account: Option<SharedAccount>) -> Broker {
+        if let Some(account) = &account {
+            self.limits.share(&account.key);
+        }
         self.account = account;
         self
     }
@@ -302,6 +338,7 @@ impl Broker {
             credential: None,
             vendor: VendorLimits::default(),
             policy: BrokerPolicy::default(),
+            base_path: "",
         };
         Broker::with_transport(setup, Arc::new(NoNetwork)).expect("no credential to encode")
     }
@@ -400,9 +437,10 @@ impl Broker {
         if let Err(why) = self.allowed.check(&parts.uri) {
             return Err(self.refuse(why, HttpError::HttpRequestDenied));
         }
-        credential::strip(&mut parts.headers);
-        if let Some(value) = &self.authorization {
-            parts.headers.insert(header::AUTHORIZATION, value.clone());
+        let credential_header = self.authorization.as_ref().map(|(name, _)| name);
+        credential::strip(&mut parts.headers, credential_header);
+        if let Some((name, value)) = &self.authorization {
+            parts.headers.insert(name.clone(), value.clone());
         }
         let waits = Waits::new(&self.policy, options);
         let to = &record.authority;
@@ -433,7 +471,7 @@ impl Broker {
             record.attempts += 1;
             let attempt = {
                 // Held for the whole attempt: the vendor counts a request until it answered.
-                let _slot = self.limits.admit().await;
+                let _slot = self.limits.admit(&parts.method, parts.uri.path()).await;
                 let _account = self.account_slot().await;
                 // Checked last, after any wait: the moment the request would leave.
                 if let Some(fence) = &self.fence
@@ -452,8 +490,12 @@ impl Broker {
                 }
                 self.attempt(parts, request_body.clone(), &waits).await
             };
-            if matches!(&attempt, Ok(a) if a.status() == http::StatusCode::TOO_MANY_REQUESTS) {
-                record.throttled += 1;
+            if let Ok(answer) = &attempt {
+                // The vendor's word on its windows holds every run on the account.
+                self.limits.note_answer(answer.status(), answer.headers());
+                if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                    record.throttled += 1;
+                }
             }
             let retry_hint = match &attempt {
                 Ok(answer) if retry::is_retryable_status(answer.status()) => {
@@ -476,7 +518,10 @@ impl Broker {
                 Err(Failure::Refused(why, code)) => return Err(self.refuse(why, code)),
             };
             record.status = Some(answer.status().as_u16());
-            credential::strip(answer.headers_mut());
+            credential::strip(
+                answer.headers_mut(),
+                self.authorization.as_ref().map(|(name, _)| name),
+            );
             return Ok(answer);
         }
     }
@@ -694,8 +739,46 @@ mod tests {
             credential: Some(&Credential::ApiKey(crate::Secret::new("s3cret".into()))),
             vendor,
             policy,
+            base_path: "",
         };
         Broker::with_transport(setup, transport).unwrap()
+    }
+
+    /// A credential in a header of the connector's naming (contract 0.3): set by the host over
+    /// whatever the connector put there, and stripped from the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_header_credential_goes_out_in_its_header_and_never_comes_back() {
+        let vendor = scripted(Duration::ZERO, |_| {
+            status(200, &[("api-key", "s3cret"), ("x-keep", "1")], "ok")
+        });
+        let auth = AuthScheme::Header(crate::contract::HeaderAuth {
+            name: "api-key".into(),
+            prefix: String::new(),
+        });
+        let setup = BrokerSetup {
+            connector: "test",
+            allowed: AllowList::declared(&["api.vendor-test.com".into()]),
+            auth: &auth,
+            credential: Some(&Credential::ApiKey(crate::Secret::new("s3cret".into()))),
+            vendor: VendorLimits::default(),
+            policy: BrokerPolicy::default(),
+            base_path: "",
+        };
+        let broker = Broker::with_transport(setup, vendor.clone()).unwrap();
+        let forged = http::Request::get("https://api.vendor-test.com/x")
+            .header("api-key", "forged")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(&broker, forged).await.unwrap();
+        assert!(
+            answer.headers().get("api-key").is_none(),
+            "the credential flowed back"
+        );
+        assert_eq!(answer.headers()["x-keep"], "1");
+        let requests = vendor.requests.lock().unwrap();
+        assert_eq!(requests[0].headers()["api-key"], "s3cret");
+        assert_eq!(requests[0].headers().get_all("api-key").iter().count(), 1);
+        assert!(requests[0].headers().get("authorization").is_none());
     }
 
     fn get(url: &str) -> http::Request<http_body_util::Full<Bytes>> {
@@ -798,10 +881,10 @@ mod tests {
         // A vendor limit declared far too high is held to the host's ceiling.
         let declared = VendorLimits {
             max_concurrent_requests: 1_000_000,
-            max_requests_per_second: 0,
+            windows: vec![],
         };
         assert_eq!(
-            BrokerPolicy::default().in_flight(declared),
+            BrokerPolicy::default().in_flight(&declared),
             MAX_DECLARED_IN_FLIGHT
         );
     }

@@ -5,14 +5,16 @@
 
 mod v0_1;
 mod v0_2;
+mod v0_3;
 
 use anyhow::Result;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-pub use v0_2::{
+pub use v0_3::{
     AuthScheme, BatchReport, ConfigField, ConnectorError, ConnectorInfo, Contact, ContactField,
-    ContactIssue, ErrorKind, ExportConfig, IssueKind, LeaveAction,
+    ContactIssue, ErrorKind, ExportConfig, HeaderAuth, IssueKind, LeaveAction, RateWindow,
+    RequestClass,
 };
 
 use crate::sandbox::PluginState;
@@ -22,12 +24,14 @@ pub const PACKAGE: &str = "cdp:connector";
 /// The interface every connector must export.
 pub const INTERFACE: &str = "export-destination";
 /// The newest contract version this host was built against.
-pub const VERSION: &str = "0.2.0";
+pub const VERSION: &str = "0.3.0";
 /// The version that introduced leave actions, custom fields and `apply-leave-action`.
 pub const LEAVE_ACTIONS_SINCE: semver::Version = semver::Version::new(0, 2, 0);
+/// The version that introduced erasure, header credentials and rate windows.
+pub const ERASURE_SINCE: semver::Version = semver::Version::new(0, 3, 0);
 
 /// The `0.x` minor versions this host loads, oldest first.
-const SUPPORTED_MINORS: [u64; 2] = [1, 2];
+const SUPPORTED_MINORS: [u64; 3] = [1, 2, 3];
 
 /// Whether a component built for contract `version` can run on this host: a 0.x minor version
 /// it has bindings for (any patch of it), as semver compatibility goes.
@@ -41,7 +45,10 @@ pub fn supported_versions() -> String {
         .iter()
         .map(|minor| format!("{PACKAGE}@0.{minor}.x"))
         .collect();
-    listed.join(" and ")
+    match listed.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => listed.join(""),
+    }
 }
 
 /// A compiled component linked against the sandbox, ready to instantiate, with the bindings of
@@ -49,12 +56,14 @@ pub fn supported_versions() -> String {
 pub(crate) enum ConnectorPre {
     V0_1(v0_1::Pre),
     V0_2(v0_2::Pre),
+    V0_3(v0_3::Pre),
 }
 
 /// One instance of a connector.
 pub(crate) enum Connector {
     V0_1(v0_1::Instance),
     V0_2(v0_2::Instance),
+    V0_3(v0_3::Instance),
 }
 
 impl ConnectorPre {
@@ -65,7 +74,8 @@ impl ConnectorPre {
     ) -> Result<ConnectorPre> {
         Ok(match version.minor {
             1 => ConnectorPre::V0_1(v0_1::Pre::new(pre)?),
-            _ => ConnectorPre::V0_2(v0_2::Pre::new(pre)?),
+            2 => ConnectorPre::V0_2(v0_2::Pre::new(pre)?),
+            _ => ConnectorPre::V0_3(v0_3::Pre::new(pre)?),
         })
     }
 
@@ -76,6 +86,7 @@ impl ConnectorPre {
         Ok(match self {
             ConnectorPre::V0_1(pre) => Connector::V0_1(pre.instantiate(store).await?),
             ConnectorPre::V0_2(pre) => Connector::V0_2(pre.instantiate(store).await?),
+            ConnectorPre::V0_3(pre) => Connector::V0_3(pre.instantiate(store).await?),
         })
     }
 }
@@ -88,6 +99,7 @@ impl Connector {
         match self {
             Connector::V0_1(c) => c.describe(store).await,
             Connector::V0_2(c) => c.describe(store).await,
+            Connector::V0_3(c) => c.describe(store).await,
         }
     }
 
@@ -99,6 +111,7 @@ impl Connector {
         match self {
             Connector::V0_1(c) => c.validate(store, config).await,
             Connector::V0_2(c) => c.validate(store, config).await,
+            Connector::V0_3(c) => c.validate(store, config).await,
         }
     }
 
@@ -111,6 +124,7 @@ impl Connector {
         match self {
             Connector::V0_1(c) => c.export_batch(store, config, contacts).await,
             Connector::V0_2(c) => c.export_batch(store, config, contacts).await,
+            Connector::V0_3(c) => c.export_batch(store, config, contacts).await,
         }
     }
 
@@ -128,7 +142,75 @@ impl Connector {
                 "a connector built for contract 0.1 has no leave actions",
             )),
             Connector::V0_2(c) => c.apply_leave_action(store, config, action, contacts).await,
+            Connector::V0_3(c) => c.apply_leave_action(store, config, action, contacts).await,
         }
+    }
+
+    /// Erases people at the vendor; a connector built before 0.3.0 cannot (the host asks only
+    /// connectors that declare an erasure, so reaching this is a host bug, reported as an error).
+    pub(crate) async fn erase_contacts(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &ExportConfig,
+        contacts: &[Contact],
+    ) -> wasmtime::Result<Result<BatchReport, ConnectorError>> {
+        match self {
+            Connector::V0_1(_) | Connector::V0_2(_) => Err(wasmtime::Error::msg(
+                "a connector built before contract 0.3 cannot erase",
+            )),
+            Connector::V0_3(c) => c.erase_contacts(store, config, contacts).await,
+        }
+    }
+}
+
+impl AuthScheme {
+    /// How the credential goes to the vendor, in words (what an administrator approves).
+    pub fn describe(&self) -> String {
+        let shown = |s: &str| crate::text::clean(s, 64);
+        match self {
+            AuthScheme::BasicSecretAsUser(password) => format!(
+                "HTTP Basic: the credential as the user name, `{}` as the password",
+                shown(password)
+            ),
+            AuthScheme::BasicSecretAsPassword(user) => format!(
+                "HTTP Basic: `{}` as the user name, the credential as the password",
+                shown(user)
+            ),
+            AuthScheme::Bearer => "`Authorization: Bearer <credential>`".into(),
+            AuthScheme::Header(header) => format!(
+                "`{}: {}<credential>`",
+                shown(&header.name),
+                shown(&header.prefix)
+            ),
+        }
+    }
+}
+
+impl RateWindow {
+    /// The window in words: "120 requests a minute", "5 requests in 60 s for POST /batch".
+    pub fn describe(&self) -> String {
+        let per = match self.seconds {
+            1 => "a second".to_string(),
+            60 => "a minute".to_string(),
+            3600 => "an hour".to_string(),
+            86400 => "a day".to_string(),
+            s => format!("in {s} s"),
+        };
+        let counted = match &self.applies_to {
+            None => String::new(),
+            Some(class) => format!(
+                " for {}{}",
+                class
+                    .method
+                    .as_deref()
+                    .map_or(String::new(), |m| format!("{} ", crate::text::clean(m, 16))),
+                match class.path_prefix.as_str() {
+                    "" => "every path".to_string(),
+                    prefix => crate::text::clean(prefix, 80),
+                }
+            ),
+        };
+        format!("{} requests {per}{counted}", self.requests)
     }
 }
 
@@ -153,15 +235,17 @@ mod tests {
     #[test]
     fn supported_minors_load_at_any_patch_and_others_are_refused() {
         let v = |s: &str| semver::Version::parse(s).unwrap();
-        for ok in ["0.1.0", "0.1.1", "0.1.7", "0.2.0", "0.2.3"] {
+        for ok in [
+            "0.1.0", "0.1.1", "0.1.7", "0.2.0", "0.2.3", "0.3.0", "0.3.2",
+        ] {
             assert!(is_compatible(&v(ok)), "{ok}");
         }
-        for refused in ["0.0.9", "0.3.0", "1.0.0", "1.2.0"] {
+        for refused in ["0.0.9", "0.4.0", "1.0.0", "1.2.0"] {
             assert!(!is_compatible(&v(refused)), "{refused}");
         }
         assert_eq!(
             supported_versions(),
-            "cdp:connector@0.1.x and cdp:connector@0.2.x"
+            "cdp:connector@0.1.x, cdp:connector@0.2.x and cdp:connector@0.3.x"
         );
     }
 }

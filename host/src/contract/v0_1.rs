@@ -6,7 +6,7 @@
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::v0_2 as model;
+use super::v0_3 as model;
 use crate::sandbox::PluginState;
 
 wasmtime::component::bindgen!({
@@ -90,7 +90,8 @@ impl Instance {
             leave_actions: vec![],
             max_batch_size: info.max_batch_size,
             max_concurrent_requests: info.max_concurrent_requests,
-            max_requests_per_second: info.max_requests_per_second,
+            rate_windows: super::v0_2::per_second_window(info.max_requests_per_second),
+            erasure: None,
         })
     }
 

@@ -19,9 +19,10 @@ use crate::contract::Contact;
 /// Leavers recorded at once when there is no leave action to call.
 const RECORD_AT_ONCE: usize = 10_000;
 
-/// Leavers a leave-action call takes at most: each call's contacts are recorded once it
-/// returns, so a crash re-does at most this many a call in flight (and, knowing it asked, the
-/// next attempt counts those the vendor no longer has as its own work).
+/// Leavers a leave-action call takes at most unless the action declares its own batch size:
+/// each call's contacts are recorded once it returns, so a crash re-does at most this many a
+/// call in flight (and, knowing it asked, the next attempt counts those the vendor no longer
+/// has as its own work).
 const LEAVE_AT_ONCE: usize = 100;
 
 /// Finds the leavers and settles each (the failure, if any, is the run's). `action`: the
@@ -75,9 +76,20 @@ pub(super) async fn apply(
         return;
     };
 
-    let mut batches = chunks(leavers, size.min(LEAVE_AT_ONCE))
-        .into_iter()
-        .peekable();
+    // The action's own batch size (a vendor acting on one person a request declares 1: each
+    // leaver is then recorded as soon as the vendor acknowledged it).
+    let declared = calls
+        .plugin
+        .info
+        .leave_actions
+        .iter()
+        .find(|a| a.id == action)
+        .map_or(0, |a| a.batch_size as usize);
+    let per_call = match declared {
+        0 => size.min(LEAVE_AT_ONCE),
+        n => n.min(size),
+    };
+    let mut batches = chunks(leavers, per_call).into_iter().peekable();
     let mut in_flight = JoinSet::new();
     loop {
         let can_send = run.failure.is_none() && !stop.is_cancelled() && !run.lost.is_cancelled();

@@ -132,11 +132,9 @@ impl ConnectorHost {
             allowed,
             auth: &info.auth,
             credential: Some(&connection.credential),
-            vendor: VendorLimits {
-                max_concurrent_requests: info.max_concurrent_requests,
-                max_requests_per_second: info.max_requests_per_second,
-            },
+            vendor: VendorLimits::declared(info),
             policy: options.broker.clone(),
+            base_path: uri.path(),
         };
         let broker = Broker::over_network(setup, &self.network)?
             .with_observer(options.observer.clone())

@@ -40,8 +40,14 @@ pub type Answer<T> = Result<Result<T, ConnectorError>>;
 impl ConnectorHost {
     /// A probe of `connection`'s connector (loaded, approval not required: nothing is saved).
     pub fn probe(&self, connection: &Connection) -> Result<Probe<'_>> {
+        self.probe_with(connection, &RunOptions::default())
+    }
+
+    /// [`Self::probe`] under `options`' broker policy (a simulator on this machine need not be
+    /// paced to the vendor's windows).
+    pub fn probe_with(&self, connection: &Connection, options: &RunOptions) -> Result<Probe<'_>> {
         let plugin = self.plugins().require(&connection.connector)?.clone();
-        let (base_url, broker) = self.connect(&plugin, connection, &RunOptions::default())?;
+        let (base_url, broker) = self.connect(&plugin, connection, options)?;
         Ok(Probe {
             host: self,
             plugin,
@@ -109,6 +115,18 @@ impl Probe<'_> {
     ) -> Answer<BatchReport> {
         self.call(export, async |c, store, config| {
             c.export_batch(store, config, contacts).await
+        })
+        .await
+    }
+
+    /// `erase-contacts`, once (no retry): only for a connector that declares an erasure.
+    pub async fn erase_contacts(
+        &self,
+        export: &ProbeExport,
+        contacts: &[Contact],
+    ) -> Answer<BatchReport> {
+        self.call(export, async |c, store, config| {
+            c.erase_contacts(store, config, contacts).await
         })
         .await
     }

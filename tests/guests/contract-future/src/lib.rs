@@ -1,9 +1,9 @@
-//! A component exporting `cdp:connector/export-destination@0.3.0`, a contract version this host
+//! A component exporting `cdp:connector/export-destination@0.4.0`, a contract version this host
 //! does not know. Only the version matters, so the interface here is a stub.
 
 wit_bindgen::generate!({
     inline: "
-        package cdp:connector@0.3.0;
+        package cdp:connector@0.4.0;
         interface export-destination {
             describe: func() -> string;
         }

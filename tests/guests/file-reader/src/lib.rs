@@ -21,7 +21,8 @@ impl raw::Guest for FileReader {
             leave_actions: vec![],
             max_batch_size: 10,
             max_concurrent_requests: 0,
-            max_requests_per_second: 0,
+            rate_windows: vec![],
+            erasure: None,
         }
     }
 
@@ -40,6 +41,13 @@ impl raw::Guest for FileReader {
         _: Vec<Contact>,
     ) -> Result<BatchReport, ConnectorError> {
         Err(ConnectorError::internal("no leave actions"))
+    }
+
+    fn erase_contacts(
+        _config: ExportConfig,
+        _contacts: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        Err(ConnectorError::invalid_config("cannot erase"))
     }
 }
 

@@ -49,11 +49,20 @@ struct Overrides {
     label: Option<String>,
     max_batch_size: Option<u32>,
     max_concurrent_requests: Option<u32>,
+    /// The credential in this header, after this prefix (contract 0.3).
+    auth_header: Option<(String, String)>,
+    /// Rate windows: requests, seconds, and optionally a method and a path prefix.
+    rate_windows: Option<Vec<WindowOverride>>,
+    /// Leave actions: id, reversible, batch size.
+    leave_actions: Option<Vec<(String, bool, u32)>>,
     /// Waits this long (on a host timer) before answering.
     sleep_ms: u64,
     /// Never answers: a busy loop.
     spin: bool,
 }
+
+/// A rate window: requests, seconds, and optionally a method and a path prefix.
+type WindowOverride = (u32, u32, Option<String>, Option<String>);
 
 fn overrides() -> Overrides {
     // Read through black_box so the compiler cannot assume the block's contents.
@@ -83,7 +92,10 @@ impl raw::Guest for Hostile {
                 .default_base_url
                 .unwrap_or_else(|| "https://api.createsend.com/api/v3.3".into()),
             hosts: o.hosts.unwrap_or_else(|| vec!["api.createsend.com".into()]),
-            auth: AuthScheme::BasicSecretAsUser("x".into()),
+            auth: match o.auth_header {
+                Some((name, prefix)) => AuthScheme::header(&name, &prefix),
+                None => AuthScheme::BasicSecretAsUser("x".into()),
+            },
             config_fields: vec![
                 ConfigField {
                     key: "list-id".into(),
@@ -101,10 +113,31 @@ impl raw::Guest for Hostile {
             contact_fields: vec![ContactField::new("email", "Email", true, 0)],
             custom_fields: false,
             custom_field_max_length: 0,
-            leave_actions: vec![],
+            leave_actions: o
+                .leave_actions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, reversible, batch_size)| LeaveAction {
+                    batch_size,
+                    ..LeaveAction::new(&id, "Leave", "A test action.", reversible)
+                })
+                .collect(),
             max_batch_size: o.max_batch_size.unwrap_or(100),
             max_concurrent_requests: o.max_concurrent_requests.unwrap_or(0),
-            max_requests_per_second: 0,
+            rate_windows: o
+                .rate_windows
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(requests, seconds, method, path)| RateWindow {
+                    requests,
+                    seconds,
+                    applies_to: (method.is_some() || path.is_some()).then(|| RequestClass {
+                        method,
+                        path_prefix: path.unwrap_or_default(),
+                    }),
+                })
+                .collect(),
+            erasure: None,
         }
     }
 
@@ -319,6 +352,15 @@ impl raw::Guest for Hostile {
         Err(ConnectorError::invalid_config(format!(
             "the hostile connector declares no leave action `{action}`"
         )))
+    }
+
+    fn erase_contacts(
+        _config: ExportConfig,
+        _contacts: Vec<Contact>,
+    ) -> Result<BatchReport, ConnectorError> {
+        Err(ConnectorError::invalid_config(
+            "the hostile connector cannot erase",
+        ))
     }
 }
 
