@@ -345,6 +345,9 @@ pub struct RunView {
     pub retries: u64,
     pub seconds: f64,
     pub worker: Option<String>,
+    /// While it runs: when the phase under way (sending, then settling leavers) should end
+    /// (UTC), from the pace so far and the vendor's limits.
+    pub expected_end: Option<String>,
 }
 
 pub fn run_status(s: RunState) -> String {
@@ -376,6 +379,7 @@ impl From<RunRecord> for RunView {
             retries: r.retries,
             seconds: r.seconds,
             worker: r.worker,
+            expected_end: r.expected_end,
         }
     }
 }

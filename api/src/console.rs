@@ -810,6 +810,7 @@ async fn run(
                 p #status role="status" aria-live="polite" { "Status: " strong #state { (run.status_text) } }
                 @if going {
                     p { progress #progress max="1" value="0" aria-label="Profiles handled" {} " " span #done { "waiting for a worker" } }
+                    p #eta { @if let Some(end) = &run.expected_end { "Expected to end at " (end) } }
                     script { (PreEscaped(format!("{LIVE_SCRIPT}follow({id});"))) }
                 }
                 @if let Some(error) = &run.error { p.error role="alert" { (error) } }
@@ -840,9 +841,13 @@ async fn run(
 }
 
 /// Follows a run's server-sent events and reloads the page when it ends.
-const LIVE_SCRIPT: &str = "function follow(id){const s=new EventSource('/api/v1/runs/'+id+'/events');\
+const LIVE_SCRIPT: &str = "function left(s){s=Math.round(s);if(s<60)return s+' s';if(s<3600)return Math.floor(s/60)+' min '+(s%60)+' s';\
+if(s<86400)return Math.floor(s/3600)+' h '+Math.floor(s%3600/60)+' min';return Math.floor(s/86400)+' d '+Math.floor(s%86400/3600)+' h';}\
+function follow(id){const s=new EventSource('/api/v1/runs/'+id+'/events');\
 s.addEventListener('progress',e=>{const d=JSON.parse(e.data);document.getElementById('state').textContent=d.status;\
 const p=document.getElementById('progress');const t=document.getElementById('done');\
+const w=document.getElementById('eta');\
+if(d.seconds_left!=null){w.textContent='About '+left(d.seconds_left)+' left';}else if(d.expected_end){w.textContent='Expected to end at '+d.expected_end;}\
 if(d.leavers!=null){p.max=d.leavers||1;p.value=d.leavers_done;t.textContent=d.leavers_done+' of '+d.leavers+' leavers settled';return;}\
 if(d.total){p.max=d.total;p.value=d.done;}\
 t.textContent=d.done+(d.total?' of '+d.total:'')+' profiles';});\

@@ -200,6 +200,10 @@ fn events(
                 "total": snapshot.total.or(run.segment_size),
                 "leavers": snapshot.leavers,
                 "leavers_done": snapshot.leavers_done,
+                // This process's own estimate when it works on the run, else the worker's
+                // latest recorded one.
+                "seconds_left": snapshot.seconds_left,
+                "expected_end": run.expected_end,
             });
             Some((
                 Ok(Event::default().event("progress").data(data.to_string())),

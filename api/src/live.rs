@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// Once the segment is done: contacts who left it, and how many of them are settled.
     pub leavers: Option<u64>,
     pub leavers_done: u64,
+    /// Seconds the phase under way has left, from the pace so far and the vendor's limits.
+    pub seconds_left: Option<f64>,
 }
 
 struct LiveRun {
@@ -72,6 +74,10 @@ impl Progress for RunProgress {
     }
     fn advance_leaving(&self, leavers: u64) {
         self.tx.send_modify(|s| s.leavers_done += leavers);
+    }
+    fn expect(&self, left: std::time::Duration) {
+        self.tx
+            .send_modify(|s| s.seconds_left = Some(left.as_secs_f64().round()));
     }
 }
 

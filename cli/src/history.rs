@@ -189,6 +189,9 @@ fn print_run(r: &RunRecord) {
             a.attempt, a.worker, a.started_at
         );
     }
+    if let Some(end) = &r.expected_end {
+        println!("  expected end  {end}{}", time_left(end));
+    }
     if let Some(size) = r.segment_size {
         println!("  segment       {size} members");
     }
@@ -232,4 +235,17 @@ fn print_run(r: &RunRecord) {
         println!("  refused       {refusal}");
     }
     println!("  time          {:.2} s", r.seconds);
+}
+
+/// ` (in about 4 min 10 s)`, from an expected end (UTC) and the clock.
+fn time_left(end: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(end)
+        .ok()
+        .and_then(|end| {
+            (end.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .ok()
+        })
+        .map(|left| format!(" (in about {})", connector_host::duration_words(left)))
+        .unwrap_or_default()
 }

@@ -64,7 +64,7 @@ pub use progress::ConsoleProgress;
 pub use run::{
     Connection, CredentialCheck, Export, IssueCsv, IssueKind, IssueListener, NoProgress, Probe,
     ProbeExport, Progress, Reason, RunCounts, RunIssue, RunJournal, RunMode, RunOptions, RunPlan,
-    RunReport, RunStatus, Stage,
+    RunReport, RunStatus, Stage, duration_words,
 };
 pub use sandbox::Limits;
 pub use schedule::Schedule;

@@ -15,6 +15,8 @@ pub struct ConsoleProgress {
     done: AtomicU64,
     total: AtomicU64,
     last_line: Mutex<Instant>,
+    /// The run's latest estimate of the time its phase has left (`, about 4 min left`).
+    left: Mutex<String>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(2);
@@ -26,7 +28,7 @@ impl ConsoleProgress {
             let bar = ProgressBar::hidden();
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{bar:40}] {pos}/{len} profiles ({per_sec}, {eta} left)",
+                    "{prefix} [{bar:40}] {pos}/{len} profiles ({per_sec}{msg})",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -39,6 +41,7 @@ impl ConsoleProgress {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             last_line: Mutex::new(Instant::now()),
+            left: Mutex::new(String::new()),
         }
     }
 }
@@ -67,8 +70,9 @@ impl Progress for ConsoleProgress {
         if last.elapsed() >= LOG_EVERY {
             *last = Instant::now();
             eprintln!(
-                "progress: {done}/{} profiles",
-                self.total.load(Ordering::Relaxed)
+                "progress: {done}/{} profiles{}",
+                self.total.load(Ordering::Relaxed),
+                self.left.lock().unwrap()
             );
         }
     }
@@ -79,7 +83,7 @@ impl Progress for ConsoleProgress {
         if let Some(bar) = &self.bar {
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{bar:40}] {pos}/{len} leavers settled ({per_sec}, {eta} left)",
+                    "{prefix} [{bar:40}] {pos}/{len} leavers settled ({per_sec}{msg})",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -101,10 +105,26 @@ impl Progress for ConsoleProgress {
         if last.elapsed() >= LOG_EVERY {
             *last = Instant::now();
             eprintln!(
-                "progress: {done}/{} leavers settled",
-                self.total.load(Ordering::Relaxed)
+                "progress: {done}/{} leavers settled{}",
+                self.total.load(Ordering::Relaxed),
+                self.left.lock().unwrap()
             );
         }
+    }
+
+    fn expect(&self, left: Duration) {
+        let words = format!(", about {} left", crate::run::duration_words(left));
+        if let Some(bar) = &self.bar {
+            bar.set_message(words.clone());
+        }
+        let mut said = self.left.lock().unwrap();
+        if said.is_empty() && self.bar.is_none() {
+            eprintln!(
+                "expected to take about {}",
+                crate::run::duration_words(left)
+            );
+        }
+        *said = words;
     }
 
     fn end(&self) {

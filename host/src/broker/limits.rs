@@ -36,9 +36,35 @@ const MARGIN: f64 = 1.02;
 
 impl Window {
     /// The least time between two requests of the window.
-    fn interval(&self) -> Duration {
+    pub fn interval(&self) -> Duration {
         self.period
             .mul_f64(MARGIN / f64::from(self.requests.max(1)))
+    }
+
+    /// The window in words: "120 requests a minute", "5 requests a minute for POST /batch".
+    pub fn describe(&self) -> String {
+        let per = match self.period.as_secs_f64() {
+            1.0 => "a second".to_string(),
+            60.0 => "a minute".to_string(),
+            3600.0 => "an hour".to_string(),
+            86400.0 => "a day".to_string(),
+            s => format!("in {s} s"),
+        };
+        let counted = match &self.class {
+            None => String::new(),
+            Some(class) => format!(
+                " for {}{}",
+                class
+                    .method
+                    .as_ref()
+                    .map_or(String::new(), |m| format!("{m} ")),
+                match class.path_prefix.as_str() {
+                    "" => "every path".to_string(),
+                    prefix => crate::text::clean(prefix, 80),
+                }
+            ),
+        };
+        format!("{} requests {per}{counted}", self.requests)
     }
 
     fn counts(&self, method: &http::Method, path: &str) -> bool {
@@ -90,14 +116,15 @@ impl Limits {
     /// At most `in_flight` requests at once, paced to each of `windows` (a connection whose
     /// base URL has the path `base_path`).
     pub fn new(in_flight: usize, windows: Vec<Window>, base_path: &str) -> Limits {
+        let windows: Vec<_> = windows
+            .into_iter()
+            .filter(|w| w.requests > 0 && !w.period.is_zero())
+            .map(Paced::new)
+            .collect();
         Limits {
             slots: Semaphore::new(in_flight.max(1)),
             base_path: base_path.trim_end_matches('/').to_string(),
-            windows: windows
-                .into_iter()
-                .filter(|w| w.requests > 0 && !w.period.is_zero())
-                .map(Paced::new)
-                .collect(),
+            windows,
         }
     }
 
@@ -137,6 +164,11 @@ impl Limits {
             tokio::time::sleep_until(at).await;
         }
         slot
+    }
+
+    /// The vendor's windows, as paced.
+    pub fn windows(&self) -> Vec<Window> {
+        self.windows.iter().map(|p| p.window.clone()).collect()
     }
 
     /// Holds every window until the vendor's `Retry-After` or rate headers say requests may

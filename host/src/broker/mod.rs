@@ -115,6 +115,12 @@ impl BrokerPolicy {
     /// them, when one is set.
     pub fn windows(&self, vendor: &VendorLimits) -> Vec<Window> {
         match self.max_requests_per_second {
+            // A whole rate reads as that many a second; another as one per its interval.
+            Some(rate) if rate.is_finite() && rate >= 1.0 && rate.fract() == 0.0 => vec![Window {
+                requests: rate.min(f64::from(u32::MAX)) as u32,
+                period: Duration::from_secs(1),
+                class: None,
+            }],
             Some(rate) if rate.is_finite() && rate > 0.0 => vec![Window {
                 requests: 1,
                 period: Duration::from_secs_f64(1.0 / rate),
@@ -137,20 +143,23 @@ impl VendorLimits {
     pub fn declared(info: &crate::contract::ConnectorInfo) -> VendorLimits {
         VendorLimits {
             max_concurrent_requests: info.max_concurrent_requests,
-            windows: info
-                .rate_windows
-                .iter()
-                .map(|w| Window {
-                    requests: w.requests,
-                    period: Duration::from_secs(u64::from(w.seconds)),
-                    class: w.applies_to.as_ref().map(|c| limits::RequestClass {
-                        method: c.method.as_deref().and_then(|m| {
-                            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()
-                        }),
-                        path_prefix: c.path_prefix.clone(),
-                    }),
-                })
-                .collect(),
+            windows: info.rate_windows.iter().map(Window::from).collect(),
+        }
+    }
+}
+
+impl From<&crate::contract::RateWindow> for Window {
+    fn from(w: &crate::contract::RateWindow) -> Window {
+        Window {
+            requests: w.requests,
+            period: Duration::from_secs(u64::from(w.seconds)),
+            class: w.applies_to.as_ref().map(|c| limits::RequestClass {
+                method: c
+                    .method
+                    .as_deref()
+                    .and_then(|m| http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()),
+                path_prefix: c.path_prefix.clone(),
+            }),
         }
     }
 }
@@ -363,6 +372,11 @@ impl Broker {
     /// Requests this broker lets in flight at once.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// The vendor's windows this broker paces requests to.
+    pub fn windows(&self) -> Vec<Window> {
+        self.limits.windows()
     }
 
     /// Counters of this broker's requests.

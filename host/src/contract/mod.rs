@@ -187,30 +187,9 @@ impl AuthScheme {
 }
 
 impl RateWindow {
-    /// The window in words: "120 requests a minute", "5 requests in 60 s for POST /batch".
+    /// The window in words: "120 requests a minute", "5 requests a minute for POST /batch".
     pub fn describe(&self) -> String {
-        let per = match self.seconds {
-            1 => "a second".to_string(),
-            60 => "a minute".to_string(),
-            3600 => "an hour".to_string(),
-            86400 => "a day".to_string(),
-            s => format!("in {s} s"),
-        };
-        let counted = match &self.applies_to {
-            None => String::new(),
-            Some(class) => format!(
-                " for {}{}",
-                class
-                    .method
-                    .as_deref()
-                    .map_or(String::new(), |m| format!("{} ", crate::text::clean(m, 16))),
-                match class.path_prefix.as_str() {
-                    "" => "every path".to_string(),
-                    prefix => crate::text::clean(prefix, 80),
-                }
-            ),
-        };
-        format!("{} requests {per}{counted}", self.requests)
+        crate::broker::Window::from(self).describe()
     }
 }
 

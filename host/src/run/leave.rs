@@ -65,8 +65,8 @@ pub(super) async fn apply(
         action = action.map_or("none", |(a, _)| a),
         "contacts left the segment"
     );
-    run.progress.leaving(leavers.len() as u64);
     let Some((action, _)) = action else {
+        run.leaving(leavers.len() as u64, RECORD_AT_ONCE as u64);
         let mut leavers = leavers;
         while !leavers.is_empty() {
             let rest = leavers.split_off(leavers.len().min(RECORD_AT_ONCE));
@@ -89,6 +89,7 @@ pub(super) async fn apply(
         0 => size.min(LEAVE_AT_ONCE),
         n => n.min(size),
     };
+    run.leaving(leavers.len() as u64, per_call as u64);
     let mut batches = chunks(leavers, per_call).into_iter().peekable();
     let mut in_flight = JoinSet::new();
     loop {

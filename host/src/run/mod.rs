@@ -11,6 +11,7 @@
 mod batches;
 mod call;
 pub mod counts;
+mod eta;
 mod issue_csv;
 mod leave;
 mod plan;
@@ -22,7 +23,7 @@ mod settle;
 pub mod sync;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::sync::mpsc;
@@ -30,8 +31,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use counts::RunCounts;
+pub use eta::words as duration_words;
 pub use issue_csv::IssueCsv;
-pub use plan::RunPlan;
+pub use plan::{Expected, RunPlan};
 pub use probe::{Answer, Probe, ProbeExport};
 pub use report::{Figures, IssueKind, Reason, RunIssue, RunMode, RunReport, RunStatus, Stage};
 pub use sync::{RunJournal, SettledContact, Settlement, SyncReason, SyncState, Synced};
@@ -45,6 +47,7 @@ use crate::secret::Credential;
 use crate::source::ProfileSource;
 use batches::Batch;
 use call::{Call, Calls};
+use eta::{Eta, TimeLeft};
 use recorder::{Recorded, Recorder};
 use settle::Piece;
 use sync::SyncIndex;
@@ -153,6 +156,9 @@ pub trait Progress: Send + Sync {
     fn leaving(&self, _leavers: u64) {}
     /// `leavers` more leavers were settled.
     fn advance_leaving(&self, _leavers: u64) {}
+    /// The phase under way (sending, then settling leavers) should end in `left`: from the
+    /// pace so far and the vendor's windows.
+    fn expect(&self, _left: Duration) {}
     /// The run ended.
     fn end(&self) {}
 }
@@ -235,6 +241,7 @@ impl ConnectorHost {
             .unwrap_or_default();
         // The lock lapses at its deadline even if whoever renews it is late.
         let watchdog = options.fence.clone().map(|f| tokio::spawn(f.watch()));
+        let expected = Arc::new(TimeLeft::default());
         let mut run = Run {
             lost: lost.clone(),
             report: RunReport::new(
@@ -245,14 +252,25 @@ impl ConnectorHost {
             ),
             journal: options.journal.clone(),
             recorder: options.journal.clone().map(|journal| {
-                Recorder::start(journal, concurrency, prepared.broker.stats(), started)
+                Recorder::start(
+                    journal,
+                    concurrency,
+                    prepared.broker.stats(),
+                    started,
+                    expected.clone(),
+                )
             }),
             on_issue: options.on_issue.clone(),
             progress,
             failure: None,
+            broker: prepared.broker.clone(),
+            eta: Eta::start(stream.total, u64::from(info.max_batch_size)),
+            eta_done: 0,
+            expected: expected.clone(),
         };
         run.report.segment_size = stream.total;
         progress.begin(stream.total);
+        run.expect();
         let calls = Arc::new(Calls {
             sandbox: self.sandbox.clone(),
             plugin: prepared.plugin.clone(),
@@ -438,7 +456,14 @@ impl ConnectorHost {
                 .any(|a| a.id == id && a.reversible);
             (id, reversible)
         });
-        tokio::task::spawn_blocking(move || {
+        let leave_size = leave_action
+            .as_ref()
+            .and_then(|(id, _)| plugin.info.leave_actions.iter().find(|a| a.id == *id))
+            .map_or(size, |a| match a.batch_size as usize {
+                0 => size,
+                n => n.min(size),
+            });
+        let mut plan = tokio::task::spawn_blocking(move || {
             plan::plan(
                 stream,
                 &mapping,
@@ -451,7 +476,24 @@ impl ConnectorHost {
             )
         })
         .await
-        .context("the planner panicked")?
+        .context("the planner panicked")??;
+        // One request a batch of contacts and a call a batch of leavers, at the windows the
+        // run would be paced to.
+        let requests = plan.counts.to_send().div_ceil(size.max(1) as u64)
+            + plan.leaving_to_do.div_ceil(leave_size.max(1) as u64);
+        let windows = options
+            .broker
+            .windows(&crate::broker::VendorLimits::declared(&plugin.info));
+        plan.expected = windows
+            .iter()
+            .filter_map(|w| Some((eta::at_limits(requests, std::slice::from_ref(w))?, w)))
+            .max_by_key(|(d, _)| *d)
+            .map(|(seconds, w)| plan::Expected {
+                seconds,
+                limit: w.describe(),
+                requests,
+            });
+        Ok(plan)
     }
 }
 
@@ -476,6 +518,13 @@ struct Run<'a> {
     on_issue: Option<IssueListener>,
     progress: &'a dyn Progress,
     failure: Option<String>,
+    /// The run's requests, whose windows bound its time left.
+    broker: Arc<crate::broker::Broker>,
+    /// The phase under way's time left, and what it has handled.
+    eta: Eta,
+    eta_done: u64,
+    /// The latest time left, for the journal.
+    expected: Arc<TimeLeft>,
 }
 
 /// The next piece the recorder took back, if one is pending.
@@ -518,9 +567,12 @@ impl Run<'_> {
 
     fn count(&mut self, piece: Piece) {
         self.progress.advance(piece.counts.profiles);
+        self.eta_done += piece.counts.profiles;
         if piece.counts.leaving > 0 {
             self.progress.advance_leaving(piece.counts.leaving);
+            self.eta_done += piece.counts.leaving;
         }
+        self.expect();
         self.report.counts.add(&piece.counts);
         for issue in piece.issues {
             if let Some(listener) = &self.on_issue
@@ -529,6 +581,23 @@ impl Run<'_> {
                 self.fail(format!("passing on an undelivered contact failed: {e:#}"));
             }
             self.report.note_issue(issue);
+        }
+    }
+
+    /// Settling `leavers` (acted on in calls of `batch_size`) begins.
+    fn leaving(&mut self, leavers: u64, batch_size: u64) {
+        self.progress.leaving(leavers);
+        self.eta = Eta::start(Some(leavers), batch_size);
+        self.eta_done = 0;
+        self.expect();
+    }
+
+    /// Tells the progress, and the journal, how long the phase has left.
+    fn expect(&mut self) {
+        let left = self.eta.left(self.eta_done, &self.broker.windows());
+        self.expected.set(left);
+        if let Some(left) = left {
+            self.progress.expect(left);
         }
     }
 

@@ -39,6 +39,21 @@ pub struct RunPlan {
     pub leaving_to_do: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+    /// The least time the run would take at the vendor's declared limits (one request a batch
+    /// of contacts, and a call a batch of leavers), and the limit that binds; none when the
+    /// connector declares no rate.
+    pub expected: Option<Expected>,
+}
+
+/// How long a run is expected to take at the vendor's limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expected {
+    #[serde(serialize_with = "seconds")]
+    pub seconds: Duration,
+    /// The window that binds, in words (`5 requests a minute for POST /batch`).
+    pub limit: String,
+    /// The requests counted.
+    pub requests: u64,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -137,6 +152,7 @@ pub(crate) fn plan(
         leaving_done_earlier,
         leaving_to_do: leavers.act.len() as u64,
         duration: started.elapsed(),
+        expected: None,
     })
 }
 
@@ -217,6 +233,23 @@ impl RunPlan {
         }
         if c.kept > 0 {
             line(&mut out, "kept (still members)", c.kept, None);
+        }
+        match &self.expected {
+            Some(e) => {
+                let _ = writeln!(
+                    out,
+                    "  expected to take at least {} at the vendor's limit of {} ({} requests)",
+                    super::eta::words(e.seconds),
+                    e.limit,
+                    e.requests
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  how long it takes depends on the vendor's speed: the connector declares no rate limit"
+                );
+            }
         }
         out
     }

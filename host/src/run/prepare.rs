@@ -148,6 +148,7 @@ impl ConnectorHost {
                         retries,
                         batches: 0,
                         duration: started.elapsed(),
+                        left: None,
                     })
                 }))
             }))

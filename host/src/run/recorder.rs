@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::counts::RunCounts;
+use super::eta::TimeLeft;
 use super::report::Figures;
 use super::settle::Piece;
 use super::sync::{RunJournal, Settlement};
@@ -32,6 +33,7 @@ impl Recorder {
         capacity: usize,
         stats: Arc<HttpStats>,
         started: Instant,
+        expected: Arc<TimeLeft>,
     ) -> Recorder {
         let (pieces, mut to_write) = mpsc::channel::<Piece>(capacity.max(1));
         let (done, recorded) = mpsc::unbounded_channel();
@@ -49,6 +51,7 @@ impl Recorder {
                         retries: stats.retries(),
                         batches: counts.batches,
                         duration: started.elapsed(),
+                        left: expected.get(),
                     },
                 });
                 let failed = settled.is_err();

@@ -123,6 +123,9 @@ pub struct Figures {
     pub batches: u64,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+    /// The run's phase under way should end in this long (the journal keeps when).
+    #[serde(skip)]
+    pub left: Option<Duration>,
 }
 
 /// The record of one export run (or what a dry run plans).
@@ -200,6 +203,7 @@ impl RunReport {
             retries: self.retries,
             batches: self.counts.batches,
             duration: self.duration,
+            left: None,
         }
     }
 

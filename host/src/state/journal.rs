@@ -289,8 +289,13 @@ impl RunLedger {
         let tx = db.transaction()?;
         // First, and only while this worker holds the run.
         let held = tx.execute(
-            "UPDATE runs SET counts = ?2 WHERE id = ?1 AND lease_token = ?3",
-            params![run_id, serde_json::to_string(settlement.counts)?, token],
+            "UPDATE runs SET counts = ?2, expected_end = ?4 WHERE id = ?1 AND lease_token = ?3",
+            params![
+                run_id,
+                serde_json::to_string(settlement.counts)?,
+                token,
+                expected_end(&settlement.figures)
+            ],
         )?;
         if held != 1 {
             return Err(NotTheHolder(run_id).into());
@@ -517,8 +522,13 @@ async fn pg_settle(
     // piece against a takeover's claim, which changes the run's generation.
     let held = tx
         .execute(
-            "UPDATE runs SET counts = $2 WHERE id = $1 AND lease_token = $3",
-            &[&run_id, &serde_json::to_string(settlement.counts)?, &token],
+            "UPDATE runs SET counts = $2, expected_end = $4 WHERE id = $1 AND lease_token = $3",
+            &[
+                &run_id,
+                &serde_json::to_string(settlement.counts)?,
+                &token,
+                &expected_end(&settlement.figures),
+            ],
         )
         .await?;
     if held != 1 {
@@ -588,6 +598,12 @@ async fn pg_settle(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// When a run should end, from its latest figures (UTC, to the second).
+fn expected_end(figures: &crate::run::Figures) -> Option<String> {
+    let left = chrono::Duration::from_std(figures.left?).ok()?;
+    Some((chrono::Utc::now() + left).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 #[cfg(test)]

@@ -135,6 +135,10 @@ pub struct RunRecord {
     pub refusals: Vec<String>,
     /// The worker of the latest attempt.
     pub worker: Option<String>,
+    /// While it runs: when the phase under way (sending, then settling leavers) should end,
+    /// from the pace so far and the vendor's windows (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_end: Option<String>,
     /// Every attempt, first first (given by [`State::run`], not in lists).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attempt_log: Vec<RunAttempt>,
@@ -550,7 +554,7 @@ const RUN_COLUMNS: &str = "SELECT r.id, r.export_id, e.name, c.connector, r.trig
     CASE WHEN f.requests > 0 THEN f.requests ELSE r.requests END,
     CASE WHEN f.requests > 0 THEN f.retries ELSE r.retries END,
     CASE WHEN f.seconds > 0 THEN f.seconds ELSE r.seconds END,
-    r.refusals, r.segment_size, r.worker, f.batches, c.access, c.name
+    r.refusals, r.segment_size, r.worker, f.batches, c.access, c.name, r.expected_end
     FROM runs r JOIN exports e ON e.id = r.export_id JOIN connections c ON c.id = e.connection_id
     LEFT JOIN (SELECT run_id, CAST(SUM(requests) AS BIGINT) AS requests,
             CAST(SUM(retries) AS BIGINT) AS retries, CAST(SUM(batches) AS BIGINT) AS batches,
@@ -591,6 +595,10 @@ fn run_row(r: &DbRow) -> Result<RunRecord> {
         worker: r.get(19)?,
         connection_access: r.name(21)?,
         connection: r.get(22)?,
+        expected_end: match RunState::parse(&r.get::<String>(6)?) {
+            RunState::Running => r.get(23)?,
+            _ => None,
+        },
         attempt_log: vec![],
     })
 }

@@ -250,6 +250,9 @@ const VERSIONS: &[(u32, &str)] = &[
         );
         "#,
     ),
+    // 11: when a run under way is expected to end (its phase under way: sending, then
+    // settling leavers), as its latest settled piece estimated.
+    (11, "ALTER TABLE runs ADD COLUMN expected_end TEXT;"),
 ];
 
 /// The version a state is up to date at.
@@ -352,11 +355,22 @@ mod tests {
     #[test]
     fn a_new_state_is_made_at_once_and_an_older_one_through_its_history() {
         let reached = |steps: Vec<(u32, String)>| steps.iter().map(|s| s.0).collect::<Vec<_>>();
-        assert_eq!(reached(steps(Engine::Sqlite, 0).unwrap()), [BASELINE, 10]);
-        assert_eq!(reached(steps(Engine::Sqlite, 6).unwrap()), [7, 8, 9, 10]);
-        assert_eq!(reached(steps(Engine::Postgres, 3).unwrap()), [BASELINE, 10]);
-        let reached = |steps: Vec<(u32, String)>| steps.iter().map(|s| s.0).collect::<Vec<_>>();
-        assert_eq!(reached(steps(Engine::Postgres, BASELINE).unwrap()), [10]);
+        assert_eq!(
+            reached(steps(Engine::Sqlite, 0).unwrap()),
+            [BASELINE, 10, 11]
+        );
+        assert_eq!(
+            reached(steps(Engine::Sqlite, 6).unwrap()),
+            [7, 8, 9, 10, 11]
+        );
+        assert_eq!(
+            reached(steps(Engine::Postgres, 3).unwrap()),
+            [BASELINE, 10, 11]
+        );
+        assert_eq!(
+            reached(steps(Engine::Postgres, BASELINE).unwrap()),
+            [10, 11]
+        );
         assert!(steps(Engine::Sqlite, latest()).unwrap().is_empty());
         assert!(steps(Engine::Sqlite, latest() + 1).is_err());
     }

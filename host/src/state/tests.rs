@@ -347,12 +347,28 @@ async fn runs(engine: Engine) {
                 contacts: &[settled(1, SyncState::Created), settled(1, SyncState::Left)],
                 issues: &[],
                 counts: &counts,
-                figures: Default::default(),
+                figures: crate::run::Figures {
+                    left: Some(std::time::Duration::from_secs(90)),
+                    ..Default::default()
+                },
             })
             .unwrap();
     })
     .await
     .unwrap();
+    // While it runs, the run says when it should end: its last piece's estimate.
+    let end = state
+        .run(run)
+        .await
+        .unwrap()
+        .expected_end
+        .expect("an expected end");
+    let end = chrono::DateTime::parse_from_rfc3339(&end).unwrap();
+    let in_seconds = (end.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+    assert!(
+        (80..=91).contains(&in_seconds),
+        "expected end in {in_seconds} s"
+    );
 
     let reader = Arc::new(state.sync_reader(&daily, None));
     let read = reader.clone();

@@ -248,6 +248,7 @@ impl Workspace {
                             retries: record.retries,
                             batches: record.counts.batches,
                             duration: Duration::from_secs_f64(record.seconds),
+                            left: None,
                         },
                     );
                 }
