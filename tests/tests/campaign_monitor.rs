@@ -9,7 +9,7 @@ use connector_host::{
     RequestRecord, RunOptions, Secret,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::{Expected, full_name, open_host, plugin_dir};
+use connector_tests::harness::{Expected, full_name, http, open_host, plugin_dir};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::{CampaignMonitorSim, SubscriberState};
 
@@ -465,4 +465,52 @@ async fn a_plugin_directory_with_bad_files_still_loads_the_good_connector() {
         "{}",
         reasons[1].1
     );
+}
+
+/// Campaign Monitor's OAuth as the vendor's: an authorization asking for a scope it does not
+/// have goes back to the app with `invalid_scope`, and a token can do only what its scopes
+/// allow (a `ManageLists` token reads the list but cannot import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_oauth_keeps_scopes() {
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", "scoped-key");
+    let list = sim.add_list(&client, "Main");
+    let redirect = "http://127.0.0.1:9/callback";
+    let (client_id, _) = sim.register_oauth_app(redirect);
+    let (status, headers, _) = http(
+        "GET",
+        &format!(
+            "{}?client_id={client_id}&redirect_uri={}&scope=ManageLists,EverythingElse&state=s1",
+            sim.authorize_url(),
+            redirect.replace(':', "%3A").replace('/', "%2F")
+        ),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 303);
+    let location = &headers.iter().find(|(k, _)| k == "location").unwrap().1;
+    assert_eq!(
+        location,
+        &format!("{redirect}?error=invalid_scope&state=s1")
+    );
+
+    let (token, _) =
+        sim.issue_scoped_tokens(&client, std::time::Duration::from_secs(600), "ManageLists");
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    let base = sim.base_url();
+    let (status, _, body) = http("GET", &format!("{base}/lists/{list}.json"), &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    let import = r#"{"Subscribers": [{"EmailAddress": "ada@example.com", "Name": "Ada"}], "Resubscribe": false}"#;
+    let (status, _, body) = http(
+        "POST",
+        &format!("{base}/subscribers/{list}/import.json"),
+        &auth,
+        import,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("ImportSubscribers"), "{body}");
+    assert!(sim.subscribers(&list).is_empty());
 }

@@ -365,11 +365,13 @@ async fn an_oauth_token_from_the_authorization_flow_exports_like_an_api_key() {
         "",
     )
     .await;
-    let dc = serde_json::from_str::<serde_json::Value>(&metadata).unwrap()["dc"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+    let dc = metadata["dc"].as_str().unwrap().to_string();
     assert_eq!(dc, "us21");
+    // The account's API is named by an absolute URL, as Mailchimp's metadata names it
+    // (`https://us21.api.mailchimp.com`); the version's path follows it.
+    let endpoint = metadata["api_endpoint"].as_str().unwrap();
+    assert_eq!(format!("{endpoint}/3.0"), w.sim.base_url("us21"));
 
     let mut conn = connection(&w, Credential::access_token(Secret::new(token.clone())));
     conn.data_centre = Some(dc);

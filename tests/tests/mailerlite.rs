@@ -7,10 +7,10 @@ use connector_host::{
     RunOptions, Secret,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::{Expected, open_host, plugin_dir};
+use connector_tests::harness::{Expected, http, open_host, plugin_dir};
 use connector_tests::sample;
 use connector_tests::sim::Listen;
-use connector_tests::sim::mailerlite::MailerLiteSim;
+use connector_tests::sim::mailerlite::{MailerLiteSim, RateLimits};
 
 const TOKEN: &str = "ml-test-token-0123456789";
 const SEED: u64 = 11;
@@ -26,7 +26,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let sim = MailerLiteSim::start_on(Listen::plain(0), TOKEN)
+    let sim = MailerLiteSim::start_with(Listen::plain(0), TOKEN, RateLimits::NONE)
         .await
         .unwrap();
     let group = sim.add_group("VIP");
@@ -54,7 +54,8 @@ fn connection(w: &World, token: &str) -> Connection {
 }
 
 /// Runs against the simulator without MailerLite's real windows (5 imports a minute would make
-/// this test take minutes; `contract.rs` proves windows are kept).
+/// this test take minutes; `contract.rs` proves windows are kept), the simulator without its
+/// limits.
 fn unpaced() -> RunOptions {
     let mut options = RunOptions::default();
     options.broker.max_requests_per_second = Some(1_000.0);
@@ -184,4 +185,135 @@ async fn a_wrong_token_or_an_unknown_group_fails_before_anything_is_sent() {
     assert!(words.contains("group `999` was not found"), "{words}");
     assert!(w.sim.subscribers().is_empty());
     assert!(!w.sim.requests().iter().any(|r| r.path == "/api/batch"));
+}
+
+/// What the simulator answers as MailerLite does, asked directly: its limits (here 6 requests
+/// and 2 imports a 2-second window) with their 429s and headers, the status filter and cursor
+/// paging of a group's members, a `+` in an address in a path, addresses lower-cased, and an
+/// unknown route told from a missing record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_answers_as_mailerlite_does() {
+    let limits = RateLimits {
+        requests: 6,
+        imports: 2,
+        window: std::time::Duration::from_secs(2),
+    };
+    let sim = MailerLiteSim::start_with(Listen::plain(0), TOKEN, limits)
+        .await
+        .unwrap();
+    let base = sim.base_url();
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let header = |h: &[(String, String)], name: &str| {
+        h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+
+    // 120 a minute, scaled: each answer says what is left; past it, a 429 with Retry-After.
+    for left in (0..6).rev() {
+        let (status, h, _) = http("GET", &format!("{base}/groups"), &headers, "").await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-ratelimit-limit").as_deref(), Some("6"));
+        assert_eq!(header(&h, "x-ratelimit-remaining"), Some(left.to_string()));
+    }
+    let (status, h, body) = http("GET", &format!("{base}/groups"), &headers, "").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("Too Many Attempts."), "{body}");
+    assert_eq!(header(&h, "x-ratelimit-remaining").as_deref(), Some("0"));
+    let wait: u64 = header(&h, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "retry after {wait}");
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+
+    // Imports: a batch of only upserts is one; past the limit, its own 429. A batch with
+    // anything else in it is not an import.
+    let group = sim.add_group("Paged");
+    let upserts = |emails: &[&str]| {
+        let requests: Vec<_> = emails
+            .iter()
+            .map(|e| serde_json::json!({"method": "POST", "path": "api/subscribers", "body": {"email": e, "groups": [group]}}))
+            .collect();
+        serde_json::json!({ "requests": requests }).to_string()
+    };
+    let batch = format!("{base}/batch");
+    for emails in [
+        &["A1@Example.com", "a2@example.com"][..],
+        &["a3@example.com"],
+    ] {
+        let (status, _, body) = http("POST", &batch, &headers, &upserts(emails)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, h, body) = http("POST", &batch, &headers, &upserts(&["a4@example.com"])).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate limited on import creation"), "{body}");
+    assert!(header(&h, "retry-after").is_some());
+    let mixed = serde_json::json!({"requests": [
+        {"method": "POST", "path": "api/subscribers", "body": {"email": "ada+news@example.com", "groups": [group]}},
+        {"method": "GET", "path": "api/groups"},
+    ]})
+    .to_string();
+    let (status, _, body) = http("POST", &batch, &headers, &mixed).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    // Addresses are kept lower-cased; a `+` in a path is a plus, not a space.
+    let held = sim.subscribers();
+    assert_eq!(held["a1@example.com"].email, "a1@example.com");
+    let (status, _, body) = http(
+        "GET",
+        &format!("{base}/subscribers/ada+news@example.com"),
+        &headers,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ada+news@example.com\""), "{body}");
+
+    // A group's members by status, a page at a time.
+    sim.add_subscriber("gone@example.com", "unsubscribed", &[&group]);
+    let mut seen = vec![];
+    let mut url = format!("{base}/groups/{group}/subscribers?filter%5Bstatus%5D=active&limit=2");
+    loop {
+        let (status, _, body) = http("GET", &url, &headers, "").await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for m in page["data"].as_array().unwrap() {
+            assert_eq!(m["status"], "active");
+            seen.push(m["email"].as_str().unwrap().to_string());
+        }
+        assert_eq!(page["meta"]["per_page"], 2);
+        match page["meta"]["next_cursor"].as_str() {
+            Some(cursor) => {
+                url = format!(
+                    "{base}/groups/{group}/subscribers?filter%5Bstatus%5D=active&limit=2&cursor={cursor}"
+                )
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "a1@example.com",
+            "a2@example.com",
+            "a3@example.com",
+            "ada+news@example.com"
+        ]
+    );
+
+    // An unknown route is not a missing record.
+    let (status, _, body) = http("GET", &format!("{base}/no-such-thing"), &headers, "").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("could not be found"), "{body}");
+    let (status, _, body) = http(
+        "GET",
+        &format!("{base}/subscribers/nobody@example.com"),
+        &headers,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body.contains("Resource not found."), "{body}");
 }

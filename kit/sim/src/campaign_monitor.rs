@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::oauth::{OAuthServer, Refusal};
-use super::{Faults, Listen, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
+use super::{Faults, Listen, LoggedRequest, Server, basic_auth, form_decode, is_valid_email};
 
 /// Largest import accepted (more: Code 209).
 pub const MAX_IMPORT: usize = 1000;
@@ -112,10 +112,11 @@ struct State {
     log: Vec<LoggedRequest>,
     next_id: u64,
     behaviour: Behaviour,
-    /// OAuth access tokens: the client they act for and when they expire.
-    access_tokens: HashMap<String, (String, std::time::Instant)>,
-    /// OAuth refresh tokens, by the client they renew for (each usable once: a refresh rotates).
-    refresh_tokens: HashMap<String, String>,
+    /// OAuth access tokens: the client they act for, when they expire, and their scopes.
+    access_tokens: HashMap<String, (String, std::time::Instant, Scopes)>,
+    /// OAuth refresh tokens: the client and scopes they renew for (each usable once: a
+    /// refresh rotates).
+    refresh_tokens: HashMap<String, (String, Scopes)>,
     /// The OAuth apps registered with this account's vendor, and their codes.
     oauth: OAuthServer,
 }
@@ -201,14 +202,26 @@ impl CampaignMonitorSim {
     }
 
     /// Issues OAuth tokens for a client, as the authorization-code exchange would: an access
-    /// token valid for `expires_in` and a refresh token. Returns (access, refresh).
+    /// token valid for `expires_in` with every scope, and a refresh token. Returns (access,
+    /// refresh).
     pub fn issue_oauth_tokens(
         &self,
         client_id: &str,
         expires_in: std::time::Duration,
     ) -> (String, String) {
         let mut s = self.state.lock().unwrap();
-        issue_tokens(&mut s, client_id, expires_in)
+        issue_tokens(&mut s, client_id, expires_in, &SCOPES.join(","))
+    }
+
+    /// [`Self::issue_oauth_tokens`] granting only `scopes` (comma-separated).
+    pub fn issue_scoped_tokens(
+        &self,
+        client_id: &str,
+        expires_in: std::time::Duration,
+        scopes: &str,
+    ) -> (String, String) {
+        let mut s = self.state.lock().unwrap();
+        issue_tokens(&mut s, client_id, expires_in, scopes)
     }
 
     /// The API base URL, e.g. `http://127.0.0.1:41234/api/v3.3`.
@@ -355,9 +368,13 @@ fn handle(
                 .map(|(i, c)| (i, c.name.clone()))
                 .collect();
             let query = uri.query().unwrap_or("");
-            return s
-                .oauth
-                .authorize_page("Campaign Monitor", "/oauth/approve", query, &clients);
+            return s.oauth.authorize_page(
+                "Campaign Monitor",
+                "/oauth/approve",
+                query,
+                &clients,
+                Some(&SCOPES),
+            );
         }
         ("POST", "/oauth/approve") => return s.oauth.approve(&body),
         _ => {}
@@ -382,6 +399,32 @@ fn handle(
         .into_response()
 }
 
+/// Campaign Monitor's OAuth scopes [S9].
+pub const SCOPES: [&str; 8] = [
+    "ViewReports",
+    "CreateCampaigns",
+    "SendCampaigns",
+    "ManageLists",
+    "ImportSubscribers",
+    "ManageTemplates",
+    "AdministerAccount",
+    "ViewSubscribersInReports",
+];
+
+/// The scopes a token was granted (comma-separated as asked).
+type Scopes = String;
+
+/// The scope a request needs with an OAuth token: imports `ImportSubscribers`, every other
+/// list and subscriber call `ManageLists` [S9] (which call needs which beyond the import and
+/// list reads is UNCONFIRMED).
+fn scope_needed(method: &str, parts: &[&str]) -> Option<&'static str> {
+    match (method, parts) {
+        ("POST", ["subscribers", _, "import"]) => Some("ImportSubscribers"),
+        (_, ["lists", ..] | ["subscribers", ..]) => Some("ManageLists"),
+        _ => None,
+    }
+}
+
 /// Access tokens issued by a refresh live this long (the vendor's documented 14 days).
 const TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1_209_600);
 
@@ -389,6 +432,7 @@ fn issue_tokens(
     s: &mut State,
     client_id: &str,
     expires_in: std::time::Duration,
+    scopes: &str,
 ) -> (String, String) {
     let access = format!("tok_{}", s.new_id("access"));
     let refresh = format!("rt_{}", s.new_id("refresh"));
@@ -397,10 +441,11 @@ fn issue_tokens(
         (
             client_id.to_string(),
             std::time::Instant::now() + expires_in,
+            scopes.to_string(),
         ),
     );
     s.refresh_tokens
-        .insert(refresh.clone(), client_id.to_string());
+        .insert(refresh.clone(), (client_id.to_string(), scopes.to_string()));
     (access, refresh)
 }
 
@@ -409,7 +454,7 @@ fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
     let form: HashMap<String, String> = String::from_utf8_lossy(body)
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .map(|(k, v)| (form_decode(k), form_decode(v)))
         .collect();
     let refused = |description: &str| {
         (
@@ -418,8 +463,8 @@ fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
         )
     };
     if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
-        let account = match s.oauth.exchange(&form) {
-            Ok(account) => account,
+        let (account, scopes) = match s.oauth.exchange(&form) {
+            Ok(granted) => granted,
             Err(Refusal(error, description)) => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -430,7 +475,7 @@ fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
         let Some(client) = s.clients.keys().nth(account).cloned() else {
             return refused("The account granted no longer exists");
         };
-        let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME);
+        let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME, &scopes);
         return (
             StatusCode::OK,
             json!({"access_token": access, "expires_in": TOKEN_LIFETIME.as_secs(), "refresh_token": refresh}),
@@ -439,13 +484,13 @@ fn token_endpoint(s: &mut State, body: &[u8]) -> Answer {
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return refused("Unsupported grant_type");
     }
-    let Some(client) = form
+    let Some((client, scopes)) = form
         .get("refresh_token")
         .and_then(|t| s.refresh_tokens.remove(t))
     else {
         return refused("Specified refresh_token was invalid or expired");
     };
-    let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME);
+    let (access, refresh) = issue_tokens(s, &client, TOKEN_LIFETIME, &scopes);
     (
         StatusCode::OK,
         json!({"access_token": access, "expires_in": TOKEN_LIFETIME.as_secs(), "refresh_token": refresh}),
@@ -473,11 +518,12 @@ fn route(
             "This simulator only serves JSON: add the .json suffix",
         );
     };
-    let client_ids = match authenticate(s, authorization) {
+    let parts: Vec<&str> = path.split('/').collect();
+    let needs = scope_needed(method.as_str(), &parts);
+    let client_ids = match authenticate(s, authorization, needs) {
         Ok(ids) => ids,
         Err(answer) => return answer,
     };
-    let parts: Vec<&str> = path.split('/').collect();
     let list_of = |s: &State, id: &str| {
         s.lists
             .get(id)
@@ -568,12 +614,27 @@ fn route(
     }
 }
 
-/// The clients the request's credential may act for, or the 401 answer.
-fn authenticate(s: &State, authorization: Option<&str>) -> Result<Vec<String>, Answer> {
+/// The clients the request's credential may act for, or the 401 answer. An OAuth token must
+/// hold the scope the call `needs` (an API key may do anything its client may).
+fn authenticate(
+    s: &State,
+    authorization: Option<&str>,
+    needs: Option<&str>,
+) -> Result<Vec<String>, Answer> {
     if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
         return match s.access_tokens.get(token) {
-            Some((client, expires)) if *expires > std::time::Instant::now() => {
-                Ok(vec![client.clone()])
+            Some((client, expires, scopes)) if *expires > std::time::Instant::now() => {
+                match needs {
+                    Some(scope) if !scopes.split(',').any(|s| s.trim() == scope) => {
+                        // The status and code are UNCONFIRMED: the token was refused for this.
+                        Err(error(
+                            StatusCode::UNAUTHORIZED,
+                            120,
+                            &format!("Invalid OAuth Token: it was not granted {scope}"),
+                        ))
+                    }
+                    _ => Ok(vec![client.clone()]),
+                }
             }
             Some(_) => Err(error(StatusCode::UNAUTHORIZED, 121, "Expired OAuth Token")),
             None => Err(error(StatusCode::UNAUTHORIZED, 120, "Invalid OAuth Token")),
@@ -613,7 +674,7 @@ fn email_query(uri: &Uri) -> String {
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("email="))
-        .map(percent_decode)
+        .map(form_decode)
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase()

@@ -411,37 +411,51 @@ pub fn is_valid_email(email: &str) -> bool {
     local_ok && labels_ok && tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
-/// Decodes `%XX` escapes and `+` (spaces) of a URL query value.
+/// Decodes the `%XX` escapes of a URL path segment; a `+` there is a plus sign (RFC 3986: only
+/// a query's form encoding reads it as a space), so `ada+news@example.com` in a path stays so.
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
             }
-            b'+' => out.push(b' '),
-            b => out.push(b),
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes a query or form value (`application/x-www-form-urlencoded`): `+` is a space.
+pub fn form_decode(s: &str) -> String {
+    percent_decode(&s.replace('+', " "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plus_is_a_space_only_in_a_query() {
+        assert_eq!(
+            percent_decode("ada+news%40example.com"),
+            "ada+news@example.com"
+        );
+        assert_eq!(form_decode("ada+lovelace%2B1"), "ada lovelace+1");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
 
     #[test]
     fn email_rule_accepts_ordinary_addresses_and_refuses_broken_ones() {

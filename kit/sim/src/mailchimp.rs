@@ -26,7 +26,9 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
 use super::oauth::{OAuthServer, Refusal};
-use super::{Faults, Listen, LoggedRequest, Server, basic_auth, is_valid_email, percent_decode};
+use super::{
+    Faults, Listen, LoggedRequest, Server, basic_auth, form_decode, is_valid_email, percent_decode,
+};
 
 /// Largest batch subscribe accepted.
 pub const MAX_BATCH: usize = 500;
@@ -127,6 +129,9 @@ struct Audience {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Where the simulator answers (`http://127.0.0.1:41234`): the metadata's `api_endpoint`
+    /// is an absolute URL, as Mailchimp's is.
+    origin: String,
     accounts: Vec<Account>,
     audiences: BTreeMap<String, Audience>,
     /// The OAuth apps registered with the vendor, and their codes.
@@ -245,6 +250,7 @@ impl MailchimpSim {
             async move { handle(state, peak, method, uri, headers, body).await }
         })
         .await?;
+        state.lock().unwrap().origin = server.origin().to_string();
         Ok(MailchimpSim {
             state,
             server: Arc::new(server),
@@ -291,7 +297,7 @@ impl MailchimpSim {
     pub fn authorization_code(&self, client_id: &str, redirect_uri: &str, api_key: &str) -> String {
         let mut s = self.state.lock().unwrap();
         let account = s.account_of(api_key);
-        s.oauth.grant(account, client_id, redirect_uri)
+        s.oauth.grant(account, client_id, redirect_uri, "")
     }
 
     /// Adds an audience to the account of `api_key`; returns its ID.
@@ -677,13 +683,14 @@ fn oauth(
                 .collect();
             let query = uri.query().unwrap_or("");
             Ok(s.oauth
-                .authorize_page("Mailchimp", "/oauth2/approve", query, &accounts))
+                .authorize_page("Mailchimp", "/oauth2/approve", query, &accounts, None))
         }
         ("POST", "approve") => Ok(s.oauth.approve(body)),
         ("POST", "token") => {
             let form = super::oauth::form(&String::from_utf8_lossy(body));
             let exchanged = match form.get("grant_type").map(String::as_str) {
-                Some("authorization_code") => s.oauth.exchange(&form),
+                // Mailchimp has no scopes: a token may do what its user may.
+                Some("authorization_code") => s.oauth.exchange(&form).map(|(account, _)| account),
                 _ => Err(Refusal("unsupported_grant_type", "Unsupported grant_type")),
             };
             let account = match exchanged {
@@ -719,7 +726,7 @@ fn oauth(
             Ok(ok(
                 json!({"dc": account.dc, "role": "owner", "accountname": account.name, "user_id": 123456,
                 "login": {"email": "owner@example.com", "login_id": 123456, "login_name": "owner", "login_email": "owner@example.com", "avatar": null},
-                "login_url": "https://login.mailchimp.com", "api_endpoint": format!("/{}", account.dc)}),
+                "login_url": "https://login.mailchimp.com", "api_endpoint": format!("{}/{}", s.origin, account.dc)}),
             ))
         }
         _ => Err(problem(
@@ -822,7 +829,7 @@ fn wants_field(uri: &Uri, field: &str) -> bool {
     else {
         return true;
     };
-    percent_decode(fields)
+    form_decode(fields)
         .split(',')
         .any(|f| f == field || field.starts_with(&format!("{f}.")))
 }

@@ -4,16 +4,22 @@
 //! groups only those given), groups and their members, the account's fields, and batches of up
 //! to 50 requests answered in order. Errors are `{"message": ...}` with `errors` by field on a
 //! 422. Every subscriber is kept in a ledger for tests to inspect.
+//!
+//! Its limits are MailerLite's own unless a test asks otherwise ([`RateLimits`]): 120 requests
+//! a minute per account, and besides 5 imports a minute (a batch made only of subscriber
+//! upserts is one) [L1][L3]; past either a `429` with `Retry-After`, and every answer carries
+//! `X-RateLimit-Limit` and `X-RateLimit-Remaining` as the real API's do [L7].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::{Listen, LoggedRequest, Server, is_valid_email, percent_decode};
+use crate::{Listen, LoggedRequest, Server, form_decode, is_valid_email, percent_decode};
 
 /// Most requests one batch carries [L3].
 pub const MAX_BATCH_REQUESTS: usize = 50;
@@ -31,6 +37,65 @@ const DEFAULT_FIELDS: [&str; 8] = [
 /// The longest field value kept. UNCONFIRMED: MailerLite publishes no limit; text fields in its
 /// app take 255 characters.
 pub const MAX_FIELD_VALUE: usize = 255;
+
+/// The limits the simulator keeps, each a fixed window from its first request (as Laravel's
+/// throttle, which answers MailerLite's `Too Many Attempts.`, counts).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// Requests a window per account (a batch is one).
+    pub requests: u32,
+    /// Imports a window besides (a batch of only `POST api/subscribers` is one).
+    pub imports: u32,
+    pub window: Duration,
+}
+
+impl RateLimits {
+    /// MailerLite's own: 120 requests and 5 imports a minute [L1][L3][L7].
+    pub const REAL: RateLimits = RateLimits {
+        requests: 120,
+        imports: 5,
+        window: Duration::from_secs(60),
+    };
+    /// No limit: for tests that send faster than MailerLite allows on purpose.
+    pub const NONE: RateLimits = RateLimits {
+        requests: u32::MAX,
+        imports: u32::MAX,
+        window: Duration::from_secs(60),
+    };
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits::REAL
+    }
+}
+
+/// One fixed window's count.
+#[derive(Default)]
+struct Window {
+    since: Option<Instant>,
+    used: u32,
+}
+
+impl Window {
+    /// Counts a request if the window has room; else how long until it resets.
+    fn take(&mut self, limit: u32, length: Duration) -> Result<u32, Duration> {
+        let now = Instant::now();
+        match self.since {
+            Some(since) if now.duration_since(since) < length => {}
+            _ => {
+                self.since = Some(now);
+                self.used = 0;
+            }
+        }
+        if self.used >= limit {
+            let since = self.since.expect("set above");
+            return Err(length.saturating_sub(now.duration_since(since)));
+        }
+        self.used += 1;
+        Ok(limit - self.used)
+    }
+}
 
 /// One subscriber in the ledger.
 #[derive(Debug, Clone)]
@@ -58,6 +123,9 @@ struct State {
     /// The account's own fields (keys), beside the default ones.
     fields: Vec<String>,
     log: Vec<LoggedRequest>,
+    limits: RateLimits,
+    requests: Window,
+    imports: Window,
 }
 
 impl State {
@@ -88,10 +156,21 @@ fn invalid(field: &str, text: &str) -> Answer {
 }
 
 impl MailerLiteSim {
-    /// Starts where `listen` says, for an account whose API token is `token`.
+    /// Starts where `listen` says, for an account whose API token is `token`, with
+    /// MailerLite's own limits.
     pub async fn start_on(listen: Listen, token: &str) -> anyhow::Result<MailerLiteSim> {
+        MailerLiteSim::start_with(listen, token, RateLimits::REAL).await
+    }
+
+    /// [`MailerLiteSim::start_on`] with these limits.
+    pub async fn start_with(
+        listen: Listen,
+        token: &str,
+        limits: RateLimits,
+    ) -> anyhow::Result<MailerLiteSim> {
         let state = Arc::new(Mutex::new(State {
             token: token.into(),
+            limits,
             ..State::default()
         }));
         let handler_state = state.clone();
@@ -132,7 +211,7 @@ impl MailerLiteSim {
             email.to_lowercase(),
             Subscriber {
                 id,
-                email: email.into(),
+                email: email.to_lowercase(),
                 status: status.into(),
                 fields: BTreeMap::new(),
                 groups: groups.iter().map(|g| g.to_string()).collect(),
@@ -172,16 +251,43 @@ fn handle(
     let bearer = authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "));
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(body) => Ok(Some(body)),
+        Err(_) if body.is_empty() => Ok(None),
+        Err(_) => Err(()),
+    };
+    let limits = s.limits;
+    let mut remaining = None;
+    let mut wait = None;
     let (status, answer) = if bearer != Some(s.token.as_str()) {
         message(StatusCode::UNAUTHORIZED, "Unauthenticated.")
     } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(body) => route(&mut s, &method, &uri, Some(&body)),
-            Err(_) if body.is_empty() => route(&mut s, &method, &uri, None),
-            Err(_) => message(
-                StatusCode::BAD_REQUEST,
-                "The request body is not valid JSON.",
-            ),
+        match s.requests.take(limits.requests, limits.window) {
+            Err(left) => {
+                remaining = Some(0);
+                wait = Some(left);
+                message(StatusCode::TOO_MANY_REQUESTS, "Too Many Attempts.")
+            }
+            Ok(left) => {
+                remaining = Some(left);
+                let import = matches!(&body, Ok(Some(b)) if is_import(&method, &uri, b));
+                match import.then(|| s.imports.take(limits.imports, limits.window)) {
+                    Some(Err(left)) => {
+                        wait = Some(left);
+                        message(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "You're being rate limited on import creation.",
+                        )
+                    }
+                    _ => match &body {
+                        Ok(body) => route(&mut s, &method, &uri, body.as_ref()),
+                        Err(()) => message(
+                            StatusCode::BAD_REQUEST,
+                            "The request body is not valid JSON.",
+                        ),
+                    },
+                }
+            }
         }
     };
     s.log.push(LoggedRequest {
@@ -191,10 +297,40 @@ fn handle(
         status: status.as_u16(),
         at: std::time::Instant::now(),
     });
-    if status == StatusCode::NO_CONTENT {
-        return status.into_response();
+    let mut response = if status == StatusCode::NO_CONTENT {
+        status.into_response()
+    } else {
+        (status, axum::Json(answer)).into_response()
+    };
+    let headers = response.headers_mut();
+    if let Some(remaining) = remaining
+        && limits.requests != u32::MAX
+    {
+        headers.insert("x-ratelimit-limit", limits.requests.into());
+        headers.insert("x-ratelimit-remaining", remaining.into());
     }
-    (status, axum::Json(answer)).into_response()
+    if let Some(wait) = wait {
+        // Whole seconds, rounded up: never earlier than the window resets.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert("retry-after", seconds.max(1).into());
+    }
+    response
+}
+
+/// Whether a request is an import: a batch made only of subscriber upserts [L3].
+fn is_import(method: &Method, uri: &Uri, body: &Value) -> bool {
+    let requests = body.get("requests").and_then(Value::as_array);
+    method == Method::POST
+        && uri.path().trim_end_matches('/') == "/api/batch"
+        && requests.is_some_and(|r| {
+            !r.is_empty()
+                && r.iter().all(|r| {
+                    r.get("method").and_then(Value::as_str) == Some("POST")
+                        && r.get("path")
+                            .and_then(Value::as_str)
+                            .is_some_and(|p| p.trim_matches('/') == "api/subscribers")
+                })
+        })
 }
 
 /// Answers one API call (a batch's inner ones too): `path` starts after the host.
@@ -217,17 +353,7 @@ fn route(s: &mut State, method: &Method, uri: &Uri, body: Option<&Value>) -> Ans
             if !s.groups.contains_key(*group) {
                 return message(StatusCode::NOT_FOUND, "Resource not found.");
             }
-            let limit = query_value(query, "limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(25usize);
-            let data: Vec<Value> = s
-                .subscribers
-                .values()
-                .filter(|m| m.groups.contains(*group))
-                .take(limit)
-                .map(|m| subscriber_json(s, m))
-                .collect();
-            (StatusCode::OK, json!({ "data": data }))
+            group_members(s, group, query, uri.path())
         }
         ("GET", ["api", "fields"]) => {
             let data: Vec<Value> = DEFAULT_FIELDS
@@ -262,16 +388,77 @@ fn route(s: &mut State, method: &Method, uri: &Uri, body: Option<&Value>) -> Ans
                 None => message(StatusCode::NOT_FOUND, "Resource not found."),
             }
         }
-        _ => message(StatusCode::NOT_FOUND, "Resource not found."),
+        // A route the API does not have, not a record it lacks (Laravel's words, which the
+        // connect API is built on; UNCONFIRMED for MailerLite itself).
+        _ => message(
+            StatusCode::NOT_FOUND,
+            &format!("The route {path} could not be found."),
+        ),
     }
 }
 
-fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+/// A query parameter, form-decoded (`filter%5Bstatus%5D=active` names `filter[status]`).
+fn query_value(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+        .find(|(k, _)| form_decode(k) == key)
+        .map(|(_, v)| form_decode(v))
+}
+
+/// `GET /api/groups/{id}/subscribers`: the group's members in id order, only those of
+/// `filter[status]` when given, `limit` a page (25 by default, at most 1000; UNCONFIRMED
+/// bounds) and cursor paging, answered with `links` and `meta` as the real API's are [L8].
+fn group_members(s: &State, group: &str, query: &str, path: &str) -> Answer {
+    let limit = match query_value(query, "limit").map(|l| l.parse::<usize>()) {
+        None => 25,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return invalid("limit", "The limit must be between 1 and 1000."),
+    };
+    let status = query_value(query, "filter[status]");
+    if let Some(st) = status.as_deref()
+        && !matches!(
+            st,
+            "active" | "unsubscribed" | "unconfirmed" | "bounced" | "junk"
+        )
+    {
+        return invalid("filter.status", "The selected filter.status is invalid.");
+    }
+    // The cursor is the id after which the page starts (opaque to clients).
+    let after: Option<u64> = match query_value(query, "cursor") {
+        None => None,
+        Some(c) => match u64::from_str_radix(&c, 16) {
+            Ok(id) => Some(id),
+            Err(_) => return invalid("cursor", "The cursor is invalid."),
+        },
+    };
+    let mut members: Vec<&Subscriber> = s
+        .subscribers
+        .values()
+        .filter(|m| m.groups.contains(group))
+        .filter(|m| status.as_deref().is_none_or(|st| m.status == st))
+        .collect();
+    members.sort_by_key(|m| m.id.parse::<u64>().unwrap_or(0));
+    let page: Vec<&Subscriber> = members
+        .into_iter()
+        .filter(|m| after.is_none_or(|a| m.id.parse::<u64>().unwrap_or(0) > a))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    let page = &page[..page.len().min(limit)];
+    let next = more
+        .then(|| page.last())
+        .flatten()
+        .map(|m| format!("{:x}", m.id.parse::<u64>().unwrap_or(0)));
+    let data: Vec<Value> = page.iter().map(|m| subscriber_json(s, m)).collect();
+    (
+        StatusCode::OK,
+        json!({
+            "data": data,
+            "links": {"first": null, "last": null, "prev": null, "next": next.as_ref().map(|c| format!("{path}?cursor={c}"))},
+            "meta": {"path": path, "per_page": limit, "next_cursor": next, "prev_cursor": null},
+        }),
+    )
 }
 
 fn find<'a>(s: &'a State, id_or_email: &str) -> Option<&'a Subscriber> {
@@ -374,7 +561,8 @@ fn upsert(s: &mut State, body: Option<&Value>) -> Answer {
             key.clone(),
             Subscriber {
                 id,
-                email: email.into(),
+                // The API keeps an address lower-cased [L8].
+                email: key.clone(),
                 status: status.unwrap_or("active").into(),
                 fields: BTreeMap::new(),
                 groups: BTreeSet::new(),
@@ -472,7 +660,9 @@ const CHECK_TOKEN: &str = "check-mailerlite-token";
 impl ForCheck {
     /// Starts the simulator with an account and an empty group.
     pub async fn start(listen: Listen) -> anyhow::Result<ForCheck> {
-        let sim = MailerLiteSim::start_on(listen, CHECK_TOKEN).await?;
+        // The check sends unpaced to a simulator on this machine: MailerLite's own limits
+        // would only make it wait.
+        let sim = MailerLiteSim::start_with(listen, CHECK_TOKEN, RateLimits::NONE).await?;
         let group = sim.add_group("Check group");
         Ok(ForCheck { sim, group })
     }

@@ -22,6 +22,8 @@ struct App {
 #[derive(Debug)]
 struct Grant {
     account: usize,
+    /// The scopes asked for, as given (`ManageLists,ImportSubscribers`).
+    scope: String,
     client_id: String,
     redirect_uri: String,
     challenge: Option<String>,
@@ -29,8 +31,9 @@ struct Grant {
 }
 
 /// The authorize request's parameters the page carries through its form (hidden fields).
-pub const AUTHORIZE_PARAMS: [&str; 5] = [
+pub const AUTHORIZE_PARAMS: [&str; 6] = [
     "client_id",
+    "scope",
     "redirect_uri",
     "state",
     "code_challenge",
@@ -59,7 +62,7 @@ pub fn form(text: &str) -> HashMap<String, String> {
 }
 
 fn decode(text: &str) -> String {
-    super::percent_decode(&text.replace('+', " "))
+    super::form_decode(text)
 }
 
 fn encode(text: &str) -> String {
@@ -107,12 +110,17 @@ impl OAuthServer {
 
     /// The authorize page for `query`, listing `accounts` (index, name) to grant. An unknown
     /// client or a redirect URI it did not register gets an error page, never a redirect.
+    ///
+    /// With `scopes`, the vendor's scopes: the request must ask for one or more of them
+    /// (comma-separated), else it goes back to the app with `error=invalid_scope` (RFC 6749
+    /// section 4.1.2.1).
     pub fn authorize_page(
         &self,
         vendor: &str,
         approve_path: &str,
         query: &str,
         accounts: &[(usize, String)],
+        scopes: Option<&[&str]>,
     ) -> Response {
         let q = form(query);
         let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
@@ -125,6 +133,22 @@ impl OAuthServer {
                 Html("<h1>redirect_uri does not match the application's</h1>"),
             )
                 .into_response();
+        }
+        if let Some(known) = scopes {
+            let asked: Vec<&str> = get("scope").split(',').map(str::trim).collect();
+            if asked.iter().any(|a| !known.contains(a)) {
+                let separator = if app.redirect_uri.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                let target = format!(
+                    "{}{separator}error=invalid_scope&state={}",
+                    app.redirect_uri,
+                    encode(get("state"))
+                );
+                return (StatusCode::SEE_OTHER, [("location", target)]).into_response();
+            }
         }
         let hidden: String = AUTHORIZE_PARAMS
             .iter()
@@ -170,6 +194,7 @@ impl OAuthServer {
                 code.clone(),
                 Grant {
                     account: get("account").parse().unwrap_or(0),
+                    scope: get("scope"),
                     client_id,
                     redirect_uri: redirect_uri.clone(),
                     challenge: Some(get("code_challenge")).filter(|c| !c.is_empty()),
@@ -183,13 +208,21 @@ impl OAuthServer {
         (StatusCode::SEE_OTHER, [("location", target)]).into_response()
     }
 
-    /// A code for `account`, as if its owner allowed `client_id` on the authorize page.
-    pub fn grant(&mut self, account: usize, client_id: &str, redirect_uri: &str) -> String {
+    /// A code for `account`, as if its owner allowed `client_id` on the authorize page, for
+    /// `scope`.
+    pub fn grant(
+        &mut self,
+        account: usize,
+        client_id: &str,
+        redirect_uri: &str,
+        scope: &str,
+    ) -> String {
         let code = random();
         self.grants.insert(
             code.clone(),
             Grant {
                 account,
+                scope: scope.into(),
                 client_id: client_id.into(),
                 redirect_uri: redirect_uri.into(),
                 challenge: None,
@@ -199,8 +232,9 @@ impl OAuthServer {
         code
     }
 
-    /// A token request with `grant_type=authorization_code`: the account the code grants.
-    pub fn exchange(&mut self, f: &HashMap<String, String>) -> Result<usize, Refusal> {
+    /// A token request with `grant_type=authorization_code`: the account the code grants, and
+    /// the scopes it was asked for.
+    pub fn exchange(&mut self, f: &HashMap<String, String>) -> Result<(usize, String), Refusal> {
         let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
         let app = self
             .apps
@@ -233,6 +267,6 @@ impl OAuthServer {
                 return Err(Refusal("invalid_grant", "PKCE verification failed"));
             }
         }
-        Ok(grant.account)
+        Ok((grant.account, grant.scope))
     }
 }

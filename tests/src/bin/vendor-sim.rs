@@ -1,18 +1,22 @@
 //! Runs a vendor simulator on its own, for connector authors and manual runs:
-//! `cargo run -p connector-tests --bin vendor-sim -- campaign-monitor --port 8080`.
+//! `cargo run -p connector-tests --bin vendor-sim -- campaign-monitor --port 8080` (or
+//! `mailchimp`, `mailerlite`).
 //! Prints the base URL, credential and list to use, then serves until Ctrl-C. With
 //! `--sample-data DIR` it also writes sample profiles to export (README.md's first session).
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use connector_tests::sample;
+use connector_tests::sim::Listen;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 use connector_tests::sim::mailchimp::MailchimpSim;
+use connector_tests::sim::mailerlite::{MailerLiteSim, RateLimits};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Vendor {
     CampaignMonitor,
     Mailchimp,
+    Mailerlite,
 }
 
 #[derive(Parser)]
@@ -26,6 +30,12 @@ struct Args {
     /// Campaign Monitor: the API key the simulated account accepts.
     #[arg(long, default_value = "sim-api-key")]
     api_key: String,
+    /// MailerLite: the API token the simulated account accepts.
+    #[arg(long, default_value = "sim-mailerlite-token")]
+    token: String,
+    /// MailerLite: lift the vendor's limits (120 requests and 5 imports a minute).
+    #[arg(long)]
+    no_limits: bool,
     /// Mailchimp: the data centre of the simulated account.
     #[arg(long, default_value = "us21")]
     data_centre: String,
@@ -83,6 +93,34 @@ async fn main() -> Result<()> {
             println!(
                 "stopping; the audience held {} members",
                 sim.members(&audience).len()
+            );
+        }
+        Vendor::Mailerlite => {
+            let limits = if args.no_limits {
+                RateLimits::NONE
+            } else {
+                RateLimits::REAL
+            };
+            let sim =
+                MailerLiteSim::start_with(Listen::plain(args.port), &args.token, limits).await?;
+            let group = sim.add_group("Simulated group");
+            println!("MailerLite simulator at {}", sim.base_url());
+            println!(
+                "API token: {} (Bearer)\ngroup ID: {group}\nlimits: {}",
+                args.token,
+                if args.no_limits {
+                    "none".to_string()
+                } else {
+                    format!(
+                        "{} requests and {} imports a minute",
+                        limits.requests, limits.imports
+                    )
+                }
+            );
+            tokio::signal::ctrl_c().await?;
+            println!(
+                "stopping; the account held {} subscribers",
+                sim.subscribers().len()
             );
         }
     }
