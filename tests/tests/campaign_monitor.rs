@@ -514,3 +514,33 @@ async fn the_simulators_oauth_keeps_scopes() {
     assert!(body.contains("ImportSubscribers"), "{body}");
     assert!(sim.subscribers(&list).is_empty());
 }
+
+/// Campaign Monitor throttles one subscriber added again and again (5 a minute here; CM
+/// publishes no figure), with its own words and no rate headers; another subscriber is not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_throttles_a_subscriber_added_too_often() {
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let client = sim.add_client("Acme", "adds-key");
+    let list = sim.add_list(&client, "Main");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("adds-key:x")
+    );
+    let auth = [("authorization", basic.as_str())];
+    let url = format!("{}/subscribers/{list}.json", sim.base_url());
+    let add = |email: &str| {
+        format!(
+            r#"{{"EmailAddress": "{email}", "Name": "Ada", "Resubscribe": false, "ConsentToTrack": "Unchanged"}}"#
+        )
+    };
+    for _ in 0..5 {
+        let (status, _, body) = http("POST", &url, &auth, &add("ada@example.com")).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, headers, body) = http("POST", &url, &auth, &add("Ada@Example.com")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("added too many times too quickly"), "{body}");
+    assert!(!headers.iter().any(|(k, _)| k.starts_with("x-ratelimit")));
+    let (status, _, body) = http("POST", &url, &auth, &add("grace@example.com")).await;
+    assert_eq!(status, 201, "{body}");
+}
