@@ -16,6 +16,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "mailchimp_connector.wasm",
         "MAILCHIMP",
     ),
+    ("brevo-connector", "brevo_connector.wasm", "BREVO"),
     // Test-only guests under tests/guests: misbehaving or unacceptable on purpose.
     ("hostile-connector", "hostile_connector.wasm", "HOSTILE"),
     (

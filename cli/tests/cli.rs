@@ -223,11 +223,12 @@ fn point<'a>(output: &'a str, point: &str) -> &'a str {
 }
 
 #[test]
-fn plugins_check_passes_the_three_real_connectors_on_every_point() {
+fn plugins_check_passes_the_four_real_connectors_on_every_point() {
     for (file, extra) in [
         (artifacts::CAMPAIGN_MONITOR, &[][..]),
         (artifacts::MAILCHIMP, &[][..]),
         (artifacts::MAILERLITE, &[][..]),
+        (artifacts::BREVO, &[][..]),
     ] {
         let (code, out) = check(file, extra);
         assert_eq!(code, 0, "{out}");

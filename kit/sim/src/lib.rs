@@ -1,15 +1,17 @@
 //! The vendor-simulator kit: local HTTP(S) servers that behave like email vendors' real APIs,
 //! each keeping a ledger of every contact so tests can prove nothing was lost, duplicated or
 //! resubscribed. [`Server`] is the shared part (loopback HTTP/1.1 and HTTP/2, optional TLS,
-//! injected [`Faults`], counters); each vendor module (Campaign Monitor, Mailchimp, MailerLite)
+//! injected [`Faults`], counters); each vendor module (Campaign Monitor, Mailchimp, MailerLite, Brevo)
 //! holds its records behind one handler; [`Simulator`] is what a conformance check drives.
 //! Nothing here depends on the connector host.
 
+pub mod brevo;
 pub mod campaign_monitor;
 pub mod delay;
 pub mod mailchimp;
 pub mod mailerlite;
 pub mod oauth;
+pub mod quota;
 mod senders;
 pub mod simulator;
 pub mod tls;

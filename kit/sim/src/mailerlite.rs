@@ -12,13 +12,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::quota::{self, Quota};
 use crate::{Listen, LoggedRequest, Server, form_decode, is_valid_email, percent_decode};
 
 /// Most requests one batch carries [L3].
@@ -70,33 +71,6 @@ impl Default for RateLimits {
     }
 }
 
-/// One fixed window's count.
-#[derive(Default)]
-struct Window {
-    since: Option<Instant>,
-    used: u32,
-}
-
-impl Window {
-    /// Counts a request if the window has room; else how long until it resets.
-    fn take(&mut self, limit: u32, length: Duration) -> Result<u32, Duration> {
-        let now = Instant::now();
-        match self.since {
-            Some(since) if now.duration_since(since) < length => {}
-            _ => {
-                self.since = Some(now);
-                self.used = 0;
-            }
-        }
-        if self.used >= limit {
-            let since = self.since.expect("set above");
-            return Err(length.saturating_sub(now.duration_since(since)));
-        }
-        self.used += 1;
-        Ok(limit - self.used)
-    }
-}
-
 /// One subscriber in the ledger.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -124,8 +98,8 @@ struct State {
     fields: Vec<String>,
     log: Vec<LoggedRequest>,
     limits: RateLimits,
-    requests: Window,
-    imports: Window,
+    requests: Option<Quota>,
+    imports: Option<Quota>,
 }
 
 impl State {
@@ -262,16 +236,23 @@ fn handle(
     let (status, answer) = if bearer != Some(s.token.as_str()) {
         message(StatusCode::UNAUTHORIZED, "Unauthenticated.")
     } else {
-        match s.requests.take(limits.requests, limits.window) {
+        let requests = s
+            .requests
+            .get_or_insert_with(|| Quota::new(limits.requests, limits.window))
+            .take();
+        match requests {
             Err(left) => {
                 remaining = Some(0);
                 wait = Some(left);
                 message(StatusCode::TOO_MANY_REQUESTS, "Too Many Attempts.")
             }
-            Ok(left) => {
+            Ok((left, _)) => {
                 remaining = Some(left);
                 let import = matches!(&body, Ok(Some(b)) if is_import(&method, &uri, b));
-                match import.then(|| s.imports.take(limits.imports, limits.window)) {
+                let imports = s
+                    .imports
+                    .get_or_insert_with(|| Quota::new(limits.imports, limits.window));
+                match import.then(|| imports.take()) {
                     Some(Err(left)) => {
                         wait = Some(left);
                         message(
@@ -310,9 +291,7 @@ fn handle(
         headers.insert("x-ratelimit-remaining", remaining.into());
     }
     if let Some(wait) = wait {
-        // Whole seconds, rounded up: never earlier than the window resets.
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        headers.insert("retry-after", seconds.max(1).into());
+        headers.insert("retry-after", quota::seconds(wait).into());
     }
     response
 }

@@ -43,7 +43,7 @@ pub trait Simulator: Send + Sync {
 }
 
 /// The connectors the kit has a simulator for.
-pub const SIMULATED: &[&str] = &["campaign-monitor", "mailchimp", "mailerlite"];
+pub const SIMULATED: &[&str] = &["campaign-monitor", "mailchimp", "mailerlite", "brevo"];
 
 /// Starts the kit's simulator for `connector` on a free loopback port, with an account and a
 /// list ready; `None` when the kit has no simulator for it.
@@ -56,6 +56,9 @@ pub async fn start(connector: &str, listen: Listen) -> Option<anyhow::Result<Box
             .await
             .map(|s| Box::new(s) as Box<dyn Simulator>),
         "mailerlite" => crate::mailerlite::ForCheck::start(listen)
+            .await
+            .map(|s| Box::new(s) as Box<dyn Simulator>),
+        "brevo" => crate::brevo::ForCheck::start(listen)
             .await
             .map(|s| Box::new(s) as Box<dyn Simulator>),
         _ => return None,
