@@ -41,6 +41,22 @@ impl Window {
             .mul_f64(MARGIN / f64::from(self.requests.max(1)))
     }
 
+    /// Names the window among an account's (`120/60000/*/` or `5/60000/POST//batch`).
+    pub fn key(&self) -> String {
+        let (method, prefix) = match &self.class {
+            None => ("*".to_string(), ""),
+            Some(c) => (
+                c.method.as_ref().map_or("*".into(), |m| m.to_string()),
+                c.path_prefix.as_str(),
+            ),
+        };
+        format!(
+            "{}/{}/{method}/{prefix}",
+            self.requests,
+            self.period.as_millis()
+        )
+    }
+
     /// The window in words: "120 requests a minute", "5 requests a minute for POST /batch".
     pub fn describe(&self) -> String {
         let per = match self.period.as_secs_f64() {
@@ -81,6 +97,9 @@ pub struct Limits {
     /// The path of the connection's base URL: windows' classes match what follows it.
     base_path: String,
     windows: Vec<Arc<Paced>>,
+    /// The vendor account the windows are shared on, beyond this process when its store
+    /// keeps them (PostgreSQL).
+    account: Option<SharedAccount>,
 }
 
 /// One window with its next free send time.
@@ -125,12 +144,14 @@ impl Limits {
             slots: Semaphore::new(in_flight.max(1)),
             base_path: base_path.trim_end_matches('/').to_string(),
             windows,
+            account: None,
         }
     }
 
-    /// Shares these limits' windows with every run of this process against `account`: the
-    /// vendor counts the account's requests, whichever run sends them.
-    pub fn share(&mut self, account: &str) {
+    /// Shares these limits' windows with every run against `account`: in this process, and
+    /// across workers when the account's store keeps windows. The vendor counts the account's
+    /// requests, whichever run or worker sends them.
+    pub fn share(&mut self, account: &SharedAccount) {
         type Accounts = Mutex<std::collections::HashMap<(String, Window), Arc<Paced>>>;
         static ACCOUNTS: std::sync::OnceLock<Accounts> = std::sync::OnceLock::new();
         let mut accounts = ACCOUNTS
@@ -139,10 +160,11 @@ impl Limits {
             .unwrap_or_else(|p| p.into_inner());
         for paced in &mut self.windows {
             *paced = accounts
-                .entry((account.to_string(), paced.window.clone()))
+                .entry((account.key.clone(), paced.window.clone()))
                 .or_insert_with(|| paced.clone())
                 .clone();
         }
+        self.account = Some(account.clone());
     }
 
     /// Waits for a slot and for every window counting a `method` request to `path`; the slot is
@@ -154,16 +176,40 @@ impl Limits {
     ) -> tokio::sync::SemaphorePermit<'_> {
         let slot = self.slots.acquire().await.expect("never closed");
         let path = path.strip_prefix(self.base_path.as_str()).unwrap_or(path);
-        let at = self
+        let mut at = None;
+        for paced in self
             .windows
             .iter()
             .filter(|p| p.window.counts(method, path))
-            .map(|p| p.reserve())
-            .max();
+        {
+            let reserved = match self.reserve_shared(&paced.window).await {
+                Some(wait) => tokio::time::Instant::now() + wait,
+                None => paced.reserve(),
+            };
+            at = at.max(Some(reserved));
+        }
         if let Some(at) = at {
             tokio::time::sleep_until(at).await;
         }
         slot
+    }
+
+    /// The wait for `window`'s next send time among every worker, when the account's store
+    /// keeps windows; `None` to pace in this process (no such store, or it cannot be reached:
+    /// then the run's own writes fail soon after, and this process at least keeps its pace).
+    async fn reserve_shared(&self, window: &Window) -> Option<Duration> {
+        let account = self.account.as_ref()?;
+        let reserved = account
+            .slots
+            .reserve(&account.key, &window.key(), window.interval())
+            .await;
+        match reserved {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::warn!("pacing {} in this process only: {e:#}", window.describe());
+                None
+            }
+        }
     }
 
     /// The vendor's windows, as paced.
@@ -173,11 +219,23 @@ impl Limits {
 
     /// Holds every window until the vendor's `Retry-After` or rate headers say requests may
     /// go again (a throttled answer, or one saying none are left in the window).
-    pub fn note_answer(&self, status: http::StatusCode, headers: &http::HeaderMap) {
-        if let Some(wait) = rate_wait(status, headers) {
-            let until = tokio::time::Instant::now() + wait;
-            for paced in &self.windows {
-                paced.hold(until);
+    pub async fn note_answer(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        let Some(wait) = rate_wait(status, headers) else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + wait;
+        for paced in &self.windows {
+            paced.hold(until);
+            if let Some(account) = &self.account
+                && let Err(e) = account
+                    .slots
+                    .hold(&account.key, &paced.window.key(), wait)
+                    .await
+            {
+                tracing::warn!(
+                    "holding {} for other workers failed: {e:#}",
+                    paced.window.describe()
+                );
             }
         }
     }
@@ -337,7 +395,10 @@ mod tests {
         ];
         let run = |account: &str| {
             let mut limits = Limits::new(16, windows.clone(), "/api");
-            limits.share(account);
+            limits.share(&SharedAccount {
+                key: account.into(),
+                slots: ProcessSlots::shared(),
+            });
             Arc::new(limits)
         };
         let (a, b) = (run("acme"), run("acme"));
@@ -384,7 +445,9 @@ mod tests {
         let limits = Limits::new(4, vec![window(100, 1, None)], "");
         let mut headers = http::HeaderMap::new();
         headers.insert("retry-after", "7".parse().unwrap());
-        limits.note_answer(http::StatusCode::TOO_MANY_REQUESTS, &headers);
+        limits
+            .note_answer(http::StatusCode::TOO_MANY_REQUESTS, &headers)
+            .await;
         let start = tokio::time::Instant::now();
         let _slot = limits.admit(&http::Method::GET, "/x").await;
         assert_eq!(start.elapsed(), Duration::from_secs(7));
@@ -412,6 +475,31 @@ pub trait AccountSlots: Send + Sync {
         account: &'a str,
         capacity: usize,
     ) -> futures_util::future::BoxFuture<'a, anyhow::Result<AccountSlot>>;
+
+    /// Reserves the next send time of one of `account`'s rate windows (`window` names it,
+    /// its requests `interval` apart) among every worker, and says how long to wait for it.
+    /// `None`: this store keeps no windows, and the process paces them itself (one machine).
+    fn reserve<'a>(
+        &'a self,
+        account: &'a str,
+        window: &'a str,
+        interval: Duration,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Option<Duration>>> {
+        let _ = (account, window, interval);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Holds one of `account`'s windows for every worker: nothing goes out for `wait` (the
+    /// vendor said so).
+    fn hold<'a>(
+        &'a self,
+        account: &'a str,
+        window: &'a str,
+        wait: Duration,
+    ) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>> {
+        let _ = (account, window, wait);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A slot of a vendor account; given back when dropped.

@@ -38,7 +38,7 @@ pub use address::{DialPolicy, Resolve, SystemResolver};
 pub use credential::check_header as check_credential_header;
 pub use destination::{AllowList, check_declared_host, check_default_base_url, is_loopback_name};
 pub use limits::{
-    AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, MAX_DECLARED_IN_FLIGHT, ProcessSlots,
+    AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, Limits, MAX_DECLARED_IN_FLIGHT, ProcessSlots,
     RequestClass, SharedAccount, Window, rate_wait,
 };
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
@@ -301,7 +301,7 @@ impl Broker {
     /// workers: each attempt also holds one of the account's slots.
     pub fn with_account(mut self, account: Option<SharedAccount>) -> Broker {
         if let Some(account) = &account {
-            self.limits.share(&account.key);
+            self.limits.share(account);
         }
         self.account = account;
         self
@@ -506,7 +506,9 @@ impl Broker {
             };
             if let Ok(answer) = &attempt {
                 // The vendor's word on its windows holds every run on the account.
-                self.limits.note_answer(answer.status(), answer.headers());
+                self.limits
+                    .note_answer(answer.status(), answer.headers())
+                    .await;
                 if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
                     record.throttled += 1;
                 }

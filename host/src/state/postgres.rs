@@ -368,6 +368,56 @@ impl Drop for PgSlot {
 }
 
 impl crate::broker::AccountSlots for PgSlots {
+    /// One statement a request: the window's next send time moves on by `interval` from
+    /// whichever is later, itself or now (the database's clock, the same for every worker),
+    /// and the request waits until the time it reserved.
+    fn reserve<'a>(
+        &'a self,
+        account: &'a str,
+        window: &'a str,
+        interval: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Duration>>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.context("no PostgreSQL connection")?;
+            let interval = interval.as_millis().max(1) as i64;
+            let row = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO account_windows AS w (account, window_key, next_ms)
+                         VALUES ($1, $2, {NOW} + $3)
+                         ON CONFLICT (account, window_key)
+                         DO UPDATE SET next_ms = GREATEST(w.next_ms, {NOW}) + $3
+                         RETURNING w.next_ms - $3 - {NOW}"
+                    ),
+                    &[&account, &window, &interval],
+                )
+                .await?;
+            let wait: i64 = row.get(0);
+            Ok(Some(Duration::from_millis(wait.max(0) as u64)))
+        })
+    }
+
+    fn hold<'a>(
+        &'a self,
+        account: &'a str,
+        window: &'a str,
+        wait: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.context("no PostgreSQL connection")?;
+            client
+                .execute(
+                    &format!(
+                        "UPDATE account_windows SET next_ms = GREATEST(next_ms, {NOW} + $3)
+                         WHERE account = $1 AND window_key = $2"
+                    ),
+                    &[&account, &window, &(wait.as_millis() as i64)],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     fn acquire<'a>(
         &'a self,
         account: &'a str,

@@ -253,6 +253,19 @@ const VERSIONS: &[(u32, &str)] = &[
     // 11: when a run under way is expected to end (its phase under way: sending, then
     // settling leavers), as its latest settled piece estimated.
     (11, "ALTER TABLE runs ADD COLUMN expected_end TEXT;"),
+    // 12: a vendor account's rate windows, shared by every worker (PostgreSQL; SQLite's one
+    // process paces in memory): the next time each window lets a request go.
+    (
+        12,
+        r#"
+        CREATE TABLE account_windows (
+            account TEXT NOT NULL,
+            window_key TEXT NOT NULL,
+            next_ms {int} NOT NULL,
+            PRIMARY KEY (account, window_key)
+        );
+        "#,
+    ),
 ];
 
 /// The version a state is up to date at.
@@ -357,19 +370,19 @@ mod tests {
         let reached = |steps: Vec<(u32, String)>| steps.iter().map(|s| s.0).collect::<Vec<_>>();
         assert_eq!(
             reached(steps(Engine::Sqlite, 0).unwrap()),
-            [BASELINE, 10, 11]
+            [BASELINE, 10, 11, 12]
         );
         assert_eq!(
             reached(steps(Engine::Sqlite, 6).unwrap()),
-            [7, 8, 9, 10, 11]
+            [7, 8, 9, 10, 11, 12]
         );
         assert_eq!(
             reached(steps(Engine::Postgres, 3).unwrap()),
-            [BASELINE, 10, 11]
+            [BASELINE, 10, 11, 12]
         );
         assert_eq!(
             reached(steps(Engine::Postgres, BASELINE).unwrap()),
-            [10, 11]
+            [10, 11, 12]
         );
         assert!(steps(Engine::Sqlite, latest()).unwrap().is_empty());
         assert!(steps(Engine::Sqlite, latest() + 1).is_err());

@@ -712,6 +712,66 @@ async fn an_expired_lease_lets_another_worker_take_the_run_over() {
     taken.lock.release().await;
 }
 
+/// PostgreSQL: two workers sending to one vendor account share its rate window, each request
+/// waiting for the send time it reserved in the database; together they keep the window's
+/// pace, as one process would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_a_vendor_accounts_rate_window() {
+    use crate::broker::{Limits, SharedAccount, Window};
+    let engine = Engine::postgres().await;
+    let window = Window {
+        requests: 20,
+        period: Duration::from_secs(1),
+        class: None,
+    };
+    let limits = |state: Arc<State>| {
+        let mut limits = Limits::new(64, vec![window.clone()], "");
+        limits.share(&SharedAccount {
+            key: "mailerlite:acme".into(),
+            slots: state.account_slots(),
+        });
+        Arc::new(limits)
+    };
+    let workers = [
+        limits(engine.open("w1").await),
+        limits(engine.open("w2").await),
+    ];
+    let started = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let limits = workers[i % 2].clone();
+        sends.spawn(async move {
+            let _slot = limits.admit(&http::Method::POST, "/batch").await;
+            Instant::now()
+        });
+    }
+    let mut at: Vec<Duration> = sends
+        .join_all()
+        .await
+        .into_iter()
+        .map(|t| t.duration_since(started))
+        .collect();
+    at.sort();
+    // 40 requests at 20 a second (and the 2% margin): the last goes out after 39 intervals.
+    let interval = Duration::from_secs(1).mul_f64(1.02 / 20.0);
+    assert!(
+        at[39] >= interval * 39 - Duration::from_millis(40),
+        "40 requests in {:?}",
+        at[39]
+    );
+    // No more than the window's 20 in any second.
+    let most = at
+        .iter()
+        .map(|t| {
+            at.iter()
+                .filter(|u| **u >= *t && **u - *t < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 20, "{most} requests in one second");
+}
+
 /// Workers starting together on a new database: the schema is made once, by one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_starting_at_once_migrate_a_new_database_once() {
