@@ -243,6 +243,7 @@ fn plugins_check_passes_the_four_real_connectors_on_every_point() {
             "refuses a wrong credential as unauthorized",
             "refuses a list the account lacks as not-found",
             "a second send updates, never duplicates",
+            "a contact the vendor refuses is reported rejected",
             "never resubscribed",
             "(429) fails the batch as rate-limited",
             "(5xx) fails the batch as retryable",
@@ -299,6 +300,67 @@ fn plugins_check_fails_each_hostile_mode_on_the_point_it_breaks() {
     let line = point(&out, "loads as a connector");
     assert!(
         line.starts_with("FAIL") && line.contains("wasi:filesystem"),
+        "{out}"
+    );
+}
+
+/// `plugins check --base-url`, as README's example runs it against an author's own vendor: the
+/// check's contacts carry names and one the vendor refuses; a malformed `--unknown-setting`,
+/// which a correct connector refuses before asking the vendor, is named for what it is, and a
+/// well-formed list the account lacks passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_check_by_base_url_runs_as_the_readme_shows() {
+    let sim = CampaignMonitorSim::start(0).await.unwrap();
+    let list = sim.add_list(&sim.add_client("Acme", API_KEY), "Main");
+    let check = |unknown: &str| {
+        let (base_url, list, unknown) = (sim.base_url(), list.clone(), unknown.to_string());
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(binary())
+                .args([
+                    "plugins",
+                    "check",
+                    artifacts::CAMPAIGN_MONITOR,
+                    "--base-url",
+                ])
+                .arg(&base_url)
+                .arg("--setting")
+                .arg(format!("list-id={list}"))
+                .arg("--unknown-setting")
+                .arg(format!("list-id={unknown}"))
+                .env("CONNECTOR_SECRET", API_KEY)
+                .env("CONNECTOR_HOST_CACHE", artifacts::COMPILE_CACHE)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code().unwrap_or(-1), text)
+        })
+    };
+    let (code, out) = check("0123456789abcdef0123456789abcdef").await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    for p in [
+        "refuses a list the account lacks as not-found",
+        "a contact the vendor refuses is reported rejected",
+        "a second send updates, never duplicates",
+    ] {
+        assert!(point(&out, p).starts_with("pass"), "{p}: {out}");
+    }
+    // The names the check's contacts carry reached the vendor.
+    let held = sim.subscribers(&list);
+    assert!(
+        held.values()
+            .any(|s| s.email.starts_with("check-send-") && s.name.starts_with("Check Contact")),
+        "no contact arrived with its name"
+    );
+
+    let (code, out) = check("nope").await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    let line = point(&out, "refuses a list the account lacks as not-found");
+    assert!(
+        line.starts_with("FAIL") && line.contains("name a well-formed list the account lacks"),
         "{out}"
     );
 }

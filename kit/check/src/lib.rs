@@ -184,9 +184,17 @@ pub async fn check(options: &HostOptions, check: Check) -> Result<Findings> {
         &connection(&Secret::new("not-the-credential-0000000000-us1".into())),
         &options,
     )?;
+    // The check's contacts carry names: mapped wherever the connector takes them.
+    let mut fields = vec!["email".to_string()];
+    fields.extend(
+        ["first-name", "last-name"]
+            .into_iter()
+            .filter(|f| info.contact_fields.iter().any(|c| c.key == *f))
+            .map(String::from),
+    );
     let export = ProbeExport {
         settings: vendor.settings.clone(),
-        fields: vec!["email".into()],
+        fields,
         leave_action: None,
     };
     let no_settings = ProbeExport::default();
@@ -227,9 +235,16 @@ pub async fn check(options: &HostOptions, check: Check) -> Result<Findings> {
                 ..export.clone()
             };
             let answer = good.validate(&missing).await;
+            let failure = match &answer {
+                Ok(Err(e)) if e.kind == ErrorKind::InvalidConfig => Some(format!(
+                    "refused as malformed (invalid-config: {}) before asking the vendor: name a well-formed list the account lacks",
+                    e.message
+                )),
+                _ => expect_error(&answer, &[ErrorKind::NotFound]),
+            };
             findings.check(
                 "validate refuses a list the account lacks as not-found",
-                expect_error(&answer, &[ErrorKind::NotFound]),
+                failure,
                 "not-found",
             );
             let answer = good.export_batch(&missing, &contacts("nf", 1)).await;
@@ -283,6 +298,38 @@ pub async fn check(options: &HostOptions, check: Check) -> Result<Findings> {
         failure,
         "all updated, one record each",
     );
+    // One contact the vendor refuses among good ones: reported rejected, the rest delivered.
+    let mut mixed = contacts("mixed", 2);
+    mixed[1].email = format!("check-refused-{}@@example.com", std::process::id());
+    let answer = good.export_batch(&export, &mixed).await;
+    let failure = accounted(&answer, mixed.len()).or_else(|| match &answer {
+        Ok(Ok(report)) => {
+            let rejected = report
+                .issues
+                .iter()
+                .any(|i| i.index == 1 && i.kind == IssueKind::Rejected);
+            if !rejected {
+                return Some(format!("`{}` was not reported rejected", mixed[1].email));
+            }
+            if report.issues.iter().any(|i| i.index == 0) {
+                return Some("the good contact was reported not delivered".into());
+            }
+            let sim = vendor.simulator.as_ref()?;
+            (sim.held(&mixed[0].email) != Some(Held::Mailable))
+                .then(|| "the good contact did not arrive".to_string())
+        }
+        Ok(Err(e)) => Some(format!(
+            "the whole batch failed for one refused contact: {}",
+            error_words(e)
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    });
+    findings.check(
+        "a contact the vendor refuses is reported rejected, the rest delivered",
+        failure,
+        "rejected, with the vendor's words; the rest delivered",
+    );
+
     let over = contacts("over", info.max_batch_size as usize + 1);
     let answer = good.export_batch(&export, &over).await;
     findings.check(
