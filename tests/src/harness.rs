@@ -158,3 +158,41 @@ pub async fn http(
         .collect();
     (status, headers, body.to_string())
 }
+
+/// A run's progress as a test hears it: every estimate of the time left, with when it came
+/// and how many profiles were handled by then.
+#[derive(Default)]
+pub struct HeardEstimates {
+    done: std::sync::Mutex<u64>,
+    pub said: std::sync::Mutex<Vec<(std::time::Instant, u64, std::time::Duration)>>,
+}
+
+impl connector_host::Progress for HeardEstimates {
+    fn advance(&self, profiles: u64) {
+        *self.done.lock().unwrap() += profiles;
+    }
+    fn expect(&self, left: std::time::Duration) {
+        let done = *self.done.lock().unwrap();
+        self.said
+            .lock()
+            .unwrap()
+            .push((std::time::Instant::now(), done, left));
+    }
+}
+
+impl HeardEstimates {
+    /// How far the estimates given once something was handled missed the real end of a run
+    /// that began at `started` and took `took`, as shares of `took`: (how many, the worst).
+    pub fn misses(&self, started: std::time::Instant, took: std::time::Duration) -> (usize, f64) {
+        let said = self.said.lock().unwrap();
+        let misses: Vec<f64> = said
+            .iter()
+            .filter(|(_, done, _)| *done > 0)
+            .map(|(at, _, left)| {
+                let predicted = at.duration_since(started) + *left;
+                (predicted.as_secs_f64() - took.as_secs_f64()).abs() / took.as_secs_f64()
+            })
+            .collect();
+        (misses.len(), misses.iter().cloned().fold(0.0, f64::max))
+    }
+}

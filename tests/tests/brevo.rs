@@ -9,7 +9,7 @@ use connector_host::{
     ProbeExport, RunOptions, Secret,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::{Expected, http, open_host, plugin_dir};
+use connector_tests::harness::{Expected, HeardEstimates, http, open_host, plugin_dir};
 use connector_tests::sample;
 use connector_tests::sim::Listen;
 use connector_tests::sim::brevo::{BrevoSim, RateLimits};
@@ -229,24 +229,38 @@ async fn a_wrong_key_or_an_unknown_list_fails_before_anything_is_sent() {
 }
 
 /// Brevo's own limits, in the simulator and declared by the connector: a run is paced below
-/// 10 requests a second (no request refused) and takes the time those limits allow.
+/// 10 requests a second (no request refused), takes the time those limits allow, and says
+/// all along when it will end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_keeps_brevos_limits_without_being_refused() {
-    let w = world(RateLimits::REAL, 250).await;
+    let w = world(RateLimits::REAL, 160).await;
     let source = FileSource::new(&w.files.profiles, &w.files.memberships, "id").unwrap();
+    let heard = HeardEstimates::default();
     let started = Instant::now();
     let report = w
         .host
         .run_export(
             &connection(&w, KEY),
-            &export(&w.list.to_string()),
+            &Export {
+                segments: vec!["newsletter".into()],
+                ..export(&w.list.to_string())
+            },
             &source,
             &RunOptions::default(),
-            &NoProgress,
+            &heard,
         )
         .await
         .unwrap();
     let took = started.elapsed();
+    let (estimates, worst) = heard.misses(started, took);
+    println!(
+        "{estimates} estimates of the time left; the worst missed the end by {:.1}% of the run",
+        worst * 100.0
+    );
+    assert!(
+        estimates >= 1 && worst <= 0.10,
+        "missed by up to {worst:.3}"
+    );
     assert!(report.succeeded(), "{}", report.summary());
     let requests = w.sim.requests();
     assert!(

@@ -2,36 +2,18 @@
 //! vendor's limits, and the time left a run reports as it goes, both against the duration of
 //! a real run paced by a window.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use connector_host::{
-    Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource, HostOptions, Progress,
+    Connection, ConnectorHost, Credential, Export, FieldMapping, FileSource, HostOptions,
     RunOptions, Secret,
 };
 use connector_tests::artifacts;
-use connector_tests::harness::{plugin_dir, test_limits};
+use connector_tests::harness::{HeardEstimates, plugin_dir, test_limits};
 use connector_tests::sample;
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 
 const API_KEY: &str = "eta-test-key-0b7d21";
-
-/// Every estimate the run gave: when, how much was handled, and the time it said was left.
-#[derive(Default)]
-struct Heard {
-    done: Mutex<u64>,
-    said: Mutex<Vec<(Instant, u64, Duration)>>,
-}
-
-impl Progress for Heard {
-    fn advance(&self, profiles: u64) {
-        *self.done.lock().unwrap() += profiles;
-    }
-    fn expect(&self, left: Duration) {
-        let done = *self.done.lock().unwrap();
-        self.said.lock().unwrap().push((Instant::now(), done, left));
-    }
-}
 
 /// Twelve batches of a thousand at four requests a second (a window of the operator's): the
 /// dry run's expected duration and every estimate after the first batch are within 10% of
@@ -80,7 +62,7 @@ async fn a_run_paced_by_a_window_ends_when_it_said_it_would() {
         plan.summary()
     );
 
-    let heard = Heard::default();
+    let heard = HeardEstimates::default();
     let started = Instant::now();
     let report = host
         .run_export(&connection, &export, &source, &options, &heard)
@@ -104,27 +86,18 @@ async fn a_run_paced_by_a_window_ends_when_it_said_it_would() {
         "the dry run expected {expected:?}, the run took {took:?}"
     );
 
-    let said = heard.said.lock().unwrap();
-    let ended = started + took;
-    let errors: Vec<f64> = said
-        .iter()
-        .filter(|(_, done, _)| *done > 0)
-        .map(|(at, _, left)| {
-            let predicted = at.duration_since(started) + *left;
-            (predicted.as_secs_f64() - took.as_secs_f64()).abs() / took.as_secs_f64()
-        })
-        .collect();
-    assert!(errors.len() >= 5, "{} estimates", errors.len());
-    let worst = errors.iter().cloned().fold(0.0, f64::max);
+    let (estimates, worst) = heard.misses(started, took);
+    assert!(estimates >= 5, "{estimates} estimates");
     println!(
-        "{} estimates while sending; the worst missed the end by {:.1}% of the run",
-        errors.len(),
+        "{estimates} estimates while sending; the worst missed the end by {:.1}% of the run",
         worst * 100.0
     );
     assert!(
         worst <= 0.10,
         "estimates missed the end by up to {worst:.3}"
     );
+    let said = heard.said.lock().unwrap();
+    let ended = started + took;
     // The first estimate, before anything was handled, came from the window alone.
     let (at, _, left) = said.first().expect("an estimate at the start");
     let first = (at.duration_since(started) + *left).as_secs_f64() / took.as_secs_f64();

@@ -100,6 +100,22 @@ pub struct Limits {
     /// The vendor account the windows are shared on, beyond this process when its store
     /// keeps them (PostgreSQL).
     account: Option<SharedAccount>,
+    /// Requests each window counted for these limits' own run (the windows themselves may be
+    /// shared with other runs), and the latest send time reserved for one of them.
+    counted: Vec<Mutex<(u64, tokio::time::Instant)>>,
+    /// Every request these limits admitted, counted by a window or not.
+    admitted: std::sync::atomic::AtomicU64,
+}
+
+/// How one of a run's windows stands: its pace, the run's requests it counted, and how long
+/// until the last of them goes out (what is booked ahead of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub interval: Duration,
+    pub counted: u64,
+    /// Every request of the run so far, this window's or not.
+    pub of: u64,
+    pub booked: Duration,
 }
 
 /// One window with its next free send time.
@@ -143,8 +159,13 @@ impl Limits {
         Limits {
             slots: Semaphore::new(in_flight.max(1)),
             base_path: base_path.trim_end_matches('/').to_string(),
+            counted: windows
+                .iter()
+                .map(|_| Mutex::new((0, tokio::time::Instant::now())))
+                .collect(),
             windows,
             account: None,
+            admitted: Default::default(),
         }
     }
 
@@ -176,16 +197,20 @@ impl Limits {
     ) -> tokio::sync::SemaphorePermit<'_> {
         let slot = self.slots.acquire().await.expect("never closed");
         let path = path.strip_prefix(self.base_path.as_str()).unwrap_or(path);
+        self.admitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut at = None;
-        for paced in self
-            .windows
-            .iter()
-            .filter(|p| p.window.counts(method, path))
-        {
+        for (paced, counted) in self.windows.iter().zip(&self.counted) {
+            if !paced.window.counts(method, path) {
+                continue;
+            }
             let reserved = match self.reserve_shared(&paced.window).await {
                 Some(wait) => tokio::time::Instant::now() + wait,
                 None => paced.reserve(),
             };
+            let mut counted = counted.lock().unwrap_or_else(|p| p.into_inner());
+            counted.0 += 1;
+            counted.1 = counted.1.max(reserved);
             at = at.max(Some(reserved));
         }
         if let Some(at) = at {
@@ -212,9 +237,23 @@ impl Limits {
         }
     }
 
-    /// The vendor's windows, as paced.
-    pub fn windows(&self) -> Vec<Window> {
-        self.windows.iter().map(|p| p.window.clone()).collect()
+    /// How each of the vendor's windows stands for this run.
+    pub fn pacing(&self) -> Vec<Pacing> {
+        let now = tokio::time::Instant::now();
+        let of = self.admitted.load(std::sync::atomic::Ordering::Relaxed);
+        self.windows
+            .iter()
+            .zip(&self.counted)
+            .map(|(paced, counted)| {
+                let (counted, last) = *counted.lock().unwrap_or_else(|p| p.into_inner());
+                Pacing {
+                    interval: paced.window.interval(),
+                    counted,
+                    of,
+                    booked: last.saturating_duration_since(now),
+                }
+            })
+            .collect()
     }
 
     /// Holds every window until the vendor's `Retry-After` or rate headers say requests may

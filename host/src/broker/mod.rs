@@ -38,8 +38,8 @@ pub use address::{DialPolicy, Resolve, SystemResolver};
 pub use credential::check_header as check_credential_header;
 pub use destination::{AllowList, check_declared_host, check_default_base_url, is_loopback_name};
 pub use limits::{
-    AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, Limits, MAX_DECLARED_IN_FLIGHT, ProcessSlots,
-    RequestClass, SharedAccount, Window, rate_wait,
+    AccountSlot, AccountSlots, DEFAULT_MAX_IN_FLIGHT, Limits, MAX_DECLARED_IN_FLIGHT, Pacing,
+    ProcessSlots, RequestClass, SharedAccount, Window, rate_wait,
 };
 pub use transport::{Network, NetworkOptions, SendError, Sending, StaticResolver, Transport};
 
@@ -374,9 +374,9 @@ impl Broker {
         self.in_flight
     }
 
-    /// The vendor's windows this broker paces requests to.
-    pub fn windows(&self) -> Vec<Window> {
-        self.limits.windows()
+    /// How each of the vendor's windows stands for this broker's requests.
+    pub fn pacing(&self) -> Vec<limits::Pacing> {
+        self.limits.pacing()
     }
 
     /// Counters of this broker's requests.
@@ -662,7 +662,22 @@ impl Transport for NoNetwork {
 const BODY_CHUNK: usize = 64 << 10;
 
 /// The hooks wasmtime-wasi-http calls; they hand every request to the run's [`Broker`].
-pub(crate) struct BrokerHooks(pub(crate) Arc<Broker>);
+pub(crate) struct BrokerHooks {
+    broker: Arc<Broker>,
+    /// Requests this call asked to send (what a batch costs, for the run's estimate).
+    asked: u64,
+}
+
+impl BrokerHooks {
+    pub(crate) fn new(broker: Arc<Broker>) -> BrokerHooks {
+        BrokerHooks { broker, asked: 0 }
+    }
+
+    /// Requests the call asked to send so far.
+    pub(crate) fn asked(&self) -> u64 {
+        self.asked
+    }
+}
 
 impl WasiHttpHooks for BrokerHooks {
     fn send_request(
@@ -672,7 +687,8 @@ impl WasiHttpHooks for BrokerHooks {
         _response_io: IoFuture,
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
     {
-        let broker = self.0.clone();
+        self.asked += 1;
+        let broker = self.broker.clone();
         Box::new(async move {
             let response = broker.send(request, options).await?;
             Ok((

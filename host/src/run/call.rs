@@ -32,10 +32,16 @@ pub(crate) enum Call<'a> {
 
 impl Calls {
     /// Makes one call for `contacts`, retrying while the connector says the failure is
-    /// retryable, and checks the report.
-    pub(crate) async fn make(&self, call: Call<'_>, contacts: &[Contact]) -> Result<BatchReport> {
+    /// retryable, and checks the report; with the report, the requests the connector asked to
+    /// send over every attempt (what the batch cost, for the run's estimate of its time left).
+    pub(crate) async fn make(
+        &self,
+        call: Call<'_>,
+        contacts: &[Contact],
+    ) -> Result<(BatchReport, u64)> {
         let id = &self.plugin.info.id;
         let mut attempt = 0;
+        let asked = std::sync::atomic::AtomicU64::new(0);
         loop {
             let config = &self.config;
             let deadline = self.sandbox.limits().call_timeout;
@@ -45,11 +51,18 @@ impl Calls {
                     &self.plugin.pre,
                     self.broker.clone(),
                     deadline,
-                    async |c, store| match call {
-                        Call::Export => c.export_batch(store, config, contacts).await,
-                        Call::Leave(action) => {
-                            c.apply_leave_action(store, config, action, contacts).await
-                        }
+                    async |c, store| {
+                        let answer = match call {
+                            Call::Export => c.export_batch(store, config, contacts).await,
+                            Call::Leave(action) => {
+                                c.apply_leave_action(store, config, action, contacts).await
+                            }
+                        };
+                        asked.fetch_add(
+                            store.data().requests_asked(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        answer
                     },
                 )
                 .await;
@@ -80,7 +93,7 @@ impl Calls {
                 ),
                 Ok(Ok(report)) => {
                     check_report(id, call, &report, contacts.len())?;
-                    return Ok(report);
+                    return Ok((report, asked.into_inner()));
                 }
             }
         }

@@ -141,7 +141,10 @@ pub(super) async fn apply(
             break;
         };
         match done {
-            Ok((batch, Ok(report))) => run.record(settle::left(batch, Some(report))).await,
+            Ok((batch, Ok((report, asked)))) => {
+                run.called(batch.len() as u64, asked);
+                run.record(settle::left(batch, Some(report))).await
+            }
             Ok((_, Err(e))) => run.fail(format!("{e:#}")),
             Err(join) => run.fail(format!("leave task failed: {join}")),
         }

@@ -264,8 +264,13 @@ impl ConnectorHost {
             progress,
             failure: None,
             broker: prepared.broker.clone(),
-            eta: Eta::start(stream.total, u64::from(info.max_batch_size)),
+            eta: Eta::start(
+                stream.total,
+                u64::from(info.max_batch_size),
+                &prepared.broker.pacing(),
+            ),
             eta_done: 0,
+            eta_called: (0, 0),
             expected: expected.clone(),
         };
         run.report.segment_size = stream.total;
@@ -329,7 +334,8 @@ impl ConnectorHost {
                 },
                 done = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done.expect("set is not empty") {
-                        Ok((batch, Ok(outcome))) => {
+                        Ok((batch, Ok((outcome, asked)))) => {
+                            run.called(batch.counts.profiles, asked);
                             run.record(settle::sent(batch, Some(outcome))).await
                         }
                         Ok((_, Err(e))) => run.fail(format!("{e:#}")),
@@ -523,6 +529,8 @@ struct Run<'a> {
     /// The phase under way's time left, and what it has handled.
     eta: Eta,
     eta_done: u64,
+    /// Profiles of the phase's calls that answered, and the requests those calls made.
+    eta_called: (u64, u64),
     /// The latest time left, for the journal.
     expected: Arc<TimeLeft>,
 }
@@ -584,17 +592,26 @@ impl Run<'_> {
         }
     }
 
+    /// A call for `profiles` answered, having made `requests`.
+    fn called(&mut self, profiles: u64, requests: u64) {
+        self.eta_called.0 += profiles;
+        self.eta_called.1 += requests;
+    }
+
     /// Settling `leavers` (acted on in calls of `batch_size`) begins.
     fn leaving(&mut self, leavers: u64, batch_size: u64) {
         self.progress.leaving(leavers);
-        self.eta = Eta::start(Some(leavers), batch_size);
+        self.eta = Eta::start(Some(leavers), batch_size, &self.broker.pacing());
         self.eta_done = 0;
+        self.eta_called = (0, 0);
         self.expect();
     }
 
     /// Tells the progress, and the journal, how long the phase has left.
     fn expect(&mut self) {
-        let left = self.eta.left(self.eta_done, &self.broker.windows());
+        let left = self
+            .eta
+            .left(self.eta_done, self.eta_called, &self.broker.pacing());
         self.expected.set(left);
         if let Some(left) = left {
             self.progress.expect(left);

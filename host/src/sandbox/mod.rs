@@ -205,7 +205,7 @@ impl Sandbox {
             cpu_ticks: 0,
             http,
             table,
-            hooks: BrokerHooks(broker),
+            hooks: BrokerHooks::new(broker),
             memory: CallMemory::new(
                 CallCaps {
                     bytes: self.limits.memory_bytes,
@@ -357,6 +357,13 @@ pub(crate) struct PluginState {
     table: ResourceTable,
     hooks: BrokerHooks,
     memory: CallMemory,
+}
+
+impl PluginState {
+    /// Requests the connector asked to send during this call.
+    pub(crate) fn requests_asked(&self) -> u64 {
+        self.hooks.asked()
+    }
 }
 
 impl WasiView for PluginState {

@@ -55,7 +55,12 @@ struct Args {
     /// Connector components in the start-up plugin directory.
     #[arg(long, default_value_t = 50)]
     copies: usize,
-    /// Run only these sections (1 to 7; repeat the flag for several). All by default.
+    /// Contacts each vendor of section 8 gets under its own limits (the time is the limits'
+    /// to give: 400 is about 40 s at Brevo's 10 a second and 2 min at MailerLite's 5 imports
+    /// a minute).
+    #[arg(long, default_value_t = 400)]
+    paced_contacts: u64,
+    /// Run only these sections (1 to 8; repeat the flag for several). All by default.
     #[arg(long = "section")]
     sections: Vec<u8>,
 }
@@ -583,7 +588,159 @@ async fn main() -> Result<()> {
     if wanted(7) {
         bench.workers().await?;
     }
+    if wanted(8) {
+        bench.vendor_limits().await?;
+    }
     Ok(())
+}
+
+/// Every estimate of the time left a run gave: when, and what it said.
+#[derive(Default)]
+struct Estimates(
+    std::sync::Mutex<Vec<(Instant, u64, Duration)>>,
+    std::sync::atomic::AtomicU64,
+);
+
+impl connector_host::Progress for Estimates {
+    fn advance(&self, profiles: u64) {
+        self.1
+            .fetch_add(profiles, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn expect(&self, left: Duration) {
+        let done = self.1.load(std::sync::atomic::Ordering::Relaxed);
+        self.0.lock().unwrap().push((Instant::now(), done, left));
+    }
+}
+
+impl Bench {
+    /// Brevo and MailerLite under their own limits, kept by their simulators (in this process:
+    /// the pace is the vendors', not the host's): the wall time against the ceiling the
+    /// binding window allows for the requests made, the estimate of the time left at a
+    /// quarter and at half way against the real end, and what a million contacts take there.
+    async fn vendor_limits(&self) -> Result<()> {
+        use connector_tests::sim::brevo::{self, BrevoSim};
+        use connector_tests::sim::mailerlite::{self, MailerLiteSim};
+        let n = self.args.paced_contacts;
+        println!(
+            "\n8. Vendors' own limits: {n} new contacts each, paced by the windows the connectors declare"
+        );
+        println!(
+            "   {:<11} {:>8} {:>9} {:>10} {:>7} {:>11} {:>11} {:>12}",
+            "vendor",
+            "requests",
+            "wall s",
+            "ceiling s",
+            "ratio",
+            "ETA@25% err",
+            "ETA@50% err",
+            "1M contacts"
+        );
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(artifacts::BREVO, dir.path().join("brevo.wasm"))?;
+        std::fs::copy(artifacts::MAILERLITE, dir.path().join("mailerlite.wasm"))?;
+        let host = ConnectorHost::open(
+            dir.path(),
+            HostOptions {
+                cache_dir: Some(self.work.join("cache")),
+                ..HostOptions::default()
+            },
+        )
+        .await?;
+        let source = GeneratedSource { seed: 3, count: n };
+        let mapping = FieldMapping::parse(&[
+            "email=email",
+            "first-name=first_name",
+            "last-name=last_name",
+        ])?;
+        let brevo =
+            BrevoSim::start_with(Listen::plain(0), "xkeysib-bench", brevo::RateLimits::REAL)
+                .await?;
+        let list = brevo.add_list("Bench");
+        let mailerlite =
+            MailerLiteSim::start_with(Listen::plain(0), "ml-bench", mailerlite::RateLimits::REAL)
+                .await?;
+        let group = mailerlite.add_group("Bench");
+        // (vendor, connection, setting, the binding window's interval with the host's 2%
+        // margin, requests a million contacts need at it)
+        let vendors = [
+            (
+                "Brevo",
+                "brevo",
+                brevo.base_url(),
+                "xkeysib-bench",
+                ("list-id", list.to_string()),
+                1.02 / 10.0,
+                1_000_000.0,
+            ),
+            (
+                "MailerLite",
+                "mailerlite",
+                mailerlite.base_url(),
+                "ml-bench",
+                ("group-id", group),
+                1.02 * 60.0 / 5.0,
+                1_000_000.0 / 50.0,
+            ),
+        ];
+        for (name, connector, base_url, key, setting, interval, million) in vendors {
+            let connection = Connection {
+                connector: connector.into(),
+                base_url: Some(base_url),
+                data_centre: None,
+                credential: Credential::ApiKey(Secret::new(key.into())),
+            };
+            let export = Export {
+                settings: vec![(setting.0.into(), setting.1)],
+                mapping: mapping.clone(),
+                segments: vec!["everyone".into()],
+                leave_action: None,
+            };
+            let estimates = Estimates::default();
+            let started = Instant::now();
+            let report = host
+                .run_export(
+                    &connection,
+                    &export,
+                    &source,
+                    &RunOptions::default(),
+                    &estimates,
+                )
+                .await?;
+            let wall = started.elapsed().as_secs_f64();
+            if !report.succeeded() {
+                bail!("{name}: {}", report.summary());
+            }
+            // The binding window's requests: every one for Brevo, the imports for MailerLite.
+            let paced = match connector {
+                "brevo" => report.requests,
+                _ => report.counts.batches,
+            };
+            let ceiling = (paced.saturating_sub(1)) as f64 * interval;
+            let error_at = |share: f64| {
+                let said = estimates.0.lock().unwrap();
+                said.iter()
+                    .find(|(_, done, _)| *done as f64 >= share * report.counts.profiles as f64)
+                    .map(|(at, _, left)| {
+                        let predicted =
+                            at.duration_since(started).as_secs_f64() + left.as_secs_f64();
+                        format!("{:+.1}%", (predicted - wall) / wall * 100.0)
+                    })
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "   {:<11} {:>8} {:>9.1} {:>10.1} {:>7.3} {:>11} {:>11} {:>10.1} h",
+                name,
+                report.requests,
+                wall,
+                ceiling,
+                wall / ceiling,
+                error_at(0.25),
+                error_at(0.5),
+                million * interval / 3600.0
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A worker process of section 7: serves the state until killed.
