@@ -1,6 +1,6 @@
 //! Runs a vendor simulator on its own, for connector authors and manual runs:
 //! `cargo run -p connector-tests --bin vendor-sim -- campaign-monitor --port 8080` (or
-//! `mailchimp`, `mailerlite`).
+//! `mailchimp`, `mailerlite`, `brevo`).
 //! Prints the base URL, credential and list to use, then serves until Ctrl-C. With
 //! `--sample-data DIR` it also writes sample profiles to export (README.md's first session).
 
@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use connector_tests::sample;
 use connector_tests::sim::Listen;
+use connector_tests::sim::brevo::{self, BrevoSim};
 use connector_tests::sim::campaign_monitor::CampaignMonitorSim;
 use connector_tests::sim::mailchimp::MailchimpSim;
 use connector_tests::sim::mailerlite::{MailerLiteSim, RateLimits};
@@ -17,6 +18,7 @@ enum Vendor {
     CampaignMonitor,
     Mailchimp,
     Mailerlite,
+    Brevo,
 }
 
 #[derive(Parser)]
@@ -30,10 +32,11 @@ struct Args {
     /// Campaign Monitor: the API key the simulated account accepts.
     #[arg(long, default_value = "sim-api-key")]
     api_key: String,
-    /// MailerLite: the API token the simulated account accepts.
-    #[arg(long, default_value = "sim-mailerlite-token")]
+    /// MailerLite and Brevo: the API token (key) the simulated account accepts.
+    #[arg(long, default_value = "sim-token")]
     token: String,
-    /// MailerLite: lift the vendor's limits (120 requests and 5 imports a minute).
+    /// MailerLite and Brevo: lift the vendor's limits (MailerLite's 120 requests and 5
+    /// imports a minute, Brevo's 10 a second and 36,000 an hour on /contacts).
     #[arg(long)]
     no_limits: bool,
     /// Mailchimp: the data centre of the simulated account.
@@ -121,6 +124,30 @@ async fn main() -> Result<()> {
             println!(
                 "stopping; the account held {} subscribers",
                 sim.subscribers().len()
+            );
+        }
+        Vendor::Brevo => {
+            let limits = if args.no_limits {
+                brevo::RateLimits::NONE
+            } else {
+                brevo::RateLimits::REAL
+            };
+            let sim = BrevoSim::start_with(Listen::plain(args.port), &args.token, limits).await?;
+            let list = sim.add_list("Simulated list");
+            println!("Brevo simulator at {}", sim.base_url());
+            println!(
+                "API key: {} (the api-key header)\nlist ID: {list}\nlimits: {}",
+                args.token,
+                if args.no_limits {
+                    "none"
+                } else {
+                    "10 a second and 36,000 an hour on /contacts"
+                }
+            );
+            tokio::signal::ctrl_c().await?;
+            println!(
+                "stopping; the account held {} contacts",
+                sim.contacts().len()
             );
         }
     }
