@@ -131,6 +131,7 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
     child.kill().unwrap();
     child.wait().unwrap();
     let imports_killed = posts(&sim, "/import.json");
+    let unsubscribes_killed = posts(&sim, "/unsubscribe.json");
     let runs = op.ok(&["runs", "weekly"]);
     assert!(
         runs.lines()
@@ -185,9 +186,15 @@ async fn a_delta_run_killed_while_applying_its_leave_action_is_finished_exactly_
         imports_killed > imports_before,
         "the changed contacts were sent"
     );
-    // Each leaver was unsubscribed exactly once: the next run reads each first and finds those
-    // done before the kill already unsubscribed.
-    assert_eq!(posts(&sim, "/unsubscribe.json"), leavers.len());
+    // Unsubscribing is idempotent, one request a leaver with no read first: the next run asks
+    // again only for leavers whose calls the kill cut short, never more than the killed
+    // attempt sent; the list below ends exact.
+    let unsubscribes = posts(&sim, "/unsubscribe.json");
+    assert!(
+        unsubscribes >= leavers.len() && unsubscribes <= leavers.len() + unsubscribes_killed,
+        "{unsubscribes} unsubscribes for {} leavers ({unsubscribes_killed} before the kill)",
+        leavers.len()
+    );
 
     // The list is exact: leavers unsubscribed, renamed people renamed, nobody else touched.
     let held = sim.subscribers(&list);

@@ -57,7 +57,7 @@ async fn components_of_every_supported_contract_load_and_run() {
     assert_eq!(version("contract-0-2-campaign-monitor"), "0.2.0");
 
     // 0.2's one rate is a one-second window; its leave action takes whole batches; it cannot
-    // erase. Campaign Monitor's own (0.3) leave actions take one leaver a call.
+    // erase. Campaign Monitor's own (0.3) leave actions declare their own batch size.
     let old = &plugins
         .require("contract-0-2-campaign-monitor")
         .unwrap()
@@ -73,7 +73,7 @@ async fn components_of_every_supported_contract_load_and_run() {
     assert_eq!(old.leave_actions[0].batch_size, 0);
     assert!(old.erasure.is_none());
     let cm = &plugins.require("campaign-monitor").unwrap().info;
-    assert!(cm.leave_actions.iter().all(|a| a.batch_size == 1));
+    assert!(cm.leave_actions.iter().all(|a| a.batch_size == 100));
 
     // The 0.2 component sends, then applies its leave action, through the host's conversions.
     let sim = CampaignMonitorSim::start(0).await.unwrap();

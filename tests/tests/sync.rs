@@ -479,9 +479,14 @@ async fn scenario(mailchimp: bool, action: Option<&'static str>) {
                 // p5 fixed, p31 and p32 new; p1 renamed and p9's plan changed; p2-p4 and p8 left.
                 assert_eq!((c.new, c.changed, c.leaving), (3, 2, 4), "{when}: {c:?}");
                 if action.is_some() {
+                    // Campaign Monitor's unsubscribe is idempotent, one call a leaver with no
+                    // read first: person8, out already, is asked again and stays out (the
+                    // oracle checks it), counted left. Other actions read first and leave
+                    // them untouched.
+                    let idempotent = !mailchimp && action == Some("unsubscribe");
                     assert_eq!(
                         (c.left, c.left_untouched),
-                        (3, 1),
+                        if idempotent { (4, 0) } else { (3, 1) },
                         "{when}: person8 is kept out"
                     );
                 }
