@@ -816,6 +816,8 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
     let list_fields = s.lists[list_id].custom_fields.clone();
     let success_status = s.behaviour.import_success_status;
     let client_id = s.lists[list_id].client_id.clone();
+    // One time for the call: every subscriber it adds joined then.
+    let joined = now_text();
     let mut seen = std::collections::HashSet::new();
     let (mut new, mut existing) = (0u32, 0u32);
     let mut duplicates: Vec<String> = vec![];
@@ -887,7 +889,7 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
                     state: SubscriberState::Active,
                     custom_fields: BTreeMap::new(),
                     imports: 0,
-                    joined: now_text(),
+                    joined: joined.clone(),
                 })
             }
         };
