@@ -364,6 +364,9 @@ fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A JSON body is read before the state is locked: requests parse in parallel, and only
+    // the ledger's work is done one at a time.
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
     let mut s = state.lock().unwrap();
     // The browser's side of OAuth: the authorize page and its answer.
     match (method.as_str(), uri.path()) {
@@ -390,7 +393,14 @@ fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (status, body) = route(&mut s, &method, &uri, authorization.as_deref(), &body);
+    let (status, body) = route(
+        &mut s,
+        &method,
+        &uri,
+        authorization.as_deref(),
+        &body,
+        parsed.as_ref(),
+    );
     s.log.push(LoggedRequest {
         method: method.to_string(),
         path: uri.path().to_string(),
@@ -510,6 +520,7 @@ fn route(
     uri: &Uri,
     authorization: Option<&str>,
     body: &[u8],
+    parsed: Option<&Value>,
 ) -> Answer {
     if method == Method::POST && uri.path() == "/oauth/token" {
         return token_endpoint(s, body);
@@ -593,17 +604,14 @@ fn route(
                 None => not_in_list(),
             }
         }
-        ("POST", ["subscribers", id, "import"]) if list_of(s, id) => import(s, id, body),
-        ("POST", ["subscribers", id]) if list_of(s, id) => add_one(s, id, body),
+        ("POST", ["subscribers", id, "import"]) if list_of(s, id) => import(s, id, parsed),
+        ("POST", ["subscribers", id]) if list_of(s, id) => add_one(s, id, parsed),
         ("POST", ["subscribers", id, "unsubscribe"]) if list_of(s, id) => {
-            let email = prop(
-                &serde_json::from_slice::<Value>(body).unwrap_or_default(),
-                "EmailAddress",
-            )
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+            let email = prop(parsed.unwrap_or(&Value::Null), "EmailAddress")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             move_subscriber(s, id, &email, SubscriberState::Unsubscribed)
         }
         ("DELETE", ["subscribers", id]) if list_of(s, id) => {
@@ -713,18 +721,18 @@ fn now_text() -> String {
 
 /// `POST /subscribers/{list}.json`: one subscriber, through the same rules as an import; the
 /// answer is the address as a JSON string.
-fn add_one(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
-    let Ok(row) = serde_json::from_slice::<Value>(body) else {
+fn add_one(s: &mut State, list_id: &str, parsed: Option<&Value>) -> Answer {
+    let Some(row) = parsed else {
         return error(
             StatusCode::BAD_REQUEST,
             400,
             "Failed to deserialize your request. Please check the documentation and try again.",
         );
     };
-    let resubscribe = prop(&row, "Resubscribe")
+    let resubscribe = prop(row, "Resubscribe")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let email = prop(&row, "EmailAddress")
+    let email = prop(row, "EmailAddress")
         .and_then(Value::as_str)
         .unwrap_or("")
         .trim()
@@ -742,7 +750,7 @@ fn add_one(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
     }
     recent.push(now);
     let request = json!({"Subscribers": [row], "Resubscribe": resubscribe});
-    let (status, answer) = import(s, list_id, request.to_string().as_bytes());
+    let (status, answer) = import(s, list_id, Some(&request));
     if !status.is_success() {
         let failure = answer["ResultData"]["FailureDetails"][0].clone();
         return match failure.get("Code").and_then(Value::as_i64) {
@@ -760,15 +768,15 @@ fn add_one(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
     )
 }
 
-fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
-    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+fn import(s: &mut State, list_id: &str, parsed: Option<&Value>) -> Answer {
+    let Some(request) = parsed else {
         return error(
             StatusCode::BAD_REQUEST,
             400,
             "Failed to deserialize your request. Please check the documentation and try again.",
         );
     };
-    let rows = match prop(&request, "Subscribers").and_then(Value::as_array) {
+    let rows = match prop(request, "Subscribers").and_then(Value::as_array) {
         Some(rows) if !rows.is_empty() => rows,
         _ => {
             return error(
@@ -785,7 +793,7 @@ fn import(s: &mut State, list_id: &str, body: &[u8]) -> Answer {
             "Too many subscribers in this batch. You can only add 1000 subscribers in one call",
         );
     }
-    let resubscribe = prop(&request, "Resubscribe")
+    let resubscribe = prop(request, "Resubscribe")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     // Consent is checked for every row before anything is stored: a bad value fails the call.
