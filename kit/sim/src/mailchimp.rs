@@ -513,6 +513,7 @@ async fn serve(
     let (state, method, uri, body) = (state.clone(), method.clone(), uri.clone(), body.clone());
     super::apart_from_the_network(move || {
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let body = Body::read(&body);
         route(
             &mut state.lock().unwrap(),
             account,
@@ -532,7 +533,7 @@ fn route(
     method: &Method,
     uri: &Uri,
     parts: &[&str],
-    body: &[u8],
+    body: &Body<'_>,
 ) -> Result<Response, Problem> {
     let not_found = || {
         problem(
@@ -808,6 +809,30 @@ fn flag(uri: &Uri, name: &str) -> bool {
     })
 }
 
+/// A request's body, read as JSON before the state is locked: requests parse in parallel,
+/// and only the ledger's work is done one at a time.
+struct Body<'a> {
+    raw: &'a [u8],
+    json: Option<Value>,
+}
+
+impl<'a> Body<'a> {
+    fn read(raw: &'a [u8]) -> Body<'a> {
+        Body {
+            raw,
+            json: serde_json::from_slice(raw).ok(),
+        }
+    }
+
+    /// The body as JSON, or Mailchimp's answer to one that is not.
+    fn json(&self) -> Result<&Value, Problem> {
+        match &self.json {
+            Some(json) => Ok(json),
+            None => parse_json(self.raw).map(|_| unreachable!("parsed once already")),
+        }
+    }
+}
+
 /// A request body as JSON, or Mailchimp's answer to one that is not.
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
     serde_json::from_slice(body).map_err(|_| {
@@ -896,12 +921,12 @@ fn set_status(member: &mut Member, status: Status) {
 }
 
 /// `POST /lists/{id}`: batch subscribe or update members.
-fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer, Problem> {
+fn batch(s: &mut State, id: &str, uri: &Uri, body: &Body<'_>) -> Result<BatchAnswer, Problem> {
     let (skip_merge_validation, skip_duplicate_check) = (
         flag(uri, "skip_merge_validation"),
         flag(uri, "skip_duplicate_check"),
     );
-    let request = parse_json(body)?;
+    let request = body.json()?;
     let Some(members) = request.get("members").and_then(Value::as_array) else {
         return Err(invalid_resource(
             json!([{"field": "members", "message": "Required fields were not provided: members"}]),
@@ -1082,8 +1107,8 @@ fn batch(s: &mut State, id: &str, uri: &Uri, body: &[u8]) -> Result<BatchAnswer,
 
 /// `PUT /lists/{id}/members/{hash}`: add or update one member; `status_if_new` applies only to
 /// a new member, `status` (if sent) changes an existing one (section 5).
-fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<MemberView, Problem> {
-    let request = parse_json(body)?;
+fn put_member(s: &mut State, id: &str, hash: &str, body: &Body<'_>) -> Result<MemberView, Problem> {
+    let request = body.json()?;
     let email = request
         .get("email_address")
         .and_then(Value::as_str)
@@ -1113,7 +1138,7 @@ fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<Member
         .and_then(Value::as_str)
         .and_then(Status::parse);
     let audience = s.audiences.get_mut(id).unwrap();
-    let merge_fields = merge_fields_of(audience, &request);
+    let merge_fields = merge_fields_of(audience, request);
     let forgotten = audience.forgotten.contains(&email.to_lowercase());
     let existing = audience
         .members
@@ -1154,8 +1179,8 @@ fn put_member(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<Member
 }
 
 /// `POST /lists/{id}/members/{hash}/tags`: `active` adds a tag, `inactive` removes it.
-fn member_tags(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<(), Problem> {
-    let request = parse_json(body)?;
+fn member_tags(s: &mut State, id: &str, hash: &str, body: &Body<'_>) -> Result<(), Problem> {
+    let request = body.json()?;
     let audience = s.audiences.get_mut(id).unwrap();
     let changes: Vec<(String, bool)> = request
         .get("tags")
@@ -1191,8 +1216,8 @@ fn member_tags(s: &mut State, id: &str, hash: &str, body: &[u8]) -> Result<(), P
 }
 
 /// `POST /lists/{id}/segments`: a static segment (a tag), with its first members.
-fn create_segment(s: &mut State, id: &str, body: &[u8]) -> Result<Value, Problem> {
-    let request = parse_json(body)?;
+fn create_segment(s: &mut State, id: &str, body: &Body<'_>) -> Result<Value, Problem> {
+    let request = body.json()?;
     let Some(name) = request.get("name").and_then(Value::as_str) else {
         return Err(invalid_resource(
             json!([{"field": "name", "message": "This value should not be blank."}]),
@@ -1222,8 +1247,8 @@ fn create_segment(s: &mut State, id: &str, body: &[u8]) -> Result<Value, Problem
 
 /// `POST /lists/{id}/segments/{segment}`: add and remove members of a static segment (a tag),
 /// at most 500 each; addresses the audience does not have are listed in `errors`.
-fn change_segment(s: &mut State, id: &str, sid: &str, body: &[u8]) -> Result<Value, Problem> {
-    let request = parse_json(body)?;
+fn change_segment(s: &mut State, id: &str, sid: &str, body: &Body<'_>) -> Result<Value, Problem> {
+    let request = body.json()?;
     let audience = s.audiences.get_mut(id).unwrap();
     let Some(name) = audience
         .tag_ids
