@@ -64,7 +64,7 @@ fn report(findings: &Findings, as_json: bool) -> Result<ExitCode> {
     if as_json {
         println!("{}", serde_json::to_string_pretty(&findings.to_json())?);
     } else {
-        for f in &findings.0 {
+        for f in &findings.points {
             // A failure stands out in a column of words.
             let word = match f.outcome {
                 Outcome::Failed => "FAIL",
@@ -72,9 +72,12 @@ fn report(findings: &Findings, as_json: bool) -> Result<ExitCode> {
             };
             println!("{word:4}  {}: {}", f.point, f.detail);
         }
+        for note in &findings.unconfirmed {
+            println!("note  the simulator assumed what no source settles: {note}");
+        }
         println!(
             "{} points: {} passed, {failed} failed, {} skipped",
-            findings.0.len(),
+            findings.points.len(),
             findings.count(Outcome::Passed),
             findings.count(Outcome::Skipped)
         );

@@ -61,7 +61,12 @@ pub struct Finding {
 
 /// The findings so far.
 #[derive(Debug, Default)]
-pub struct Findings(pub Vec<Finding>);
+pub struct Findings {
+    pub points: Vec<Finding>,
+    /// What the simulator did that no source settles: passing here proves nothing of it
+    /// against the real vendor.
+    pub unconfirmed: Vec<String>,
+}
 
 impl Outcome {
     /// `pass`, `fail` or `skip`.
@@ -77,21 +82,22 @@ impl Outcome {
 impl Findings {
     /// How many points came out as `outcome`.
     pub fn count(&self, outcome: Outcome) -> usize {
-        self.0.iter().filter(|f| f.outcome == outcome).count()
+        self.points.iter().filter(|f| f.outcome == outcome).count()
     }
 
-    /// The findings as JSON: `{"findings": [{"point", "outcome", "detail"}]}`.
+    /// The findings as JSON: `{"findings": [{"point", "outcome", "detail"}], "unconfirmed":
+    /// [...]}`.
     pub fn to_json(&self) -> serde_json::Value {
         let list: Vec<serde_json::Value> = self
-            .0
+            .points
             .iter()
             .map(|f| json!({"point": f.point, "outcome": f.outcome.word(), "detail": f.detail}))
             .collect();
-        json!({ "findings": list })
+        json!({ "findings": list, "unconfirmed": self.unconfirmed })
     }
 
     fn add(&mut self, point: &'static str, outcome: Outcome, detail: impl Into<String>) {
-        self.0.push(Finding {
+        self.points.push(Finding {
             point,
             outcome,
             detail: detail.into(),
@@ -348,6 +354,7 @@ pub async fn check(options: &HostOptions, check: Check) -> Result<Findings> {
     match &vendor.simulator {
         Some(sim) => {
             simulator_points(&mut findings, sim.as_ref(), &good, &export, info).await;
+            findings.unconfirmed = sim.unconfirmed().into_iter().map(String::from).collect();
         }
         None => findings.add(
             "throttling, vendor failures, suppressed contacts and leave actions",

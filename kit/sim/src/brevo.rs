@@ -585,4 +585,12 @@ impl crate::Simulator for ForCheck {
     fn requests(&self) -> Vec<LoggedRequest> {
         self.sim.requests()
     }
+    fn unconfirmed(&self) -> Vec<&'static str> {
+        vec![
+            "a 429's body (`too_many_requests`) and that each window counts from its first request",
+            "an attribute the account lacks is refused with a 400 (Brevo says only that attributes must exist)",
+            "an unknown list in `listIds` is a 404 `document_not_found`",
+            "the words of `invalid_parameter` and `unauthorized` answers",
+        ]
+    }
 }

@@ -1012,4 +1012,11 @@ impl crate::Simulator for ForCheck {
     fn requests(&self) -> Vec<LoggedRequest> {
         self.sim.requests()
     }
+    fn unconfirmed(&self) -> Vec<&'static str> {
+        vec![
+            "which calls need which OAuth scope beyond the import (ImportSubscribers) and list reads (ManageLists), and that a call outside them is a 401 with Code 120",
+            "one subscriber added more than 5 times a minute is throttled (CM publishes no figure)",
+            "the HTTP status of the token endpoint's errors (400 here)",
+        ]
+    }
 }

@@ -1395,4 +1395,11 @@ impl crate::Simulator for ForCheck {
     fn requests(&self) -> Vec<LoggedRequest> {
         self.sim.requests()
     }
+    fn unconfirmed(&self) -> Vec<&'static str> {
+        vec![
+            "in a batch, a compliance refusal (an unsubscribed or cleaned member sent as subscribed) is an `errors[]` entry with the single-member words and `ERROR_GENERIC`",
+            "more than 500 members in a batch is a 400 `Invalid Resource`",
+            "OAuth token answers carry `expires_in: 0` and `scope: null`",
+        ]
+    }
 }

@@ -688,4 +688,13 @@ impl crate::Simulator for ForCheck {
     fn requests(&self) -> Vec<LoggedRequest> {
         self.sim.requests()
     }
+    fn unconfirmed(&self) -> Vec<&'static str> {
+        vec![
+            "an upsert answers 201 when it created the subscriber and 200 when it updated one (the connector tells them apart by it)",
+            "an unknown group in `groups` is a 422 on `groups.N`",
+            "a subscriber's status changes only when an upsert sends one",
+            "addresses are kept lower-cased",
+            "each rate window counts from its first request (Laravel's throttle)",
+        ]
+    }
 }

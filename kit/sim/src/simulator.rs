@@ -40,6 +40,12 @@ pub trait Simulator: Send + Sync {
     fn server(&self) -> &Server;
     /// Every request answered so far.
     fn requests(&self) -> Vec<LoggedRequest>;
+    /// What this simulator does that no source settles (its vendor contract marks it
+    /// UNCONFIRMED): a connector that relies on it passes here and should be tried against the
+    /// real vendor too. The check prints them.
+    fn unconfirmed(&self) -> Vec<&'static str> {
+        vec![]
+    }
 }
 
 /// The connectors the kit has a simulator for.
