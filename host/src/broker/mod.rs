@@ -487,7 +487,13 @@ impl Broker {
                 // Held for the whole attempt: the vendor counts a request until it answered.
                 let _slot = self.limits.admit(&parts.method, parts.uri.path()).await;
                 let _account = self.account_slot().await;
-                // Checked last, after any wait: the moment the request would leave.
+                let requests = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(tally) = &self.tally {
+                    tally.cover(requests, self.stats.retries()).await;
+                }
+                // Checked last, after every wait (slots, windows, the durable count, which a
+                // database cut off can hold for long): the moment the request would leave. A
+                // request counted but not sent is one the figures may hold too many.
                 if let Some(fence) = &self.fence
                     && !fence.holds()
                 {
@@ -497,10 +503,6 @@ impl Broker {
                         fence.why().unwrap_or_else(|| "its renewal is late".into())
                     );
                     return Err(HttpError::HttpRequestDenied);
-                }
-                let requests = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(tally) = &self.tally {
-                    tally.cover(requests, self.stats.retries()).await;
                 }
                 self.attempt(parts, request_body.clone(), &waits).await
             };
