@@ -4,8 +4,20 @@
 
 use std::fs;
 
-/// The process whose socket has local port `port` on loopback, if there is one.
+/// The process whose socket has local port `port` on loopback, if there is one. A scan that
+/// finds none is tried again a few times: `/proc` is read file by file while processes open
+/// and close sockets, so one scan can miss a socket that is there.
 pub(crate) fn owner_of(port: u16) -> Option<u32> {
+    for attempt in 0..4 {
+        if let Some(pid) = scan(port) {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+    }
+    None
+}
+
+fn scan(port: u16) -> Option<u32> {
     let inode = socket_inode(port)?;
     let wanted = format!("socket:[{inode}]");
     for entry in fs::read_dir("/proc").ok()?.flatten() {
