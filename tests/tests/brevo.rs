@@ -180,51 +180,29 @@ async fn the_connector_exports_the_segment_and_never_unblacklists_anyone() {
 async fn a_wrong_key_or_an_unknown_list_fails_before_anything_is_sent() {
     let w = world(RateLimits::NONE, 200).await;
     let source = FileSource::new(&w.files.profiles, &w.files.memberships, "id").unwrap();
-    let err = w
-        .host
-        .run_export(
-            &connection(&w, "xkeysib-wrong"),
-            &export(&w.list.to_string()),
-            &source,
-            &unpaced(),
-            &NoProgress,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("Brevo refused the credential"),
-        "{err:#}"
-    );
-    let err = w
-        .host
-        .run_export(
-            &connection(&w, KEY),
-            &export("424242"),
-            &source,
-            &unpaced(),
-            &NoProgress,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("list `424242` was not found"),
-        "{err:#}"
-    );
-    let err = w
-        .host
-        .run_export(
-            &connection(&w, KEY),
-            &export("newsletter"),
-            &source,
-            &unpaced(),
-            &NoProgress,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("not a Brevo list ID"),
-        "{err:#}"
-    );
+    let list = w.list.to_string();
+    for (key, list, refused) in [
+        (
+            "xkeysib-wrong",
+            list.as_str(),
+            "Brevo refused the credential",
+        ),
+        (KEY, "424242", "list `424242` was not found"),
+        (KEY, "newsletter", "not a Brevo list ID"),
+    ] {
+        let err = w
+            .host
+            .run_export(
+                &connection(&w, key),
+                &export(list),
+                &source,
+                &unpaced(),
+                &NoProgress,
+            )
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains(refused), "{err:#}");
+    }
     assert!(w.sim.contacts().is_empty());
 }
 

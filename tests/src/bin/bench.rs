@@ -594,24 +594,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Every estimate of the time left a run gave: when, and what it said.
-#[derive(Default)]
-struct Estimates(
-    std::sync::Mutex<Vec<(Instant, u64, Duration)>>,
-    std::sync::atomic::AtomicU64,
-);
-
-impl connector_host::Progress for Estimates {
-    fn advance(&self, profiles: u64) {
-        self.1
-            .fetch_add(profiles, std::sync::atomic::Ordering::Relaxed);
-    }
-    fn expect(&self, left: Duration) {
-        let done = self.1.load(std::sync::atomic::Ordering::Relaxed);
-        self.0.lock().unwrap().push((Instant::now(), done, left));
-    }
-}
-
 impl Bench {
     /// Brevo and MailerLite under their own limits, kept by their simulators (in this process:
     /// the pace is the vendors', not the host's): the wall time against the ceiling the
@@ -695,7 +677,7 @@ impl Bench {
                 segments: vec!["everyone".into()],
                 leave_action: None,
             };
-            let estimates = Estimates::default();
+            let estimates = connector_tests::harness::HeardEstimates::default();
             let started = Instant::now();
             let report = host
                 .run_export(
@@ -717,7 +699,7 @@ impl Bench {
             };
             let ceiling = (paced.saturating_sub(1)) as f64 * interval;
             let error_at = |share: f64| {
-                let said = estimates.0.lock().unwrap();
+                let said = estimates.said.lock().unwrap();
                 said.iter()
                     .find(|(_, done, _)| *done as f64 >= share * report.counts.profiles as f64)
                     .map(|(at, _, left)| {
