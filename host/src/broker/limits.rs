@@ -1,5 +1,6 @@
 //! What one connection may hold at once: requests in flight (the vendor's limit, or the
-//! host's default when it declares none), requests per second, and bytes of request and
+//! host's default when it declares none), the vendor's rate windows (shared by every run on
+//! an account, and across workers where the store keeps them), and bytes of request and
 //! answer bodies buffered in the host.
 
 use std::sync::{Arc, Mutex};
